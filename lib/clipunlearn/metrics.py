@@ -1,0 +1,213 @@
+"""The shared evaluation harness: small functions that return numbers or dicts.
+
+Zero-shot accuracy on any index subset, per-class accuracy, confusion matrices,
+image-text retrieval recall@k, a membership-inference score and the wall time /
+peak memory of a run. Every paper notebook evaluates through these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Iterator, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+
+# --------------------------------------------------------------------------- #
+# Encoding
+# --------------------------------------------------------------------------- #
+def iterate_batches(dataset, *, indices=None, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(images, labels)`` batches of ``dataset`` in order (``indices`` subset if given)."""
+    idx = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    if hasattr(dataset, "get_batch"):  # in-memory datasets: slice tensors, no per-item Python
+        for start in range(0, len(idx), batch_size):
+            yield dataset.get_batch(idx[start:start + batch_size])
+        return
+    loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=batch_size, shuffle=False)
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels)
+
+
+@torch.no_grad()
+def encode_images(model, dataset, *, indices=None, batch_size: int = 512, device="cpu",
+                  normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(features [N, D], labels [N])`` of ``dataset`` (``indices`` subset if given), on CPU."""
+    feats, labels = [], []
+    for images, y in iterate_batches(dataset, indices=indices, batch_size=batch_size):
+        feats.append(model.encode_image(images.to(device), normalize=normalize).float().cpu())
+        labels.append(y)
+    dim = getattr(getattr(model, "visual", None), "output_dim", 0)
+    if not feats:
+        return torch.empty(0, dim), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256, device="cpu",
+                 normalize: bool = True) -> torch.Tensor:
+    """Return text features ``[len(texts), D]`` on CPU."""
+    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=normalize).float().cpu()
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence, *, device="cpu") -> torch.Tensor:
+    """Return zero-shot classifier weights ``[D, C]`` (open_clip's template-ensemble builder)."""
+    return open_clip.build_zero_shot_classifier(
+        model, tokenizer, classnames=list(classnames), templates=list(templates), device=device)
+
+
+# --------------------------------------------------------------------------- #
+# Zero-shot classification
+# --------------------------------------------------------------------------- #
+@torch.no_grad()
+def predict_logits(model, classifier: torch.Tensor, dataset, *, indices=None, batch_size: int = 512,
+                   device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return zero-shot ``(logits [N, C], targets [N])``; logits are 100 x cosine similarity."""
+    feats, targets = encode_images(model, dataset, indices=indices, batch_size=batch_size, device=device)
+    if not len(targets):
+        return torch.empty(0, classifier.shape[1]), targets
+    return 100.0 * feats @ classifier.float().cpu(), targets
+
+
+def accuracy(model, classifier, dataset, *, indices=None, batch_size: int = 512, device="cpu") -> float:
+    """Return top-1 zero-shot accuracy (fraction) on ``dataset`` or its ``indices`` subset (NaN if empty)."""
+    logits, targets = predict_logits(model, classifier, dataset, indices=indices, batch_size=batch_size, device=device)
+    return float((logits.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
+
+
+def per_class_accuracy(model, classifier, dataset, *, indices=None, classnames=None, batch_size: int = 512,
+                       device="cpu") -> dict[str, float]:
+    """Return ``{classname: accuracy}`` for every class present in the evaluated subset."""
+    logits, targets = predict_logits(model, classifier, dataset, indices=indices, batch_size=batch_size, device=device)
+    names = list(classnames or dataset.classnames)
+    correct = logits.argmax(1) == targets
+    return {names[c]: float(correct[targets == c].float().mean()) for c in targets.unique().tolist()}
+
+
+def confusion_matrix(logits: torch.Tensor, targets: torch.Tensor, *, num_classes: int | None = None) -> torch.Tensor:
+    """Return the row-normalised confusion matrix ``[C, C]`` (row = true class, column = prediction)."""
+    c = num_classes or logits.shape[1]
+    counts = torch.bincount(targets * c + logits.argmax(1), minlength=c * c).view(c, c).float()
+    return counts / counts.sum(1, keepdim=True).clamp_min(1)
+
+
+def evaluate_forgetting(model, classifier, dataset, *, forget_idx, retain_idx, other_dataset=None, other_idx=None,
+                        batch_size: int = 512, device="cpu") -> dict[str, float]:
+    """Return ``{"forget_acc", "retain_acc"}`` (+ ``"other_acc"`` on ``other_dataset[other_idx]``)."""
+    out = {
+        "forget_acc": accuracy(model, classifier, dataset, indices=forget_idx, batch_size=batch_size, device=device),
+        "retain_acc": accuracy(model, classifier, dataset, indices=retain_idx, batch_size=batch_size, device=device),
+    }
+    if other_dataset is not None:
+        out["other_acc"] = accuracy(model, classifier, other_dataset, indices=other_idx, batch_size=batch_size,
+                                    device=device)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Retrieval
+# --------------------------------------------------------------------------- #
+def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, *, ks: Sequence[int] = (1, 5, 10),
+                     groups: torch.Tensor | None = None) -> dict[str, float]:
+    """Return image-to-text and text-to-image recall@k (``i2t_r1``, ..., ``t2i_r10``).
+
+    Row ``i`` of both feature matrices is a matching pair. With ``groups`` (one id
+    per pair, e.g. the class of the caption) a hit is any item of the same group,
+    so identical captions are not counted as misses.
+    """
+    sims = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+    n = sims.shape[0]
+    ids = torch.arange(n) if groups is None else torch.as_tensor(groups)
+    match = ids.view(-1, 1) == ids.view(1, -1)
+    out = {}
+    for name, s in (("i2t", sims), ("t2i", sims.T)):
+        order = s.argsort(dim=1, descending=True)
+        hits = match.gather(1, order)
+        for k in ks:
+            out[f"{name}_r{k}"] = float(hits[:, :min(k, n)].any(1).float().mean())
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Membership inference
+# --------------------------------------------------------------------------- #
+def auc_score(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """Return ROC AUC = P(positive score > negative score), ties counted half (Mann-Whitney U)."""
+    pos, neg = positive.double().view(-1, 1), negative.double().view(1, -1)
+    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+
+
+def membership_inference(model, classifier, dataset, *, member_idx, nonmember_idx, nonmember_dataset=None,
+                         batch_size: int = 512, device="cpu") -> dict[str, float]:
+    """Loss-threshold membership inference: can an attacker tell members from unseen samples?
+
+    Scores each sample by its zero-shot cross-entropy loss (low loss = "member") and
+    returns ``{"mia": AUC, "member_loss", "nonmember_loss"}``. ``mia`` = 0.5 means
+    the forget samples look like never-seen samples (the goal of unlearning);
+    above 0.5 means they are still recognisable as training data.
+    """
+    def losses(ds, idx):
+        logits, targets = predict_logits(model, classifier, ds, indices=idx, batch_size=batch_size, device=device)
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    member = losses(dataset, member_idx)
+    nonmember = losses(nonmember_dataset if nonmember_dataset is not None else dataset, nonmember_idx)
+    return {"mia": auc_score(-member, -nonmember), "member_loss": float(member.mean()),
+            "nonmember_loss": float(nonmember.mean())}
+
+
+# --------------------------------------------------------------------------- #
+# Time and memory
+# --------------------------------------------------------------------------- #
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: fall back to the lifetime peak
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def measure_run(*, device="cpu", interval: float = 0.02):
+    """Measure a block: yields a dict that gets ``seconds`` and ``peak_mem_mb`` on exit.
+
+    ``peak_mem_mb`` is the peak CUDA memory allocated on a GPU device, else the
+    peak resident memory of this process sampled every ``interval`` seconds.
+    """
+    stats: dict[str, float] = {}
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    stop = threading.Event()
+    peak = [_rss_mb()]
+
+    def sample():
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], _rss_mb())
+
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+    start = time.perf_counter()
+    try:
+        yield stats
+    finally:
+        if cuda:
+            torch.cuda.synchronize(device)
+        stats["seconds"] = time.perf_counter() - start
+        if cuda:
+            stats["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            stop.set()
+            thread.join()
+            stats["peak_mem_mb"] = max(peak[0], _rss_mb())

@@ -1,0 +1,86 @@
+"""Results as small JSON records: config beside metrics, written atomically.
+
+A results file is ``{"records": [record, ...]}``; a record is
+``{"method", "task", "config", "metrics"}`` (plus optional extra keys such as
+``"history"``). Figures regenerate from these files without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+REQUIRED_KEYS = ("method", "task", "config", "metrics")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _to_jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return _to_jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf
+    return value
+
+
+def write_json_atomic(path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_to_jsonable(obj), f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_record(*, method: str, task: str, config: dict, metrics: dict, **extra) -> dict:
+    """Return one record ``{"method", "task", "config", "metrics", **extra}`` (JSON-ready)."""
+    return _to_jsonable({"method": method, "task": task, "config": dict(config), "metrics": dict(metrics), **extra})
+
+
+def save_records(path, records: Iterable[dict]) -> Path:
+    """Check and write ``{"records": records}`` to ``path`` atomically; return the path."""
+    records = list(records)
+    for i, r in enumerate(records):
+        missing = [k for k in REQUIRED_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"record {i} lacks {missing}; build records with make_record()")
+    return write_json_atomic(path, {"records": records})
+
+
+def load_records(path, *, task: str | None = None, method: str | None = None) -> list[dict]:
+    """Return the records of ``path``, optionally only those of one task and/or method."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results at {path}; run the notebook that writes it (./run_all.sh --only {path.stem})")
+    records = json.loads(path.read_text())["records"]
+    return [r for r in records if (task is None or r["task"] == task) and (method is None or r["method"] == method)]
+
+
+def records_to_frame(records: list[dict]):
+    """Return a pandas DataFrame with one row per record: method, task, then config and metric columns."""
+    import pandas as pd
+
+    rows = [{"method": r["method"], "task": r["task"], **r["config"], **r["metrics"]} for r in records]
+    return pd.DataFrame(rows)

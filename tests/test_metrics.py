@@ -1,0 +1,92 @@
+"""Metrics: zero-shot accuracy, retrieval, membership inference, time and memory."""
+
+import math
+
+import pytest
+import torch
+
+from clipunlearn import data, metrics
+
+
+class ToyImages(torch.utils.data.Dataset):
+    """Images whose pixels encode their class, for a model that reads the class back."""
+
+    def __init__(self, labels):
+        self.targets = torch.as_tensor(labels)
+        self.classnames = ["a", "b", "c"]
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return torch.full((3, 4, 4), float(self.targets[i])), int(self.targets[i])
+
+
+class OneHotModel(torch.nn.Module):
+    """encode_image -> one-hot of the class stored in the pixels (wrong for class 2)."""
+
+    def encode_image(self, x, normalize=True):
+        cls = x[:, 0, 0, 0].long()
+        cls = torch.where(cls == 2, torch.zeros_like(cls), cls)
+        return torch.nn.functional.one_hot(cls, 3).float()
+
+
+def test_accuracy_per_class_and_confusion():
+    ds = ToyImages([0, 0, 1, 2, 2, 2])
+    model, classifier = OneHotModel(), torch.eye(3)
+    assert metrics.accuracy(model, classifier, ds) == pytest.approx(3 / 6)
+    assert metrics.accuracy(model, classifier, ds, indices=[0, 1, 2]) == 1.0
+    assert math.isnan(metrics.accuracy(model, classifier, ds, indices=[]))
+    assert metrics.per_class_accuracy(model, classifier, ds) == {"a": 1.0, "b": 1.0, "c": 0.0}
+    logits, targets = metrics.predict_logits(model, classifier, ds)
+    cm = metrics.confusion_matrix(logits, targets)
+    assert torch.equal(cm, torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0]]))
+    out = metrics.evaluate_forgetting(model, classifier, ds, forget_idx=[3, 4, 5], retain_idx=[0, 1, 2],
+                                      other_dataset=ds, other_idx=[0, 5])
+    assert out == {"forget_acc": 0.0, "retain_acc": 1.0, "other_acc": 0.5}
+
+
+def test_classifier_and_encoders_on_tiny_clip(tiny_clip):
+    model, tokenizer = tiny_clip.model, tiny_clip.tokenizer
+    classifier = metrics.build_classifier(model, tokenizer, ["cat", "dog"], ["a photo of a {}.", "a {}."])
+    assert classifier.shape == (32, 2)
+    assert torch.allclose(classifier.norm(dim=0), torch.ones(2), atol=1e-5)
+    texts = metrics.encode_texts(model, tokenizer, ["a cat", "a dog", "a bird"], batch_size=2)
+    assert texts.shape == (3, 32) and torch.allclose(texts.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_retrieval_recall_exact_and_grouped():
+    feats = torch.eye(4)
+    perfect = metrics.retrieval_recall(feats, feats, ks=(1, 5))
+    assert all(v == 1.0 for v in perfect.values()) and set(perfect) == {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"}
+    swapped = metrics.retrieval_recall(feats, feats[[1, 0, 2, 3]], ks=(1, 2))
+    assert swapped["i2t_r1"] == 0.5 and swapped["i2t_r2"] == 1.0
+    # identical captions of one class: any caption of the right group is a hit
+    grouped = metrics.retrieval_recall(feats, feats[[1, 0, 2, 3]], ks=(1,), groups=torch.tensor([0, 0, 1, 2]))
+    assert grouped["i2t_r1"] == 1.0
+
+
+def test_auc_and_membership_inference():
+    assert metrics.auc_score(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert metrics.auc_score(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+    ds = ToyImages([0, 0, 2, 2])  # members classified right (low loss), non-members wrong
+    out = metrics.membership_inference(OneHotModel(), torch.eye(3), ds, member_idx=[0, 1], nonmember_idx=[2, 3])
+    assert out["mia"] == 1.0 and out["member_loss"] < out["nonmember_loss"]
+    same = metrics.membership_inference(OneHotModel(), torch.eye(3), ds, member_idx=[0], nonmember_idx=[1])
+    assert same["mia"] == 0.5
+
+
+def test_measure_run_records_time_and_memory():
+    with metrics.measure_run() as stats:
+        block = torch.ones(20_000_000)  # ~80 MB
+        block += 1
+    assert stats["seconds"] > 0 and stats["peak_mem_mb"] > 80
+
+
+def test_iterate_batches_uses_fast_path():
+    try:
+        ds = data.load_fashion_mnist("test")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    batches = list(metrics.iterate_batches(ds, indices=torch.arange(10), batch_size=4))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
