@@ -1,0 +1,174 @@
+"""Unlearning losses, one signature, one registry.
+
+Every method is ``loss_fn(model, original, forget_batch, retain_batch, **hparams)
+-> (loss, logs)``: ``model`` is being unlearned, ``original`` is the frozen
+starting model, batches are dicts ``{"images", "texts", "labels"}`` (or None when a
+method does not use them), ``logs`` maps names to floats. ``LOSSES`` maps the
+registry names to these functions; ``unlearning.unlearn`` runs any of them.
+
+Contrastive terms use *label-aware* targets: pairs of the same class in a batch
+are positives (with distinct captions this is exactly the standard CLIP loss;
+class captions repeat within a batch, and treating them as negatives would teach
+the model to separate images of one class).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOSSES: dict[str, Callable] = {}
+
+
+def register_loss(name: str):
+    """Decorator: register an unlearning loss under ``name``."""
+    def wrap(fn):
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = fn
+        fn.loss_name = name
+        return fn
+    return wrap
+
+
+def get_loss(name: str) -> Callable:
+    """Return the registered loss ``name``; an unknown name lists the valid ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown unlearning method {name!r}; valid: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+# --------------------------------------------------------------------------- #
+# Building blocks
+# --------------------------------------------------------------------------- #
+def encode_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return L2-normalised ``(image_features, text_features)`` of a batch's pairs."""
+    return (model.encode_image(batch["images"], normalize=True),
+            model.encode_text(batch["texts"], normalize=True))
+
+
+def pair_positives(labels: torch.Tensor) -> torch.Tensor:
+    """Return ``[B, B]`` positives: pairs with the same label."""
+    return labels.view(-1, 1) == labels.view(1, -1)
+
+
+def contrastive_loss(image_features, text_features, logit_scale, *, positives=None) -> torch.Tensor:
+    """Symmetric CLIP contrastive loss (image-to-text and text-to-image cross-entropy, averaged).
+
+    ``positives[i, j]`` marks text ``j`` as a match of image ``i`` (default: the
+    diagonal, the standard CLIP loss); targets are uniform over the positives.
+    """
+    logits = logit_scale * image_features @ text_features.T
+    if positives is None:
+        target = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    pos = positives.float()
+    i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    t2i = -(pos.T / pos.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+    return (i2t + t2i) / 2
+
+
+def retention_loss(model, batch: dict) -> torch.Tensor:
+    """CLIPErase retention module L_RM: the symmetric CLIP contrastive loss on retain pairs."""
+    img, txt = encode_pairs(model, batch)
+    return contrastive_loss(img, txt, model.logit_scale.exp(), positives=pair_positives(batch["labels"]))
+
+
+def forgetting_loss(model, batch: dict) -> torch.Tensor:
+    """CLIPErase forgetting module L_FM = mean_i f_img(x_i) . f_txt(t_i) over forget pairs.
+
+    Features are L2-normalised (CLIP's similarity), so minimising drives each
+    forget pair's cosine similarity to zero and below.
+    """
+    img, txt = encode_pairs(model, batch)
+    return (img * txt).sum(-1).mean()
+
+
+def consistency_loss(model, original, batch: dict) -> torch.Tensor:
+    """CLIPErase consistency module L_CM on retain pairs.
+
+    ``KL(p_orig_img || p_unl_img) + KL(p_orig_txt || p_unl_txt)``, where ``p_img``
+    is the softmax over each image's similarity row to the batch's texts and
+    ``p_txt`` each text's row to the batch's images (project's choice of the
+    unimodal distributions; ``batchmean`` KL, logit scales of each model).
+    """
+    img, txt = encode_pairs(model, batch)
+    with torch.no_grad():
+        img_o, txt_o = encode_pairs(original, batch)
+        logits_o = original.logit_scale.exp() * img_o @ txt_o.T
+    logits = model.logit_scale.exp() * img @ txt.T
+    kl_img = F.kl_div(logits.log_softmax(1), logits_o.log_softmax(1), log_target=True, reduction="batchmean")
+    kl_txt = F.kl_div(logits.T.log_softmax(1), logits_o.T.log_softmax(1), log_target=True, reduction="batchmean")
+    return kl_img + kl_txt
+
+
+def pair_clip_loss(model, batch: dict) -> torch.Tensor:
+    """The label-aware CLIP contrastive loss of a batch (what GA ascends and FT descends)."""
+    return retention_loss(model, batch)
+
+
+# --------------------------------------------------------------------------- #
+# Methods
+# --------------------------------------------------------------------------- #
+@register_loss("ft")
+def ft_loss(model, original, forget_batch, retain_batch):
+    """FT: fine-tune on the retain set only (catastrophic forgetting of D_f)."""
+    loss = pair_clip_loss(model, retain_batch)
+    return loss, {"retain_loss": loss.item()}
+
+
+@register_loss("ga")
+def ga_loss(model, original, forget_batch, retain_batch):
+    """GA: gradient ascent on the CLIP loss of the forget pairs (minimise its negative)."""
+    forget = pair_clip_loss(model, forget_batch)
+    return -forget, {"forget_loss": forget.item()}
+
+
+@register_loss("graddiff")
+def graddiff_loss(model, original, forget_batch, retain_batch, *, forget_weight: float = 1.0,
+                  retain_weight: float = 1.0):
+    """GradDiff: ``retain_weight * L(D_r) - forget_weight * L(D_f)``."""
+    forget, retain = pair_clip_loss(model, forget_batch), pair_clip_loss(model, retain_batch)
+    return retain_weight * retain - forget_weight * forget, {"forget_loss": forget.item(),
+                                                             "retain_loss": retain.item()}
+
+
+@register_loss("neggrad_plus")
+def neggrad_plus_loss(model, original, forget_batch, retain_batch, *, beta: float = 0.9):
+    """NegGrad+ (Kurmanji et al., 2023): ``beta * L(D_r) - (1 - beta) * L(D_f)``."""
+    forget, retain = pair_clip_loss(model, forget_batch), pair_clip_loss(model, retain_batch)
+    return beta * retain - (1 - beta) * forget, {"forget_loss": forget.item(), "retain_loss": retain.item()}
+
+
+@register_loss("random_labels")
+def random_labels_loss(model, original, forget_batch, retain_batch, *, retain_weight: float = 1.0):
+    """Random labels: match each forget image to a random retain caption (another class), plus L(D_r).
+
+    Image-to-text cross-entropy of forget images against the retain batch's
+    captions with a uniformly random target (drawn from torch's global RNG, which
+    the loop seeds per step).
+    """
+    img = model.encode_image(forget_batch["images"], normalize=True)
+    txt = model.encode_text(retain_batch["texts"], normalize=True)
+    target = torch.randint(len(txt), (len(img),), device=img.device)
+    relabel = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, target)
+    retain = pair_clip_loss(model, retain_batch)
+    return relabel + retain_weight * retain, {"relabel_loss": relabel.item(), "retain_loss": retain.item()}
+
+
+@register_loss("cliperase")
+def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: float = 1.0, lambda2: float = 3.0,
+                   lambda3: float = 3.0):
+    """CLIPErase (Yang et al., 2025): ``L = lambda1 * L_RM + lambda2 * L_FM + lambda3 * L_CM``.
+
+    Setting a lambda to 0 removes that module (the paper's ablation); the default
+    weights are the paper's (1, 3, 3).
+    """
+    zero = torch.zeros((), device=forget_batch["images"].device)
+    fm = forgetting_loss(model, forget_batch) if lambda2 else zero
+    rm = retention_loss(model, retain_batch) if lambda1 else zero
+    cm = consistency_loss(model, original, retain_batch) if lambda3 else zero
+    loss = lambda1 * rm + lambda2 * fm + lambda3 * cm
+    return loss, {"fm": fm.item(), "rm": rm.item(), "cm": cm.item()}

@@ -1,0 +1,369 @@
+"""CLIP models: open_clip loading and the project's own "mini" CLIP.
+
+``load_clip`` takes any open_clip architecture and pretrained tag (``"RN50"`` /
+``"openai"``, ``"ViT-B-32"`` / ``"openai"``), a local checkpoint path as
+``pretrained``, or ``"mini"``: a small open_clip CLIP (ModifiedResNet image tower,
+32x32 grey images) that the project trains itself on Fashion-MNIST with templated
+captions, once per machine, and caches.
+
+Training the mini model (project's choice, documented in notebook 00): every step
+shows each image in a random style (photo, sketch, negative) and contrasts it
+with the whole caption vocabulary (``build_caption_vocabulary``: style x {fine
+name, coarse name} x templates, about a hundred strings). Because several captions
+truthfully describe one image ("a sketch of a sneaker.", "a sketch of the shoe."),
+the contrastive targets are *label-aware* (UniCL, Yang et al. 2022): an image's
+positives are all captions compatible with its style and class, a caption's
+positives are all images in the batch it describes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data
+from .paths import get_cache_dir
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+#: Project model names -> open_clip config names in ``model_configs/``.
+MINI_MODELS = {"mini": "mini-fmnist-rn", "mini-rn": "mini-fmnist-rn", "mini-vit": "mini-fmnist-vit"}
+MINI_VERSION = 1  # bump when the training recipe changes: old caches are then ignored
+#: Training recipe of the mini models (project's choice; fits in < 10 min on 2 CPU cores).
+MINI_TRAINING = dict(epochs=9, batch_size=256, lr=2e-3, weight_decay=0.1, warmup_steps=100, val_images=5000,
+                     seed=0)
+CAPTION_TEMPLATES = ("a {style} of a {name}.", "a {style} of the {name}.")
+
+
+def register_model_configs() -> None:
+    """Make the project's open_clip configs (``model_configs/*.json``) known to open_clip."""
+    import open_clip
+
+    if not all(name in open_clip.list_models() for name in MINI_MODELS.values()):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def get_normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the ``(mean, std)`` pixel normalisation the model expects (open_clip's preprocess config)."""
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean", getattr(model.visual, "image_mean", None))
+    std = cfg.get("std", getattr(model.visual, "image_std", None))
+    if mean is None or std is None:
+        from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def copy_frozen(model):
+    """Return a frozen copy of ``model`` (eval mode, no gradients) on the same device."""
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def create_mini_model(name: str = "mini", *, device="cpu", seed: int = 0):
+    """Return a randomly initialised mini model ``(model, preprocess, tokenizer)``."""
+    import open_clip
+
+    if name not in MINI_MODELS:
+        raise ValueError(f"unknown mini model {name!r}; valid: {', '.join(MINI_MODELS)}")
+    register_model_configs()
+    torch.manual_seed(seed)
+    arch = MINI_MODELS[name]
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        arch, device=device, image_mean=data.MINI_MEAN, image_std=data.MINI_STD, image_interpolation="bilinear")
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def load_clip(name: str = "mini", pretrained: str | None = None, *, device="cpu", cache_dir=None):
+    """Return ``(model, preprocess, tokenizer)`` with the model in eval mode on ``device``.
+
+    ``name`` is an open_clip architecture (``open_clip.list_models()``) or a project
+    mini model (``"mini"``, ``"mini-vit"``). ``pretrained`` is an open_clip tag
+    (``"openai"``, ``"laion2b_s34b_b79k"``, ...) or a local checkpoint path. For a
+    mini model, ``pretrained=None`` loads (training on first use) the cached model.
+    """
+    import open_clip
+
+    if name in MINI_MODELS:
+        if pretrained is None:
+            model, preprocess, tokenizer, _ = get_mini_clip(name, device=device, cache_dir=cache_dir)
+            return model, preprocess, tokenizer
+        model, preprocess, tokenizer = create_mini_model(name, device=device)
+        model.load_state_dict(load_checkpoint(pretrained))
+        return model.eval(), preprocess, tokenizer
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower()[:4] in m.lower()][:10]
+        raise ValueError(f"unknown model {name!r}; project models: {', '.join(MINI_MODELS)}; open_clip models "
+                         f"like it: {', '.join(close) or 'see open_clip.list_models()'}")
+    if pretrained and not os.path.isfile(pretrained) and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        raise ValueError(f"{pretrained!r} is neither a local file nor a pretrained tag of {name}; tags: "
+                         f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
+                                                                     cache_dir=cache_dir)
+    except RuntimeError as err:
+        if "download" in str(err).lower():
+            raise RuntimeError(
+                f"could not download the {name}/{pretrained} weights ({err}). Offline, download the checkpoint "
+                f"elsewhere and pass its local path: load_clip({name!r}, '/path/to/checkpoint.pt')") from err
+        raise
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a state dict saved by this project (``weights_only=True``; accepts ``{"state_dict": ...}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+def save_checkpoint(state_dict: dict, path) -> Path:
+    """Save a state dict atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# Training the mini model
+# --------------------------------------------------------------------------- #
+def build_caption_vocabulary() -> tuple[list[str], torch.Tensor]:
+    """Return the training captions and a compatibility mask ``[styles, classes, captions]``.
+
+    ``mask[s, c, k]`` is True when caption ``k`` truthfully describes an image of
+    fine class ``c`` in style ``s`` (its fine or coarse name, in its style).
+    """
+    captions: list[str] = []
+    pairs: list[tuple[int, int]] = []  # (style, class) pairs described by each caption
+    index: dict[str, int] = {}
+    for s, style in enumerate(data.STYLES):
+        for c, fine in enumerate(data.FASHION_MNIST_CLASSES):
+            for name in dict.fromkeys((fine, data.coarse_of(fine))):
+                for template in CAPTION_TEMPLATES:
+                    text = template.format(style=data.STYLE_WORDS[style], name=name)
+                    if text not in index:
+                        index[text] = len(captions)
+                        captions.append(text)
+                    pairs.append((s, c, index[text]))
+    mask = torch.zeros(len(data.STYLES), len(data.FASHION_MNIST_CLASSES), len(captions), dtype=torch.bool)
+    for s, c, k in pairs:
+        mask[s, c, k] = True
+    return captions, mask
+
+
+def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, positives: torch.Tensor,
+                          logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss with several positives per row and column (UniCL).
+
+    ``positives[i, k]`` marks caption ``k`` as a true description of image ``i``.
+    Image-to-text: cross-entropy against the uniform distribution over an image's
+    positive captions; text-to-image: the same over the images each caption
+    describes (captions describing no image of the batch are skipped).
+    """
+    logits = logit_scale * image_features @ text_features.T
+    pos = positives.float()
+    i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    used = pos.sum(0) > 0
+    pos_t = pos[:, used].T
+    t2i = -(pos_t / pos_t.sum(1, keepdim=True) * logits[:, used].T.log_softmax(1)).sum(1).mean()
+    return (i2t + t2i) / 2
+
+
+def _mini_key(name: str, settings: dict) -> str:
+    arch = MINI_MODELS[name]
+    config = json.loads((CONFIG_DIR / f"{arch}.json").read_text())
+    blob = json.dumps({"config": config, "training": settings, "captions": CAPTION_TEMPLATES,
+                       "styles": data.STYLES, "version": MINI_VERSION}, sort_keys=True)
+    return f"{name}-v{MINI_VERSION}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+
+
+@torch.no_grad()
+def _zero_shot_accuracy(model, tokenizer, images, labels, classnames, templates, device) -> float:
+    from .metrics import build_classifier
+
+    classifier = build_classifier(model, tokenizer, classnames, templates, device=device)
+    correct = 0
+    for i in range(0, len(labels), 1000):
+        feats = model.encode_image(images[i:i + 1000].to(device), normalize=True)
+        correct += int(((feats @ classifier).argmax(1).cpu() == labels[i:i + 1000]).sum())
+    return correct / len(labels)
+
+
+def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"],
+                    batch_size: int = MINI_TRAINING["batch_size"], lr: float = MINI_TRAINING["lr"],
+                    weight_decay: float = MINI_TRAINING["weight_decay"],
+                    warmup_steps: int = MINI_TRAINING["warmup_steps"], val_images: int = MINI_TRAINING["val_images"],
+                    seed: int = MINI_TRAINING["seed"], max_train_images: int | None = None, data_dir=None,
+                    device="cpu", progress: bool = True):
+    """Train a mini CLIP from scratch on Fashion-MNIST train; return ``(model, info)``.
+
+    The last ``val_images`` training images (photo style) are held out to track
+    zero-shot accuracy per epoch. ``info`` holds the settings, the history
+    (``{"step", "loss"}`` and ``{"epoch", "val_acc"}`` entries) and ``train_seconds``.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    model, _, tokenizer = create_mini_model(name, device=device, seed=seed)
+    train = data.load_fashion_mnist("train", styles=data.STYLES, data_dir=data_dir)
+    n_source = len(train) // len(data.STYLES)
+    n_train = n_source - val_images if max_train_images is None else min(max_train_images, n_source - val_images)
+    val_idx = torch.arange(n_source - val_images, n_source)  # photo style
+    val_images_t, val_labels = train.get_batch(val_idx)
+    captions, compatible = build_caption_vocabulary()
+    tokens = tokenizer(captions).to(device)
+
+    steps_per_epoch = max(1, n_train // batch_size)
+    total = epochs * steps_per_epoch
+    decay, no_decay = [], []
+    for p_name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in p_name or "logit_scale" in p_name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) * 0.5 * (
+        1 + math.cos(math.pi * min(step, total) / total)))
+    g = torch.Generator().manual_seed(seed)
+    history, step = [], 0
+    bar = tqdm(total=total, desc=f"training {name}", disable=not progress)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n_train, generator=g)[: steps_per_epoch * batch_size].view(steps_per_epoch, -1)
+        for batch in order:
+            styles = torch.randint(len(data.STYLES), (len(batch),), generator=g)
+            images, labels = train.get_batch(batch + styles * n_source)
+            positives = compatible[styles, labels].to(device)
+            image_features = model.encode_image(images.to(device), normalize=True)
+            text_features = model.encode_text(tokens, normalize=True)
+            loss = label_aware_clip_loss(image_features, text_features, positives, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            bar.update()
+            if step % 25 == 0 or step == 1:
+                history.append({"step": step, "epoch": epoch + step / steps_per_epoch - int(step / steps_per_epoch),
+                                "loss": float(loss.detach())})
+        model.eval()
+        val_acc = _zero_shot_accuracy(model, tokenizer, val_images_t, val_labels, train.classnames,
+                                      data.FASHION_MNIST_TEMPLATES, device)
+        history.append({"step": step, "epoch": epoch + 1, "val_acc": val_acc})
+        bar.set_postfix(loss=f"{float(loss):.3f}", val_acc=f"{val_acc:.3f}")
+    bar.close()
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    warmup_steps=warmup_steps, val_images=val_images, seed=seed, max_train_images=max_train_images)
+    info = {"name": name, "arch": MINI_MODELS[name], "version": MINI_VERSION, "config": settings,
+            "captions": len(captions), "history": history, "train_seconds": time.perf_counter() - start,
+            "torch_threads": torch.get_num_threads()}
+    return model.eval(), info
+
+
+def evaluate_mini_clip(model, tokenizer, *, data_dir=None, device="cpu") -> dict[str, float]:
+    """Return the mini model's zero-shot accuracies on Fashion-MNIST test.
+
+    ``acc`` (photo style, class prompts), ``acc_<style>`` per style, ``coarse_acc``
+    (5 coarse names, photo) and ``style_acc`` (which style is the image in).
+    """
+    from . import metrics
+
+    test = data.load_fashion_mnist("test", styles=data.STYLES, data_dir=data_dir)
+    classifier = metrics.build_classifier(model, tokenizer, test.classnames, data.FASHION_MNIST_TEMPLATES,
+                                          device=device)
+    out = {}
+    for s, style in enumerate(test.stylenames):
+        idx = data.select_indices(test, styles=[s])
+        out[f"acc_{style}"] = metrics.accuracy(model, classifier, test, indices=idx, device=device)
+    out["acc"] = out["acc_photo"]
+    photo = data.select_indices(test, styles=[0])
+    coarse_view = data.StyledImages(test.images, test.coarse_targets, test.styles, test.image_ids,
+                                    classnames=data.FASHION_MNIST_COARSE, stylenames=test.stylenames)
+    coarse_classifier = metrics.build_classifier(model, tokenizer, data.FASHION_MNIST_COARSE,
+                                                 data.FASHION_MNIST_TEMPLATES, device=device)
+    out["coarse_acc"] = metrics.accuracy(model, coarse_classifier, coarse_view, indices=photo, device=device)
+    out["style_acc"] = metrics.accuracy(model, build_style_classifier(model, tokenizer, device=device),
+                                        style_view(test), device=device)
+    return out
+
+
+def build_style_classifier(model, tokenizer, *, device="cpu") -> torch.Tensor:
+    """Return a zero-shot style classifier ``[D, styles]``: per style, prompts over every class name."""
+    from .metrics import build_classifier
+
+    names = list(data.FASHION_MNIST_CLASSES) + list(data.FASHION_MNIST_COARSE)
+    columns = [build_classifier(model, tokenizer, names, [f"a {data.STYLE_WORDS[s]} of a {{}}."],
+                                device=device).mean(1) for s in data.STYLES]
+    weights = torch.stack(columns, dim=1)
+    return weights / weights.norm(dim=0, keepdim=True)
+
+
+def style_view(dataset: "data.StyledImages") -> "data.StyledImages":
+    """Return ``dataset`` relabelled by style (targets = style index), for style classification."""
+    return data.StyledImages(dataset.images, dataset.styles, dataset.styles, dataset.image_ids,
+                             classnames=dataset.stylenames, stylenames=dataset.stylenames)
+
+
+def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, force: bool = False, progress: bool = True,
+                  data_dir=None, **training):
+    """Return the cached mini model ``(model, preprocess, tokenizer, info)``, training it on first use.
+
+    The cache key holds the model config, the training recipe and ``MINI_VERSION``,
+    so a changed recipe trains a new model; ``force=True`` retrains anyway.
+    """
+    settings = {**MINI_TRAINING, **training}
+    folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, settings)
+    weights, info_path = folder / "model.pt", folder / "info.json"
+    model, preprocess, tokenizer = create_mini_model(name, device=device)
+    if weights.exists() and info_path.exists() and not force:
+        model.load_state_dict(load_checkpoint(weights))
+        return model.eval(), preprocess, tokenizer, json.loads(info_path.read_text())
+    trained, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)
+    info["eval"] = evaluate_mini_clip(trained, tokenizer, data_dir=data_dir, device=device)
+    save_checkpoint(trained.state_dict(), weights)
+    from .results import write_json_atomic
+
+    write_json_atomic(info_path, info)
+    return trained.eval(), preprocess, tokenizer, info
+
+
+def main(argv=None) -> int:
+    """``python -m clipunlearn.models --train-mini``: train (or load) the mini model and print its accuracy."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--train-mini", action="store_true", help="train or load the cached mini model")
+    parser.add_argument("--name", default="mini", choices=sorted(MINI_MODELS))
+    parser.add_argument("--force", action="store_true", help="retrain even if cached")
+    args = parser.parse_args(argv)
+    if not args.train_mini:
+        parser.print_help()
+        return 0
+    _, _, _, info = get_mini_clip(args.name, force=args.force)
+    print(json.dumps({"train_seconds": round(info["train_seconds"], 1), **info.get("eval", {})}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Run every notebook, in order, with papermill: the main job of this repo.
+# See ./run_all.sh --help. Sources are never modified: executed copies go to
+# runs/<profile>/ (runs/quick-<profile>/ with --quick), logs to .../logs/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PROFILES=(mini paper)   # keep in sync with clipunlearn.paths.PROFILES
+TAIL_LINES=40
+
+usage() {
+    cat <<EOF
+Usage: ./run_all.sh [options]
+
+Set up the environment (scripts/setup_env.sh), then execute every
+notebooks/[0-9][0-9]_*.ipynb in order with papermill, passing
+-p PROFILE <profile> -p QUICK <True|False>. Executed notebooks go to
+runs/<profile>/ (runs/quick-<profile>/ with --quick) and logs to its logs/.
+Stops at the first failing notebook and prints the tail of its log.
+
+A notebook is skipped ("up to date") when its executed copy exists, the run
+started after the last change of the source notebook and of every file in
+lib/clipunlearn/, and it ran with the same parameters.
+
+Options:
+  --profile NAME     profile to run: ${PROFILES[*]} (default: mini)
+  --only PATTERN     run only notebooks whose stem matches PATTERN (glob, or
+                     substring); repeatable, e.g. --only 03 --only 'a_*'
+  --force            re-run notebooks even if up to date
+  --quick            smoke-test mode: -p QUICK True (results go to
+                     results/quick-<profile>/, not committed)
+  -p NAME VALUE      extra papermill parameter (repeatable)
+  -h, --help         show this help and exit
+
+Environment: CLIPUNLEARN_NO_VENV=1 uses the current python instead of .venv
+(Colab, conda); see scripts/setup_env.sh.
+EOF
+}
+
+die() { echo "run_all.sh: $*" >&2; exit 2; }
+
+# --- arguments (parsed before any set-up, so errors are instant) ------------
+profile=mini; force=0; quick=0; only=(); extra=()
+while (($#)); do
+    case "$1" in
+        --profile)   (($# >= 2)) || die "--profile needs a value"; profile="$2"; shift 2 ;;
+        --profile=*) profile="${1#*=}"; shift ;;
+        --only)      (($# >= 2)) || die "--only needs a pattern"; only+=("$2"); shift 2 ;;
+        --only=*)    only+=("${1#*=}"); shift ;;
+        --force)     force=1; shift ;;
+        --quick)     quick=1; shift ;;
+        -p)          (($# >= 3)) || die "-p needs NAME VALUE"; extra+=(-p "$2" "$3"); shift 3 ;;
+        -h|--help)   usage; exit 0 ;;
+        *)           die "unknown option '$1' (see --help)" ;;
+    esac
+done
+[[ " ${PROFILES[*]} " == *" $profile "* ]] \
+    || die "unknown profile '$profile'; valid profiles: ${PROFILES[*]}"
+
+# --- notebooks to run --------------------------------------------------------
+matches() {  # stem matches one of the --only patterns (or there are none)
+    ((${#only[@]} == 0)) && return 0
+    local pat
+    for pat in "${only[@]}"; do
+        # shellcheck disable=SC2053  # unquoted on purpose: glob match
+        [[ "$1" == $pat || "$1" == *"$pat"* ]] && return 0
+    done
+    return 1
+}
+notebooks=()
+for nb in "$ROOT"/notebooks/[0-9][0-9]_*.ipynb; do
+    [[ -f "$nb" ]] && matches "$(basename "$nb" .ipynb)" && notebooks+=("$nb")
+done
+if ((${#notebooks[@]} == 0)); then
+    ((${#only[@]})) && die "no notebook matches --only ${only[*]}"
+    die "no notebooks found in notebooks/ (expected notebooks/NN_name.ipynb)"
+fi
+
+# --- set-up: environment, package, data; exports PYTHON ----------------------
+# shellcheck source=scripts/setup_env.sh
+source "$ROOT/scripts/setup_env.sh"
+
+run_name="$profile"; ((quick)) && run_name="quick-$profile"
+out_dir="$ROOT/runs/$run_name"
+mkdir -p "$out_dir/logs"
+params=(-p PROFILE "$profile" -p QUICK "$( ((quick)) && echo True || echo False)" "${extra[@]}")
+params_hash="$(printf '%s\n' "${params[@]}" | sha256sum | cut -d' ' -f1)"
+
+# Up to date = executed copy exists, stamp has the same parameters, and the
+# stamp's mtime (= when that run started) is newer than the source notebook
+# and every library file (bytecode caches excluded).
+up_to_date() {  # source_nb output_nb stamp
+    [[ -f "$2" && -f "$3" && "$(cat "$3")" == "$params_hash" && "$3" -nt "$1" ]] || return 1
+    [[ -z "$(find "$ROOT/lib/clipunlearn" -type f -newer "$3" \
+        -not -path '*/__pycache__/*' -not -name '*.pyc' -print -quit)" ]]
+}
+
+fmt_time() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+echo "run_all: profile=$run_name, ${#notebooks[@]} notebook(s) -> ${out_dir#"$ROOT"/}/"
+total_start=$SECONDS
+for i in "${!notebooks[@]}"; do
+    src="${notebooks[$i]}"
+    stem="$(basename "$src" .ipynb)"
+    out="$out_dir/$stem.ipynb"
+    log="$out_dir/logs/$stem.log"
+    stamp="$out_dir/logs/$stem.stamp"
+    printf '[%d/%d] %-40s ' $((i + 1)) ${#notebooks[@]} "$stem"
+    if ((!force)) && up_to_date "$src" "$out" "$stamp"; then
+        echo "up to date, skipped"
+        continue
+    fi
+    rm -f "$stamp"
+    echo "$params_hash" >"$stamp.tmp"      # its mtime records the start of this run
+    start=$SECONDS
+    if "$PYTHON" -m papermill "$src" "$out" "${params[@]}" --cwd "$ROOT/notebooks" \
+        --log-output --no-progress-bar >"$log" 2>&1; then
+        mv "$stamp.tmp" "$stamp"
+        echo "ok ($(fmt_time $((SECONDS - start))))"
+    else
+        rm -f "$stamp.tmp"
+        echo "FAILED ($(fmt_time $((SECONDS - start))))"
+        echo "----- last $TAIL_LINES lines of ${log#"$ROOT"/} -----"
+        tail -n "$TAIL_LINES" "$log"
+        echo "-----"
+        echo "partially executed notebook: ${out#"$ROOT"/}"
+        exit 1
+    fi
+done
+echo "run_all: all done in $(fmt_time $((SECONDS - total_start))); executed notebooks in ${out_dir#"$ROOT"/}/"

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The test command: notebook hygiene, unit tests, and every notebook in quick
+# mode under nbval. See ./run_tests.sh --help.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NB_PREPARED="runs/test-notebooks"   # parameterised copies for nbval (git-ignored)
+CELL_TIMEOUT=1800                   # seconds per notebook cell
+
+usage() {
+    cat <<EOF
+Usage: ./run_tests.sh [--unit | --notebooks] [PYTEST_ARGS...]
+
+Set up the environment (scripts/setup_env.sh), then
+  1. nbstripout --verify --keep-id notebooks/*.ipynb  (no outputs in sources)
+  2. pytest tests                            (unit tests)
+  3. nbval: each notebooks/NN_*.ipynb with -p PROFILE mini -p QUICK True
+     injected by papermill --prepare-only into $NB_PREPARED/, then
+     pytest --nbval-lax $NB_PREPARED   (cells must run without error)
+
+Options:
+  --unit         only step 2
+  --notebooks    only steps 1 and 3
+  -h, --help     show this help and exit
+Other arguments go to both pytest runs, e.g. ./run_tests.sh -k data -x
+
+Exit status: pytest's (0 ok, 1 failures, 5 nothing collected, ...).
+EOF
+}
+
+do_unit=1; do_nb=1; pytest_args=()
+while (($#)); do
+    case "$1" in
+        --unit)      do_nb=0 ;;
+        --notebooks) do_unit=0 ;;
+        -h|--help)   usage; exit 0 ;;
+        *)           pytest_args+=("$1") ;;
+    esac
+    shift
+done
+((do_unit || do_nb)) || { echo "run_tests.sh: --unit and --notebooks exclude each other" >&2; exit 2; }
+
+cd "$ROOT"
+# shellcheck source=scripts/setup_env.sh
+source "$ROOT/scripts/setup_env.sh"
+
+rcs=()   # pytest exit codes of the parts that ran
+shopt -s nullglob
+
+if ((do_nb)); then
+    all_nbs=(notebooks/*.ipynb)
+    if ((${#all_nbs[@]})) && ! "$PYTHON" -m nbstripout --verify --keep-id "${all_nbs[@]}" >/dev/null; then
+        echo "run_tests: some notebooks in notebooks/ contain outputs or execution metadata." >&2
+        echo "run_tests: strip them with:  nbstripout notebooks/*.ipynb" >&2
+        exit 1
+    fi
+fi
+
+if ((do_unit)); then
+    echo "=== unit tests: pytest tests ==="
+    set +e; "$PYTHON" -m pytest tests "${pytest_args[@]}"; rcs+=($?); set -e
+fi
+
+if ((do_nb)); then
+    nbs=(notebooks/[0-9][0-9]_*.ipynb)
+    echo "=== notebooks (quick mode): ${#nbs[@]} notebook(s) under nbval ==="
+    if ((${#nbs[@]} == 0)); then
+        echo "no notebooks/NN_*.ipynb to test"
+        rcs+=(5)
+    else
+        rm -rf "$NB_PREPARED" && mkdir -p "$NB_PREPARED"
+        for nb in "${nbs[@]}"; do
+            "$PYTHON" -m papermill --prepare-only -p PROFILE mini -p QUICK True \
+                "$nb" "$NB_PREPARED/$(basename "$nb")" >/dev/null 2>&1 \
+                || { echo "run_tests: papermill could not prepare $nb" >&2; exit 1; }
+        done
+        # nbval starts each kernel in the prepared notebook's folder
+        set +e
+        "$PYTHON" -m pytest --nbval-lax --nbval-current-env \
+            --nbval-cell-timeout="$CELL_TIMEOUT" "$NB_PREPARED" "${pytest_args[@]}"
+        rcs+=($?)
+        set -e
+    fi
+fi
+
+# Combined status: first real failure, else 0 if anything passed, else 5.
+rc=5
+for r in "${rcs[@]}"; do
+    if ((r != 0 && r != 5)); then exit "$r"; fi
+    ((r == 0)) && rc=0
+done
+exit "$rc"

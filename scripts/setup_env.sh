@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Set up the Python environment and the default data for clipunlearn.
+#
+#   source scripts/setup_env.sh   # what run_all.sh / run_tests.sh do; exports PYTHON
+#   bash scripts/setup_env.sh     # just set up
+#
+# Idempotent and quiet; each step is skipped when already done:
+#   1. environment: use the active virtualenv / conda env (or the current python
+#      when CLIPUNLEARN_NO_VENV=1, e.g. on Colab); otherwise create ./.venv.
+#   2. install `-e .[test]` when pyproject.toml changed since the last install
+#      (stamp file with its hash, inside .venv). In a foreign env that already has
+#      torch (Colab), torch/torchvision are kept and the other deps installed.
+#   3. Fashion-MNIST from Debian (apt-get install dataset-fashion-mnist) when
+#      root, apt exists and the files are missing.
+#   4. default data: python -m clipunlearn.data --fetch
+#
+# Environment: CLIPUNLEARN_NO_VENV=1 (use the current python),
+#              CLIPUNLEARN_SKIP_DATA=1 (skip steps 3 and 4).
+# Exports PYTHON (the interpreter to use) and puts its bin/ first on PATH.
+# Everything here is prefixed _cu_ because the file is usually sourced.
+
+_cu_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_cu_say() { echo "setup: $*"; }
+_cu_err() { echo "setup: ERROR: $*" >&2; }
+
+# 1. Pick (or create) the environment; sets PYTHON and _cu_state (stamp/log dir).
+_cu_pick_env() {
+    local foreign=""
+    if [[ "${CLIPUNLEARN_NO_VENV:-0}" != 0 ]]; then foreign="CLIPUNLEARN_NO_VENV"
+    elif [[ -n "${COLAB_RELEASE_TAG:-}" ]]; then foreign="Colab"
+    elif [[ -n "${VIRTUAL_ENV:-}" && "$(cd "$VIRTUAL_ENV" 2>/dev/null && pwd)" != "$_cu_root/.venv" ]]; then
+        foreign="virtualenv $VIRTUAL_ENV"
+    elif [[ -n "${CONDA_PREFIX:-}" && "${CONDA_DEFAULT_ENV:-base}" != base ]]; then
+        foreign="conda env ${CONDA_DEFAULT_ENV}"
+    fi
+
+    if [[ -n "$foreign" ]]; then
+        PYTHON="$(command -v python || command -v python3 || true)"
+        [[ -n "$PYTHON" ]] || { _cu_err "no python found on PATH"; return 1; }
+        _cu_state="$_cu_root/.cache/setup"     # git-ignored
+        _cu_foreign=1
+        _cu_say "using $foreign ($PYTHON)"
+    else
+        local venv="$_cu_root/.venv"
+        if [[ ! -x "$venv/bin/python" ]]; then
+            [[ -e "$venv" ]] && { _cu_err "$venv exists but has no bin/python; remove it and re-run"; return 1; }
+            local py3; py3="$(command -v python3 || true)"
+            [[ -n "$py3" ]] || { _cu_err "python3 not found (need Python >= 3.10)"; return 1; }
+            _cu_say "creating virtualenv .venv with $("$py3" -V 2>&1)"
+            "$py3" -m venv "$venv" || { _cu_err "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"; return 1; }
+        fi
+        PYTHON="$venv/bin/python"
+        _cu_state="$venv"
+        _cu_foreign=0
+        export VIRTUAL_ENV="$venv"
+        export PATH="$venv/bin:$PATH"
+    fi
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+        || { _cu_err "$PYTHON is not a usable Python >= 3.10 ($("$PYTHON" -V 2>&1))"; return 1; }
+    export PYTHON
+    mkdir -p "$_cu_state"
+}
+
+# 2. pip install -e .[test] unless the stamp says pyproject.toml is unchanged.
+_cu_install() {
+    local want stamp="$_cu_state/.clipunlearn-install.sha256" log="$_cu_state/clipunlearn-pip.log"
+    # hash of pyproject.toml + repo path + interpreter prefix
+    want="$( { cat "$_cu_root/pyproject.toml"; echo "$_cu_root"; "$PYTHON" -c 'import sys; print(sys.prefix)'; } | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
+        && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("clipunlearn") is None)' 2>/dev/null; then
+        return 0
+    fi
+    rm -f "$stamp"
+    local pip=("$PYTHON" -m pip install --disable-pip-version-check -q)
+    if [[ "$_cu_foreign" == 1 ]] && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then
+        # foreign env with torch already there (Colab): keep its torch/torchvision
+        _cu_say "installing clipunlearn[test], keeping the installed torch (log: $log)"
+        local deps
+        mapfile -t deps < <("$PYTHON" - "$_cu_root/pyproject.toml" <<'EOF'
+import re, sys
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+for dep in project["dependencies"] + project["optional-dependencies"]["test"]:
+    if re.split(r"[^A-Za-z0-9_.-]", dep)[0].lower() not in ("torch", "torchvision"):
+        print(dep)
+EOF
+        )
+        { "${pip[@]}" "${deps[@]}" && "${pip[@]}" --no-deps -e "$_cu_root"; } >"$log" 2>&1
+    else
+        _cu_say "installing clipunlearn[test] and pinned dependencies (log: $log)"
+        "${pip[@]}" -e "${_cu_root}[test]" >"$log" 2>&1
+    fi || { tail -n 30 "$log" >&2; _cu_err "pip install failed, see $log"; return 1; }
+    echo "$want" >"$stamp"
+    _cu_say "install done"
+}
+
+# 3. Fashion-MNIST from Debian, when possible (otherwise step 4 downloads it).
+_cu_debian_fashion_mnist() {
+    local dir=/usr/share/datasets/fashion-mnist log="$_cu_state/apt.log"
+    [[ -f "$dir/train-images-idx3-ubyte.gz" && -f "$dir/t10k-labels-idx1-ubyte.gz" ]] && return 0
+    [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null || return 0
+    _cu_say "installing Debian package dataset-fashion-mnist (log: $log)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
+    } >"$log" 2>&1 || _cu_say "apt-get failed; the data will be downloaded instead"
+}
+
+# 4. Default data via the library (idempotent there).
+_cu_fetch_data() {
+    if ! "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("clipunlearn.data") is None)' 2>/dev/null; then
+        _cu_say "clipunlearn.data not found; skipping the data fetch"
+        return 0
+    fi
+    "$PYTHON" -m clipunlearn.data --fetch \
+        || { _cu_err "data fetch failed; retry with: $PYTHON -m clipunlearn.data --fetch"; return 1; }
+}
+
+_cu_setup() {
+    _cu_pick_env && _cu_install || return 1
+    if [[ "${CLIPUNLEARN_SKIP_DATA:-0}" == 0 ]]; then
+        _cu_debian_fashion_mnist && _cu_fetch_data || return 1
+    fi
+}
+
+# Python 3.11 kernels otherwise warn about frozen modules and the debugger.
+export PYDEVD_DISABLE_FILE_VALIDATION=1
+
+# Last command: its status is the script's exit status, or the `source` status.
+_cu_setup

@@ -1,0 +1,54 @@
+"""Argument handling of run_all.sh and run_tests.sh (parsed before any set-up, so fast)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from clipunlearn.paths import PROFILES
+
+
+def run_script(repo_root, script, *args):
+    return subprocess.run(
+        ["bash", str(repo_root / script), *args],
+        capture_output=True, text=True, timeout=30, cwd=repo_root,
+    )
+
+
+def test_help_lists_options(repo_root):
+    proc = run_script(repo_root, "run_all.sh", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--profile", "--only", "--force", "--quick", "--help"):
+        assert option in proc.stdout
+    for profile in PROFILES:
+        assert profile in proc.stdout
+
+
+@pytest.mark.parametrize("args", [("--profile", "huge"), ("--profile=huge",)])
+def test_unknown_profile_is_rejected(repo_root, args):
+    proc = run_script(repo_root, "run_all.sh", *args)
+    assert proc.returncode != 0
+    assert "huge" in proc.stderr
+    for profile in PROFILES:
+        assert profile in proc.stderr
+
+
+@pytest.mark.parametrize("args", [("--bogus",), ("--profile",), ("--only",), ("-p", "X")])
+def test_bad_arguments_are_rejected(repo_root, args):
+    proc = run_script(repo_root, "run_all.sh", *args)
+    assert proc.returncode == 2
+    assert "run_all.sh:" in proc.stderr
+
+
+def test_profiles_match_library(repo_root):
+    """run_all.sh hard-codes the profiles so it can reject bad ones before set-up."""
+    text = (repo_root / "run_all.sh").read_text()
+    assert f"PROFILES=({' '.join(PROFILES)})" in text
+
+
+def test_run_tests_help(repo_root):
+    proc = run_script(repo_root, "run_tests.sh", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--unit", "--notebooks"):
+        assert option in proc.stdout
