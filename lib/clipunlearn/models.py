@@ -271,7 +271,7 @@ def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"]
         val_acc = _zero_shot_accuracy(model, tokenizer, val_images_t, val_labels, train.classnames,
                                       data.FASHION_MNIST_TEMPLATES, device)
         history.append({"step": step, "epoch": epoch + 1, "val_acc": val_acc})
-        bar.set_postfix(loss=f"{float(loss):.3f}", val_acc=f"{val_acc:.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{val_acc:.3f}")
     bar.close()
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                     warmup_steps=warmup_steps, val_images=val_images, seed=seed, max_train_images=max_train_images)

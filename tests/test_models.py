@@ -1,0 +1,96 @@
+"""Models: open_clip loading, the mini CLIP's training pieces and its cache."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from clipunlearn import data, models
+
+
+def test_caption_vocabulary_masks_true_descriptions():
+    captions, mask = models.build_caption_vocabulary()
+    assert len(captions) == len(set(captions))
+    s, c = data.STYLES.index("sketch"), data.FASHION_MNIST_CLASSES.index("sneaker")
+    described = {captions[k] for k in mask[s, c].nonzero().flatten().tolist()}
+    assert described == {"a sketch of a sneaker.", "a sketch of the sneaker.", "a sketch of a shoe.",
+                         "a sketch of the shoe."}
+    # "dress" is its own coarse class: its captions are not duplicated
+    assert mask[0, data.FASHION_MNIST_CLASSES.index("dress")].sum() == 2
+
+
+def test_label_aware_loss_hand_computed():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # captions 0 and 2 both describe image 0
+    positives = torch.tensor([[True, False, True], [False, True, False]])
+    loss = models.label_aware_clip_loss(img, txt, positives, torch.tensor(2.0))
+    lse = math.log(2 * math.exp(2) + 1)  # image 0's row: [2, 0, 2]
+    i2t = (-(2 - lse) + -(2 - math.log(2 + math.exp(2)))) / 2  # image 1's row: [0, 2, 0]
+    col = math.log(math.exp(2) + 1)  # each caption's column has one 2 and one 0
+    t2i = 3 * (-(2 - col)) / 3
+    assert loss.item() == pytest.approx((i2t + t2i) / 2, rel=1e-6)
+
+
+def test_load_clip_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="unknown model 'ViT-Q-99'.*mini"):
+        models.load_clip("ViT-Q-99")
+    with pytest.raises(ValueError, match="neither a local file nor a pretrained tag.*openai"):
+        models.load_clip("RN50", "not-a-tag")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load_clip("mini", "/nonexistent/model.pt")
+
+
+def test_open_clip_architecture_loads_local_checkpoint(tmp_path):
+    """The paper path: an open_clip architecture plus a local checkpoint file (no download)."""
+    import open_clip
+
+    reference = open_clip.create_model("RN50")
+    path = models.save_checkpoint(reference.state_dict(), tmp_path / "rn50.pt")
+    model, preprocess, tokenizer = models.load_clip("RN50", str(path))
+    assert not model.training and tokenizer(["a photo"]).shape == (1, 77)
+    key = "visual.conv1.weight"
+    assert torch.equal(model.state_dict()[key], reference.state_dict()[key])
+    assert models.get_normalization(model) == (tuple(open_clip.OPENAI_DATASET_MEAN), tuple(open_clip.OPENAI_DATASET_STD))
+
+
+@pytest.mark.parametrize("name", ["mini", "mini-vit"])
+def test_mini_models_forward_and_checkpoint_round_trip(name, tmp_path):
+    model, preprocess, tokenizer = models.create_mini_model(name)
+    assert models.get_normalization(model) == (data.MINI_MEAN, data.MINI_STD)
+    feats = model.encode_image(torch.randn(2, 3, 32, 32), normalize=True)
+    assert feats.shape == (2, 128) and tokenizer(["a sketch of a bag."]).shape == (1, 16)
+    path = models.save_checkpoint(model.state_dict(), tmp_path / "m.pt")
+    loaded, _, _ = models.load_clip(name, str(path))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_copy_frozen_has_no_grads():
+    model, _, _ = models.create_mini_model("mini")
+    frozen = models.copy_frozen(model)
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_get_mini_clip_trains_once_then_loads(tmp_path, monkeypatch):
+    if data._find_fashion_mnist(data.get_data_dir()) is None:
+        pytest.skip("Fashion-MNIST not installed")
+    calls = []
+    real_train = models.train_mini_clip
+
+    def tiny_train(name, **kw):
+        calls.append(kw)
+        return real_train(name, **{**kw, "epochs": 1, "max_train_images": 512, "val_images": 200})
+
+    monkeypatch.setattr(models, "train_mini_clip", tiny_train)
+    monkeypatch.setattr(models, "evaluate_mini_clip", lambda *a, **k: {"acc": 0.0})
+    model, _, _, info = models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=256)
+    assert len(calls) == 1 and info["history"][-1]["epoch"] == 1 and info["train_seconds"] > 0
+    folder = next((tmp_path / "models").iterdir())
+    assert folder.name.startswith("mini-v1-") and json.loads((folder / "info.json").read_text())["eval"]
+    again, _, _, info2 = models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=256)
+    assert len(calls) == 1 and info2["train_seconds"] == pytest.approx(info["train_seconds"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # another recipe is another cache entry
+    models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=128)
+    assert len(calls) == 2 and len(list((tmp_path / "models").iterdir())) == 2
