@@ -186,6 +186,13 @@ class StyledImages(Dataset):
         x, y = self.get_batch([index])
         return x[0], y[0]
 
+    def with_targets(self, targets, classnames) -> "StyledImages":
+        """Return a view of the same images labelled by ``targets`` (e.g. coarse classes or styles)."""
+        return StyledImages(self.images, targets, self.styles, self.image_ids, classnames=classnames,
+                            stylenames=self.stylenames, coarse_targets=self.coarse_targets,
+                            coarse_classnames=self.coarse_classnames, mean=tuple(self.mean.flatten().tolist()),
+                            std=tuple(self.std.flatten().tolist()))
+
     def __getitems__(self, indices):  # used by DataLoader for whole-batch fetching
         x, y = self.get_batch(indices)
         return list(zip(x, y))

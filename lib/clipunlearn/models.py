@@ -298,8 +298,7 @@ def evaluate_mini_clip(model, tokenizer, *, data_dir=None, device="cpu") -> dict
         out[f"acc_{style}"] = metrics.accuracy(model, classifier, test, indices=idx, device=device)
     out["acc"] = out["acc_photo"]
     photo = data.select_indices(test, styles=[0])
-    coarse_view = data.StyledImages(test.images, test.coarse_targets, test.styles, test.image_ids,
-                                    classnames=data.FASHION_MNIST_COARSE, stylenames=test.stylenames)
+    coarse_view = test.with_targets(test.coarse_targets, data.FASHION_MNIST_COARSE)
     coarse_classifier = metrics.build_classifier(model, tokenizer, data.FASHION_MNIST_COARSE,
                                                  data.FASHION_MNIST_TEMPLATES, device=device)
     out["coarse_acc"] = metrics.accuracy(model, coarse_classifier, coarse_view, indices=photo, device=device)
@@ -321,8 +320,7 @@ def build_style_classifier(model, tokenizer, *, device="cpu") -> torch.Tensor:
 
 def style_view(dataset: "data.StyledImages") -> "data.StyledImages":
     """Return ``dataset`` relabelled by style (targets = style index), for style classification."""
-    return data.StyledImages(dataset.images, dataset.styles, dataset.styles, dataset.image_ids,
-                             classnames=dataset.stylenames, stylenames=dataset.stylenames)
+    return dataset.with_targets(dataset.styles, dataset.stylenames)
 
 
 def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, force: bool = False, progress: bool = True,

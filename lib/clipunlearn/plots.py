@@ -79,17 +79,23 @@ def plot_curves(history: Sequence[dict], *, x: str, ys: Sequence[str], title: st
 
 
 def plot_embedding_map(points: torch.Tensor, labels: Sequence[str], *, kinds: Sequence[str], title: str = ""):
-    """Scatter 2-D ``points`` coloured by ``labels`` with one marker per kind ("image"/"text")."""
+    """Scatter 2-D ``points`` coloured by label: images as dots, texts as large crosses; return the figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    names = list(dict.fromkeys(labels))
+    colours = dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))))
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    sns.scatterplot(x=points[:, 0].numpy(), y=points[:, 1].numpy(), hue=list(labels), style=list(kinds),
-                    size=[60 if k == "text" else 10 for k in kinds], sizes=(10, 80), ax=ax, alpha=0.8,
-                    linewidth=0.2, legend="brief")
+    for name in names:
+        for kind, marker, size in (("image", "o", 8), ("text", "X", 140)):
+            sel = [i for i, (lab, k) in enumerate(zip(labels, kinds)) if lab == name and k == kind]
+            if sel:
+                ax.scatter(points[sel, 0], points[sel, 1], s=size, marker=marker, color=colours[name], alpha=0.8,
+                           edgecolors="black" if kind == "text" else "none", linewidths=0.6,
+                           label=name if kind == "image" else None)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left", markerscale=0.8)
+    ax.set_title(title + "\n(dots: images, crosses: class prompts)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left", markerscale=2)
     fig.tight_layout()
     return fig
