@@ -172,3 +172,72 @@ def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: floa
     cm = consistency_loss(model, original, retain_batch) if lambda3 else zero
     loss = lambda1 * rm + lambda2 * fm + lambda3 * cm
     return loss, {"fm": fm.item(), "rm": rm.item(), "cm": cm.item()}
+
+
+# --- Paper B: Lipschitz forgetting ---
+# Kravets & Namboodiri, "Zero-Shot Class Unlearning in CLIP with Synthetic Samples" (WACV 2025).
+# Owned by the paper-B work (issue 4); the iterative procedure that drives it is clipunlearn.lipschitz.
+
+
+def lipschitz_bounds(model, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the valid pixel range in model space, ``((0 - mean) / std, (1 - mean) / std)``, as ``[1, 3, 1, 1]``."""
+    from .models import get_normalization
+
+    mean, std = get_normalization(model)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return (0 - m) / s, (1 - m) / s
+
+
+def lipschitz_penalty(model, images: torch.Tensor, texts: torch.Tensor, *, noise: torch.Tensor,
+                      bounds: tuple[torch.Tensor, torch.Tensor] | None = None, batched: bool = True,
+                      chunk_size: int = 1024) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return paper B's Lipschitz loss for ``images [B, 3, H, W]`` with captions ``texts [B, ctx]``, and logs.
+
+    For every image and each of the ``n`` perturbations ``noise [B, n, 3, H, W]``,
+    ``x' = clamp(x + noise)`` (clamped to ``bounds``) and
+
+        L = mean_{i, s} (||f_txt(t_i) - f_img(x'_is)|| + ||f_img(x_i) - f_img(x'_is)||) / (2 ||x_i - x'_is||)
+
+    with unnormalised embeddings and ``f_img(x')`` computed without gradient. All
+    ``B * n`` perturbed images go through one batched forward pass (in chunks of
+    ``chunk_size``); ``batched=False`` runs the reference loop of ``n`` passes.
+    """
+    b, n = noise.shape[:2]
+    noisy = images.detach().unsqueeze(1) + noise.to(images.device, images.dtype)
+    if bounds is not None:
+        lo, hi = (t.to(images.device, images.dtype).unsqueeze(1) for t in bounds)
+        noisy = torch.maximum(torch.minimum(noisy, hi), lo)
+    in_norm = (images.detach().unsqueeze(1) - noisy).flatten(2).norm(dim=2)  # [B, n]
+    f_txt = model.encode_text(texts)  # [B, D], unnormalised
+    f_img = model.encode_image(images)
+    with torch.no_grad():
+        if batched:
+            flat = noisy.flatten(0, 1)
+            f_noisy = torch.cat([model.encode_image(flat[i:i + chunk_size])
+                                 for i in range(0, len(flat), chunk_size)]).view(b, n, -1)
+        else:
+            f_noisy = torch.stack([model.encode_image(noisy[:, s]) for s in range(n)], dim=1)
+    out_txt = (f_txt.unsqueeze(1) - f_noisy).norm(dim=-1)  # [B, n]
+    out_img = (f_img.unsqueeze(1) - f_noisy).norm(dim=-1)
+    loss = ((out_txt + out_img) / (2 * in_norm.clamp_min(1e-12))).mean()
+    logs = {"lipschitz": float(loss.detach()), "out_txt": float(out_txt.detach().mean()),
+            "out_img": float(out_img.detach().mean()), "in_norm": float(in_norm.mean())}
+    return loss, logs
+
+
+@register_loss("lipschitz")
+def lipschitz_loss(model, original, forget_batch, retain_batch=None, *, n_samples: int = 25, sigma: float = 0.1,
+                   chunk_size: int = 1024, generator: torch.Generator | None = None):
+    """Return paper B's Lipschitz forgetting loss on the forget batch (``original`` and retain batch unused).
+
+    Draws ``n_samples`` Gaussian perturbations ``N(0, sigma^2)`` per image (from
+    ``generator`` or the global RNG), clamps ``x + noise`` to the valid pixel range of
+    ``model`` and returns :func:`lipschitz_penalty` (one batched forward pass).
+    """
+    images, texts = forget_batch["images"], forget_batch["texts"]
+    noise = torch.randn((images.shape[0], n_samples, *images.shape[1:]), generator=generator,
+                        device="cpu" if generator is not None else images.device)
+    bounds = lipschitz_bounds(model, device=images.device)
+    return lipschitz_penalty(model, images, texts, noise=sigma * noise.to(images.device), bounds=bounds,
+                             chunk_size=chunk_size)
