@@ -74,3 +74,21 @@ def test_neggrad_plus_and_graddiff_weights(tiny_clip):
 def test_register_twice_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
         losses.register_loss("ga")(lambda *a: None)
+
+
+def test_random_labels_targets_are_wrong_classes(tiny_clip, monkeypatch):
+    model, tok = tiny_clip.model, tiny_clip.tokenizer
+    forget, retain = batch_of(tok, [0, 0, 0]), batch_of(tok, [1, 2])
+    class_texts = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a bird."])
+    seen = []
+    real_ce = F.cross_entropy
+
+    def spy(logits, target, *a, **k):
+        seen.append(target.clone())
+        return real_ce(logits, target, *a, **k)
+
+    monkeypatch.setattr(losses.F, "cross_entropy", spy)
+    for _ in range(5):
+        losses.get_loss("random_labels")(model, None, forget, retain, class_texts=class_texts)
+    relabel_targets = torch.cat(seen)  # the only cross_entropy call: the retain term is label-aware
+    assert relabel_targets.numel() == 15 and (relabel_targets != 0).all()

@@ -90,3 +90,10 @@ def test_iterate_batches_uses_fast_path():
         pytest.skip(str(err))
     batches = list(metrics.iterate_batches(ds, indices=torch.arange(10), batch_size=4))
     assert [len(y) for _, y in batches] == [4, 4, 2]
+
+
+def test_retrieval_recall_on_query_subset():
+    feats = torch.eye(4)
+    texts = feats[[0, 1, 3, 2]]  # pairs 2 and 3 swapped
+    assert metrics.retrieval_recall(feats, texts, ks=(1,), queries=[0, 1]) == {"i2t_r1": 1.0, "t2i_r1": 1.0}
+    assert metrics.retrieval_recall(feats, texts, ks=(1,), queries=[2, 3]) == {"i2t_r1": 0.0, "t2i_r1": 0.0}

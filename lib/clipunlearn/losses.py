@@ -143,16 +143,24 @@ def neggrad_plus_loss(model, original, forget_batch, retain_batch, *, beta: floa
 
 
 @register_loss("random_labels")
-def random_labels_loss(model, original, forget_batch, retain_batch, *, retain_weight: float = 1.0):
-    """Random labels: match each forget image to a random retain caption (another class), plus L(D_r).
+def random_labels_loss(model, original, forget_batch, retain_batch, *, class_texts=None, retain_weight: float = 1.0):
+    """Random labels: train each forget image towards a random *wrong* class, plus ``L(D_r)``.
 
-    Image-to-text cross-entropy of forget images against the retain batch's
-    captions with a uniformly random target (drawn from torch's global RNG, which
-    the loop seeds per step).
+    With ``class_texts`` (tokenised captions of every class, ``[C, ctx]``) the forget
+    images are classified zero-shot over all classes with cross-entropy towards a
+    uniformly drawn class other than their own (SalUn's RL, in CLIP form); without
+    it, towards a random caption of the retain batch. Targets come from torch's
+    global RNG, which the loop seeds per step.
     """
     img = model.encode_image(forget_batch["images"], normalize=True)
-    txt = model.encode_text(retain_batch["texts"], normalize=True)
-    target = torch.randint(len(txt), (len(img),), device=img.device)
+    labels = forget_batch["labels"]
+    if class_texts is not None:
+        txt = model.encode_text(class_texts.to(img.device), normalize=True)
+        shift = torch.randint(1, len(txt), (len(img),), device=img.device)
+        target = (labels + shift) % len(txt)  # never the true class
+    else:
+        txt = model.encode_text(retain_batch["texts"], normalize=True)
+        target = torch.randint(len(txt), (len(img),), device=img.device)
     relabel = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, target)
     retain = pair_clip_loss(model, retain_batch)
     return relabel + retain_weight * retain, {"relabel_loss": relabel.item(), "retain_loss": retain.item()}

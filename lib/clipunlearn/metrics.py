@@ -115,21 +115,23 @@ def evaluate_forgetting(model, classifier, dataset, *, forget_idx, retain_idx, o
 # Retrieval
 # --------------------------------------------------------------------------- #
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, *, ks: Sequence[int] = (1, 5, 10),
-                     groups: torch.Tensor | None = None) -> dict[str, float]:
+                     groups: torch.Tensor | None = None, queries=None) -> dict[str, float]:
     """Return image-to-text and text-to-image recall@k (``i2t_r1``, ..., ``t2i_r10``).
 
     Row ``i`` of both feature matrices is a matching pair. With ``groups`` (one id
     per pair, e.g. the class of the caption) a hit is any item of the same group,
-    so identical captions are not counted as misses.
+    so identical captions are not counted as misses. ``queries`` (row indices)
+    scores only those images / texts as queries, against the whole pool.
     """
     sims = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
     n = sims.shape[0]
     ids = torch.arange(n) if groups is None else torch.as_tensor(groups)
     match = ids.view(-1, 1) == ids.view(1, -1)
     out = {}
+    rows = torch.arange(n) if queries is None else torch.as_tensor(queries, dtype=torch.long)
     for name, s in (("i2t", sims), ("t2i", sims.T)):
-        order = s.argsort(dim=1, descending=True)
-        hits = match.gather(1, order)
+        order = s[rows].argsort(dim=1, descending=True)
+        hits = match[rows].gather(1, order)
         for k in ks:
             out[f"{name}_r{k}"] = float(hits[:, :min(k, n)].any(1).float().mean())
     return out

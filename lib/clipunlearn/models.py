@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -80,8 +81,12 @@ def create_mini_model(name: str = "mini", *, device="cpu", seed: int = 0):
     register_model_configs()
     torch.manual_seed(seed)
     arch = MINI_MODELS[name]
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        arch, device=device, image_mean=data.MINI_MEAN, image_std=data.MINI_STD, image_interpolation="bilinear")
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: expected here
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, device=device, image_mean=data.MINI_MEAN, image_std=data.MINI_STD, image_interpolation="bilinear")
+    finally:
+        logging.disable(logging.NOTSET)
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
