@@ -9,7 +9,7 @@
    one batched forward pass against ``n`` separate passes, forward + backward,
    on the same noise (the two values must agree). Reports milliseconds per evaluation.
 
-Uses the cached mini CLIP when it exists (``python -m clipunlearn.models --train-mini``),
+Uses the cached mini CLIP when it exists (``python -m clipunlearn models --train-mini``),
 otherwise a randomly initialised model of the same config (timings are the same;
 the script says which). Example::
 

@@ -12,7 +12,7 @@
 #      torch (Colab), torch/torchvision are kept and the other deps installed.
 #   3. Fashion-MNIST from Debian (apt-get install dataset-fashion-mnist) when
 #      root, apt exists and the files are missing.
-#   4. default data: python -m clipunlearn.data --fetch
+#   4. default data: python -m clipunlearn data --fetch
 #
 # Environment: CLIPUNLEARN_NO_VENV=1 (use the current python),
 #              CLIPUNLEARN_SKIP_DATA=1 (skip steps 3 and 4).
@@ -114,8 +114,8 @@ _cu_fetch_data() {
         _cu_say "clipunlearn.data not found; skipping the data fetch"
         return 0
     fi
-    "$PYTHON" -m clipunlearn.data --fetch \
-        || { _cu_err "data fetch failed; retry with: $PYTHON -m clipunlearn.data --fetch"; return 1; }
+    "$PYTHON" -m clipunlearn data --fetch \
+        || { _cu_err "data fetch failed; retry with: $PYTHON -m clipunlearn data --fetch"; return 1; }
 }
 
 _cu_setup() {

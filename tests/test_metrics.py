@@ -97,3 +97,18 @@ def test_retrieval_recall_on_query_subset():
     texts = feats[[0, 1, 3, 2]]  # pairs 2 and 3 swapped
     assert metrics.retrieval_recall(feats, texts, ks=(1,), queries=[0, 1]) == {"i2t_r1": 1.0, "t2i_r1": 1.0}
     assert metrics.retrieval_recall(feats, texts, ks=(1,), queries=[2, 3]) == {"i2t_r1": 0.0, "t2i_r1": 0.0}
+
+
+def test_retrieval_recall_against_distinct_captions():
+    images = torch.eye(3)[[0, 0, 1, 2]]  # two images of class 0, one of class 1, one of class 2
+    texts = torch.eye(3)[[0, 1, 2, 2]]  # 4 captions, two of class 2
+    texts[3] = torch.tensor([0.0, 0.9, 0.1])  # a second caption of class 2 that looks like class 1
+    out = metrics.retrieval_recall(images, texts, ks=(1, 2), groups=torch.tensor([0, 0, 1, 2]),
+                                   text_groups=torch.tensor([0, 1, 2, 2]))
+    assert out["i2t_r1"] == 1.0
+    assert out["t2i_r1"] == 0.75  # caption 3 retrieves the class-1 image first
+    sub = metrics.retrieval_recall(images, texts, ks=(1,), groups=torch.tensor([0, 0, 1, 2]),
+                                   text_groups=torch.tensor([0, 1, 2, 2]), queries=[2], text_queries=[3])
+    assert sub == {"i2t_r1": 1.0, "t2i_r1": 0.0}
+    with pytest.raises(ValueError, match="text_groups"):
+        metrics.retrieval_recall(images, texts[:3], ks=(1,))

@@ -1,5 +1,6 @@
 """Models: open_clip loading, the mini CLIP's training pieces and its cache."""
 
+import copy
 import json
 import math
 
@@ -87,10 +88,51 @@ def test_get_mini_clip_trains_once_then_loads(tmp_path, monkeypatch):
     model, _, _, info = models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=256)
     assert len(calls) == 1 and info["history"][-1]["epoch"] == 1 and info["train_seconds"] > 0
     folder = next((tmp_path / "models").iterdir())
-    assert folder.name.startswith("mini-v1-") and json.loads((folder / "info.json").read_text())["eval"]
+    assert folder.name.startswith(f"mini-v{models.MINI_VERSION}-") and json.loads((folder / "info.json").read_text())["eval"]
     again, _, _, info2 = models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=256)
     assert len(calls) == 1 and info2["train_seconds"] == pytest.approx(info["train_seconds"])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     # another recipe is another cache entry
     models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=128)
     assert len(calls) == 2 and len(list((tmp_path / "models").iterdir())) == 2
+
+
+@pytest.mark.parametrize("name", ["RN50", "ViT-B-32"])
+def test_open_clip_architecture_random_init(name):
+    """``pretrained=None`` builds the architecture without weights (works offline)."""
+    model, preprocess, tokenizer = models.load_clip(name)
+    assert not model.training and model.visual.image_size in (224, (224, 224))
+    with torch.no_grad():
+        feats = model.encode_image(torch.randn(1, 3, 224, 224), normalize=True)
+        text = model.encode_text(tokenizer(["a photo of a dog."]), normalize=True)
+    assert feats.shape == text.shape == (1, model.text_projection.shape[1])
+
+
+def test_load_clip_download_failure_says_how_to_pass_a_local_file(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai'")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(RuntimeError, match=r"could not download the RN50/openai.*load_clip\('RN50', '/path/to/"):
+        models.load_clip("RN50", "openai")
+
+
+def test_make_adamw_is_fused_on_cpu_and_matches_plain_adamw():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 3)
+    b = copy.deepcopy(a)
+    fused = models.make_adamw(a.parameters(), lr=0.1, weight_decay=0.1)
+    plain = torch.optim.AdamW(b.parameters(), lr=0.1, weight_decay=0.1)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(8, 4)
+    for model, opt in ((a, fused), (b, plain)):
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+    groups = models.make_adamw([{"params": [a.weight], "weight_decay": 0.0}, {"params": [a.bias]}], lr=0.1)
+    assert groups.defaults["fused"] is True and len(groups.param_groups) == 2

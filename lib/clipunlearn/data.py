@@ -6,7 +6,7 @@ with ``targets`` (LongTensor) and ``classnames`` attributes; style-aware dataset
 
 Fashion-MNIST is read from Debian's ``dataset-fashion-mnist`` package
 (``/usr/share/datasets/fashion-mnist``), from ``<data_dir>/fashion-mnist`` or,
-where online, from torchvision's download. ``python -m clipunlearn.data --fetch``
+where online, from torchvision's download. ``python -m clipunlearn data --fetch``
 gets it.
 """
 
@@ -57,7 +57,7 @@ _FMNIST_FILES = {
 _MISSING_FMNIST = (
     "Fashion-MNIST not found (looked in {where}). Get it with one of:\n"
     "  sudo apt-get install dataset-fashion-mnist      # Debian/Ubuntu, offline mirror\n"
-    "  python -m clipunlearn.data --fetch              # torchvision download (needs internet)\n"
+    "  python -m clipunlearn data --fetch              # torchvision download (needs internet)\n"
     "or put the four *-ubyte.gz files in <data_dir>/fashion-mnist/."
 )
 
@@ -490,10 +490,10 @@ def get_templates(name: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    """``python -m clipunlearn.data --fetch``: make the default (mini) data available."""
+    """``python -m clipunlearn data --fetch``: make the default (mini) data available."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m clipunlearn data", description=main.__doc__)
     parser.add_argument("--fetch", action="store_true", help="get Fashion-MNIST (Debian copy or download)")
     parser.add_argument("--data-dir", default=None, help="data folder (default $CLIPUNLEARN_DATA or the cache)")
     parser.add_argument("--list", action="store_true", help="list the registered datasets")
@@ -509,6 +509,3 @@ def main(argv=None) -> int:
             return 1
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

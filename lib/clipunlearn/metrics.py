@@ -115,25 +115,41 @@ def evaluate_forgetting(model, classifier, dataset, *, forget_idx, retain_idx, o
 # Retrieval
 # --------------------------------------------------------------------------- #
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, *, ks: Sequence[int] = (1, 5, 10),
-                     groups: torch.Tensor | None = None, queries=None) -> dict[str, float]:
+                     groups: torch.Tensor | None = None, queries=None, text_groups: torch.Tensor | None = None,
+                     text_queries=None) -> dict[str, float]:
     """Return image-to-text and text-to-image recall@k (``i2t_r1``, ..., ``t2i_r10``).
 
     Row ``i`` of both feature matrices is a matching pair. With ``groups`` (one id
     per pair, e.g. the class of the caption) a hit is any item of the same group,
     so identical captions are not counted as misses. ``queries`` (row indices)
     scores only those images / texts as queries, against the whole pool.
+    With ``text_groups`` the texts are their own set (e.g. each distinct caption
+    once): image ``i`` matches text ``j`` when ``groups[i] == text_groups[j]``,
+    ``queries`` picks the image queries and ``text_queries`` the text queries.
     """
     sims = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
-    n = sims.shape[0]
-    ids = torch.arange(n) if groups is None else torch.as_tensor(groups)
-    match = ids.view(-1, 1) == ids.view(1, -1)
+    n_img, n_txt = sims.shape
+    if text_groups is None:
+        if n_img != n_txt:
+            raise ValueError(f"{n_img} images but {n_txt} texts: pass groups and text_groups to match them by group")
+        img_ids = torch.arange(n_img) if groups is None else torch.as_tensor(groups)
+        txt_ids = img_ids
+    else:
+        if groups is None:
+            raise ValueError("text_groups needs groups (the group id of every image)")
+        img_ids, txt_ids = torch.as_tensor(groups), torch.as_tensor(text_groups)
+    match = img_ids.view(-1, 1) == txt_ids.view(1, -1)
+    img_rows = torch.arange(n_img) if queries is None else torch.as_tensor(queries, dtype=torch.long)
+    if text_groups is None:
+        txt_rows = img_rows
+    else:
+        txt_rows = torch.arange(n_txt) if text_queries is None else torch.as_tensor(text_queries, dtype=torch.long)
     out = {}
-    rows = torch.arange(n) if queries is None else torch.as_tensor(queries, dtype=torch.long)
-    for name, s in (("i2t", sims), ("t2i", sims.T)):
+    for name, s, m, rows in (("i2t", sims, match, img_rows), ("t2i", sims.T, match.T, txt_rows)):
         order = s[rows].argsort(dim=1, descending=True)
-        hits = match[rows].gather(1, order)
+        hits = m[rows].gather(1, order)
         for k in ks:
-            out[f"{name}_r{k}"] = float(hits[:, :min(k, n)].any(1).float().mean())
+            out[f"{name}_r{k}"] = float(hits[:, :min(k, s.shape[1])].any(1).float().mean())
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Collection, Sequence
 import torch
 
 from .losses import get_loss
-from .models import copy_frozen, load_checkpoint, save_checkpoint
+from .models import copy_frozen, load_checkpoint, make_adamw, save_checkpoint
 
 
 # --------------------------------------------------------------------------- #
@@ -163,7 +163,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     chosen_names = {n for n, _ in chosen}
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen_names)
-    optimizer = torch.optim.AdamW([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    optimizer = make_adamw([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     result, step, best_score, best_state, last_eval = UnlearnResult(), 0, -math.inf, None, {}
     ckpt = Path(checkpoint_dir) / "state.pt" if checkpoint_dir is not None else None

@@ -1,0 +1,30 @@
+"""Command line of clipunlearn: ``python -m clipunlearn COMMAND [OPTIONS]``.
+
+    python -m clipunlearn data --fetch          # get the default (mini) data
+    python -m clipunlearn data --list           # the registered datasets
+    python -m clipunlearn models --train-mini   # train (or load) the cached mini CLIP
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import data, models
+
+COMMANDS = {"data": data.main, "models": models.main}
+
+
+def main(argv=None) -> int:
+    """Dispatch ``argv[0]`` to the module's ``main``; ``-h`` lists the commands."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
