@@ -136,3 +136,17 @@ def test_make_adamw_is_fused_on_cpu_and_matches_plain_adamw():
         torch.testing.assert_close(pa, pb)
     groups = models.make_adamw([{"params": [a.weight], "weight_decay": 0.0}, {"params": [a.bias]}], lr=0.1)
     assert groups.defaults["fused"] is True and len(groups.param_groups) == 2
+
+
+def test_parse_pretrained_overrides():
+    assert models.parse_pretrained("", backbones=["RN50"]) == {}
+    assert models.parse_pretrained("/ckpt/a.pt", backbones=["ViT-B-32"]) == {"ViT-B-32": "/ckpt/a.pt"}
+    assert models.parse_pretrained("C:/ckpt/a.pt", backbones=["ViT-B-32"]) == {"ViT-B-32": "C:/ckpt/a.pt"}
+    assert models.parse_pretrained("RN50:/c/rn.pt, ViT-B-16=openai", backbones=["RN50", "ViT-B-16"]) == {
+        "RN50": "/c/rn.pt", "ViT-B-16": "openai"}
+    with pytest.raises(ValueError, match="say which backbone.*RN50, ViT-B-16"):
+        models.parse_pretrained("/c/rn.pt", backbones=["RN50", "ViT-B-16"])
+    with pytest.raises(ValueError, match="say which backbone.*RN50, ViT-B-16"):
+        models.parse_pretrained("RN101:openai", backbones=["RN50", "ViT-B-16"])
+    with pytest.raises(ValueError, match="give a pretrained tag"):
+        models.parse_pretrained("RN50:", backbones=["RN50", "ViT-B-16"])

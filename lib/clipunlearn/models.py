@@ -124,9 +124,33 @@ def load_clip(name: str = "mini", pretrained: str | None = None, *, device="cpu"
         if any(word in str(err).lower() for word in ("download", "connection", "hub")):
             raise RuntimeError(
                 f"could not download the {name}/{pretrained} weights ({err}). Offline, download the checkpoint "
-                f"elsewhere and pass its local path: load_clip({name!r}, '/path/to/checkpoint.pt')") from err
+                f"elsewhere and pass its local path: load_clip({name!r}, '/path/to/checkpoint.pt') (notebooks: "
+                f"./run_all.sh --profile paper -p PRETRAINED /path/to/checkpoint.pt)") from err
         raise
     return model.eval(), preprocess, tokenizer
+
+
+def parse_pretrained(text: str, *, backbones) -> dict[str, str]:
+    """Parse ``"NAME:TAG_OR_PATH,..."`` (a notebook parameter; ``=`` works too) into ``{name: pretrained}``.
+
+    With one backbone, a bare ``TAG_OR_PATH`` is for it; names must be among ``backbones``.
+    """
+    backbones = list(backbones)
+    out = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        cut = min((i for i in (item.find(":"), item.find("=")) if i > 0), default=-1)
+        name, value = (item[:cut].strip(), item[cut + 1:].strip()) if cut > 0 else ("", item)
+        if name not in backbones:
+            if len(backbones) != 1:
+                raise ValueError(f"{item!r}: say which backbone, as NAME:TAG_OR_PATH (e.g. {backbones[0]}:openai); "
+                                 f"backbones of this run: {', '.join(backbones)}")
+            name, value = backbones[0], item
+        if not value:
+            raise ValueError(f"{item!r}: give a pretrained tag (e.g. openai) or a local checkpoint path")
+        out[name] = value
+    return out
 
 
 def load_checkpoint(path) -> dict:
