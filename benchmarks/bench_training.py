@@ -1,9 +1,9 @@
 """Benchmark the training steps behind the mini profile's wall time.
 
-1. Mini CLIP training step (``models.train_mini_clip``): batch 256 of 32x32 images
-   against the 78 captions, forward + backward + AdamW, with plain or fused AdamW
-   and contiguous or channels-last convolutions (the recipe uses fused +
-   channels-last).
+1. Mini CLIP training step (``models.train_step``, as ``train_mini_clip`` runs
+   it): batch 256 of 32x32 images against the 78 captions, forward + backward +
+   AdamW, with plain or fused AdamW and contiguous or channels-last convolutions
+   (the recipe uses fused + channels-last).
 2. Unlearning step of the shared loop (``unlearning.unlearn``, CLIPErase, batch
    32): plain against fused AdamW (``models.make_adamw``, what the loop uses).
 
@@ -41,13 +41,7 @@ def time_training_steps(*, fused: bool, channels_last: bool, steps: int, warmup:
         start = time.perf_counter()
         idx, styles = torch.randint(n, (batch_size,), generator=g), torch.randint(3, (batch_size,), generator=g)
         images, labels = train.get_batch(idx + styles * n)
-        image_features = model.encode_image(images.contiguous(memory_format=fmt), normalize=True)
-        text_features = model.encode_text(tokens, normalize=True)
-        loss = models.label_aware_clip_loss(image_features, text_features, compatible[styles, labels],
-                                            model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        models.train_step(model, optimizer, images.contiguous(memory_format=fmt), tokens, compatible[styles, labels])
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)

@@ -88,7 +88,8 @@ def test_get_mini_clip_trains_once_then_loads(tmp_path, monkeypatch):
     model, _, _, info = models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=256)
     assert len(calls) == 1 and info["history"][-1]["epoch"] == 1 and info["train_seconds"] > 0
     folder = next((tmp_path / "models").iterdir())
-    assert folder.name.startswith(f"mini-v{models.MINI_VERSION}-") and json.loads((folder / "info.json").read_text())["eval"]
+    assert folder.name.startswith(f"mini-v{models.MINI_VERSION}-")
+    assert json.loads((folder / "info.json").read_text())["eval"]
     again, _, _, info2 = models.get_mini_clip(cache_dir=tmp_path, progress=False, batch_size=256)
     assert len(calls) == 1 and info2["train_seconds"] == pytest.approx(info["train_seconds"])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
@@ -150,3 +151,18 @@ def test_parse_pretrained_overrides():
         models.parse_pretrained("RN101:openai", backbones=["RN50", "ViT-B-16"])
     with pytest.raises(ValueError, match="give a pretrained tag"):
         models.parse_pretrained("RN50:", backbones=["RN50", "ViT-B-16"])
+
+
+def test_train_step_updates_the_model_and_clamps_the_logit_scale():
+    model, _, tokenizer = models.create_mini_model("mini")
+    captions, compatible = models.build_caption_vocabulary()
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # exp(10) > 100: the step must clamp it to log(100)
+    optimizer = models.make_adamw(model.parameters(), lr=1e-3)
+    before = model.visual.attnpool.c_proj.weight.clone()
+    labels, styles = torch.tensor([0, 7]), torch.tensor([0, 2])
+    loss = models.train_step(model, optimizer, torch.randn(2, 3, 32, 32), tokenizer(captions),
+                             compatible[styles, labels])
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert not torch.equal(before, model.visual.attnpool.c_proj.weight)
+    assert model.logit_scale.item() == pytest.approx(math.log(100))

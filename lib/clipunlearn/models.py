@@ -242,6 +242,22 @@ def _zero_shot_accuracy(model, tokenizer, images, labels, classnames, templates,
     return correct / len(labels)
 
 
+def train_step(model, optimizer, images: torch.Tensor, tokens: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """One mini-CLIP training step on ``images`` against all caption ``tokens``; return the loss.
+
+    ``positives[i, j]`` is true when caption ``j`` describes image ``i`` (label-aware CLIP loss).
+    """
+    image_features = model.encode_image(images, normalize=True)
+    text_features = model.encode_text(tokens, normalize=True)
+    loss = label_aware_clip_loss(image_features, text_features, positives, model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss
+
+
 def make_adamw(params, **kwargs) -> torch.optim.AdamW:
     """AdamW over ``params`` (tensors or parameter groups), fused where torch has it (CPU and CUDA floats).
 
@@ -306,16 +322,9 @@ def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"]
             styles = torch.randint(len(data.STYLES), (len(batch),), generator=g)
             images, labels = train.get_batch(batch + styles * n_source)
             positives = compatible[styles, labels].to(device)
-            image_features = model.encode_image(images.to(device, memory_format=torch.channels_last),
-                                                normalize=True)
-            text_features = model.encode_text(tokens, normalize=True)
-            loss = label_aware_clip_loss(image_features, text_features, positives, model.logit_scale.exp())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, images.to(device, memory_format=torch.channels_last), tokens,
+                              positives)
             schedule.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
             step += 1
             bar.update()
             if step % 25 == 0 or step == 1:
