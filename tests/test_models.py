@@ -166,3 +166,21 @@ def test_train_step_updates_the_model_and_clamps_the_logit_scale():
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert not torch.equal(before, model.visual.attnpool.c_proj.weight)
     assert model.logit_scale.item() == pytest.approx(math.log(100))
+
+
+def test_override_backbones_applies_notebook_parameters():
+    paper = {"ViT-B-32": "openai"}
+    assert models.override_backbones(paper, profile="paper") == paper
+    assert models.override_backbones(paper, profile="paper", model="ViT-B-16") == {"ViT-B-16": "openai"}
+    assert models.override_backbones(paper, profile="paper", model="RN50", pretrained="/c/rn.pt") == {
+        "RN50": "/c/rn.pt"}
+    two = {"RN50": "openai", "ViT-B-16": "openai"}
+    assert models.override_backbones(two, profile="paper", pretrained="RN50:/c/rn.pt") == {
+        "RN50": "/c/rn.pt", "ViT-B-16": "openai"}
+    with pytest.raises(ValueError, match="MODEL replaces the only backbone"):
+        models.override_backbones(two, profile="paper", model="RN101")
+    assert models.override_backbones({"mini": None}, profile="mini") == {"mini": None}
+    with pytest.raises(ValueError, match="^PRETRAINED is for the paper profile only"):
+        models.override_backbones({"mini": None}, profile="mini", pretrained="/c/rn.pt")
+    with pytest.raises(ValueError, match="^MODEL and PRETRAINED are for the paper profile only"):
+        models.override_backbones({"mini": None}, profile="mini", model="RN50", pretrained="openai")

@@ -129,21 +129,19 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
     """
     sims = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
     n_img, n_txt = sims.shape
-    if text_groups is None:
+    as_rows = lambda q, n: torch.arange(n) if q is None else torch.as_tensor(q, dtype=torch.long)
+    img_rows = as_rows(queries, n_img)
+    if text_groups is None:  # row i of both matrices is a pair
         if n_img != n_txt:
             raise ValueError(f"{n_img} images but {n_txt} texts: pass groups and text_groups to match them by group")
-        img_ids = torch.arange(n_img) if groups is None else torch.as_tensor(groups)
-        txt_ids = img_ids
+        img_ids = txt_ids = torch.arange(n_img) if groups is None else torch.as_tensor(groups)
+        txt_rows = img_rows
     else:
         if groups is None:
             raise ValueError("text_groups needs groups (the group id of every image)")
         img_ids, txt_ids = torch.as_tensor(groups), torch.as_tensor(text_groups)
+        txt_rows = as_rows(text_queries, n_txt)
     match = img_ids.view(-1, 1) == txt_ids.view(1, -1)
-    img_rows = torch.arange(n_img) if queries is None else torch.as_tensor(queries, dtype=torch.long)
-    if text_groups is None:
-        txt_rows = img_rows
-    else:
-        txt_rows = torch.arange(n_txt) if text_queries is None else torch.as_tensor(text_queries, dtype=torch.long)
     out = {}
     for name, s, m, rows in (("i2t", sims, match, img_rows), ("t2i", sims.T, match.T, txt_rows)):
         order = s[rows].argsort(dim=1, descending=True)

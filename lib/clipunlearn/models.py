@@ -153,6 +153,26 @@ def parse_pretrained(text: str, *, backbones) -> dict[str, str]:
     return out
 
 
+def override_backbones(backbones: dict, *, profile: str, model: str = "", pretrained: str = "") -> dict:
+    """Return a notebook's ``{name: pretrained}`` backbones with its ``MODEL`` / ``PRETRAINED`` parameters applied.
+
+    ``model`` renames the only backbone (keeping its tag); ``pretrained`` is parsed by
+    :func:`parse_pretrained`. Both choose paper-profile weights, so the mini profile refuses them.
+    """
+    if profile == "mini":
+        given = [name for name, value in (("MODEL", model), ("PRETRAINED", pretrained)) if value]
+        if given:
+            verb = "is" if len(given) == 1 else "are"
+            raise ValueError(f"{' and '.join(given)} {verb} for the paper profile only; the mini profile uses the "
+                             "project's mini model (python -m clipunlearn models --train-mini)")
+        return dict(backbones)
+    if model:
+        if len(backbones) != 1:
+            raise ValueError(f"MODEL replaces the only backbone; this run has {', '.join(backbones)}")
+        backbones = {model: next(iter(backbones.values()))}
+    return {**backbones, **parse_pretrained(pretrained, backbones=backbones)}
+
+
 def load_checkpoint(path) -> dict:
     """Load a state dict saved by this project (``weights_only=True``; accepts ``{"state_dict": ...}``)."""
     path = Path(path)
