@@ -265,3 +265,169 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     result.reached = best_acc <= threshold
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+# --------------------------------------------------------------------------- #
+# Paper B on the shared harness (clipunlearn.experiment)
+# --------------------------------------------------------------------------- #
+def generate_task_synthetic(model, task, *, tokenizer, n_train: int, n_val: int, generation: dict, seed: int = 0,
+                            device="cpu"):
+    """Return ``(forget_set, val_set, cost)``: synthetic images of ``task``'s forget class, no real image used.
+
+    One batched :func:`clipunlearn.synthetic.generate_synthetic` call makes
+    ``n_train + n_val`` images (``generation``: its keyword arguments; ``"logit_scale":
+    "model"`` takes the model's own); the first ``n_train`` are the forget set, the
+    other ``n_val`` a held-out synthetic validation set for the data-free selection.
+    """
+    from . import models, synthetic
+
+    gen = dict(generation)
+    if gen.get("logit_scale") == "model":
+        gen["logit_scale"] = float(model.logit_scale.detach().exp())
+    mean, std = models.get_normalization(model)
+    classifier = metrics.build_classifier(model, tokenizer, task.classnames, task.templates, device=device)
+    with metrics.measure_run(device=device) as cost:
+        syn = synthetic.generate_synthetic(model, classifier, classes=task.forget_classes,
+                                           classnames=task.classnames, n_per_class=n_train + n_val, mean=mean,
+                                           std=std, seed=seed, device=device, progress=False, **gen)
+    forget = syn.subset(torch.arange(n_train))
+    val = syn.subset(torch.arange(n_train, n_train + n_val))
+    return forget, val, {**cost, "reached": int(syn.reached.sum()), "images": len(syn),
+                         "mean_steps": float(syn.steps_taken.float().mean())}
+
+
+def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_forget=None, lr: float,
+                  n_samples: int = 25, sigma_schedule: Sequence[float] = SIGMA_SCHEDULE, k_start: int | None = None,
+                  selective: bool = True, threshold: float = 0.1, max_epochs: int = 30, betas=(0.9, 0.98),
+                  eps: float = 1e-6, weight_decay: float = 0.2, batch_size: int = 64,
+                  caption_templates: Sequence[str] = ("a photo of a {}.",), data_free: bool = True,
+                  method: str = "lipschitz_synthetic", config: dict | None = None, device="cpu"):
+    """Forget ``task``'s class from a copy of ``model`` with paper B's procedure; return ``(model, record)``.
+
+    ``forget_data[forget_idx]`` are the forget images (a synthetic set, or real training
+    images for the ``lipschitz_real`` reference); ``val_forget = (dataset, indices)`` is what
+    the validation scores forgetting on (held-out synthetic images for a data-free run:
+    no real forget image is seen, not even to select). The record has the test metrics
+    of :func:`clipunlearn.experiment.evaluate_model`, the validation score of the final
+    model, the stop-set accuracy before / after and a per-step validation history.
+    """
+    from . import experiment
+    from .unlearning import make_pair_loader
+
+    experiment._release()
+    unlearned = copy.deepcopy(model)
+    loader = make_pair_loader(forget_data, tokenizer=tokenizer, templates=caption_templates, indices=forget_idx,
+                              batch_size=batch_size, shuffle=True, seed=task.seed, device=device)
+    k_schedule = paper_k_schedule(unlearned, **({} if k_start is None else dict(k_image=k_start, k_text=k_start)))
+    validate = lambda m: experiment.validate_model(m, task, tokenizer=tokenizer, device=device,
+                                                   forget_data=val_forget)
+    with metrics.measure_run(device=device) as cost:
+        result = forget_lipschitz(unlearned, forget_loader=loader, tokenizer=tokenizer, classnames=task.classnames,
+                                  templates=task.templates, stop_dataset=forget_data, stop_indices=forget_idx,
+                                  k_schedule=k_schedule, sigma_schedule=sigma_schedule, n_samples=n_samples,
+                                  threshold=threshold, max_epochs=max_epochs, lr=lr, betas=betas, eps=eps,
+                                  weight_decay=weight_decay, selective=selective, eval_fn=validate, device=device,
+                                  seed=task.seed, progress=False)
+    val = validate(unlearned)
+    test = experiment.evaluate_model(unlearned, task, tokenizer=tokenizer, device=device)
+    history = [{"step": h["kept_step"], **{k: h[k] for k in ("val_forget_acc", "val_retain_acc", "score", "stop_acc")
+                                           if k in h}} for h in result.curve()]
+    record = experiment.summarise_run(
+        task, method=method,
+        config={"lr": lr, "n_samples": n_samples, "sigma_schedule": list(sigma_schedule), "k_start": k_start,
+                "selective": selective, "threshold": threshold, "max_epochs": max_epochs, "betas": list(betas),
+                "eps": eps, "weight_decay": weight_decay, "batch_size": batch_size, "data_free": data_free,
+                "forget_images": len(forget_idx) if forget_idx is not None else len(forget_data), **(config or {})},
+        test_metrics=test, cost=cost, val=val, history=history)
+    record["metrics"].update(stop_acc=result.final_acc, stop_acc_before=result.initial_acc, steps=result.steps,
+                             accepted_steps=result.accepted_steps, epochs=len(result.epochs),
+                             stopped_early=None, failed=False)
+    return unlearned, record
+
+
+def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, forgetting: dict, grid: dict,
+                            n_train: int = 64, n_val: int = 32, n_real: int | None = 64, store,
+                            device="cpu") -> dict:
+    """Paper B on every target of ``tasks`` (``{target: [task per seed]}``); return the synthetic sets by (target, seed).
+
+    Per target: the original model (``original``), then ``lipschitz_synthetic`` (synthetic
+    forget images only; its grid is scored on held-out *synthetic* images and real
+    retain validation images, with the oracle score on real forget validation images
+    recorded beside it, never used) and ``lipschitz_real`` (the same procedure on
+    ``n_real`` real training images of the class, selected on real validation images),
+    each through :func:`clipunlearn.experiment.run_selected`. ``forgetting``: keyword
+    arguments of :func:`run_lipschitz`.
+    """
+    from . import experiment
+
+    sets = {}
+    for target, seeded in tasks.items():
+        first = seeded[0]
+        if store.find(method="original", task=first.kind, forget_class=target) is None:
+            store.add(experiment.summarise_run(first, method="original", config={"seed": None},
+                                               test_metrics=experiment.evaluate_model(model, first,
+                                                                                      tokenizer=tokenizer,
+                                                                                      device=device)))
+        for task in seeded:
+            sets[(target, task.seed)] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train,
+                                                                n_val=n_val, generation=generation, seed=task.seed,
+                                                                device=device)
+
+        def synthetic_fn(task, **candidate):
+            forget, val, cost = sets[(task.target, task.seed)]
+            return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
+                                 data_free=True, method="lipschitz_synthetic",
+                                 config={"synthetic": {k: v for k, v in cost.items()}}, device=device,
+                                 **{**forgetting, **candidate})
+
+        def real_fn(task, **candidate):
+            idx = task.forget_train[torch.randperm(len(task.forget_train), generator=torch.Generator().manual_seed(
+                task.seed))[:n_real]].sort().values if n_real else task.forget_train
+            return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=task.train, forget_idx=idx,
+                                 val_forget=None, data_free=False, method="lipschitz_real", device=device,
+                                 **{**forgetting, **candidate})
+
+        oracle = lambda m, task: experiment.validate_model(m, task, tokenizer=tokenizer, device=device)
+        experiment.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
+                                oracle_fn=oracle)
+        experiment.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store)
+    return sets
+
+
+def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting: dict, ablations: dict, store,
+                            device="cpu") -> list[dict]:
+    """One factor at a time around the selected setting, on one task with its synthetic set; return the records.
+
+    ``ablations``: ``{"n_samples": [...], "sigma": [...], "k": [...], "layers": ["all"]}``. The
+    learning rate is the one ``lipschitz_synthetic`` selected on this task. Records have
+    task ``ablation``, ``config.ablation`` (the factor) and ``config.value``; the main run
+    is added once per factor as the reference row (``config.reference`` true).
+    """
+    main = store.find(method="lipschitz_synthetic", task=task.kind, forget_class=task.target, seed=task.seed)
+    if main is None:
+        raise ValueError("run run_synthetic_benchmark on this task first (it selects the learning rate)")
+    forget, val, _ = synthetic_set
+    lr = main["config"]["selected"]["lr"]
+    reference = {"n_samples": forgetting.get("n_samples", 25), "sigma": "schedule",
+                 "k": forgetting.get("k_start") or "paper", "layers": "top-k"}
+    out = []
+    for factor, values in ablations.items():
+        ref = dict(main, task="ablation", config={**main["config"], "ablation": factor, "value": reference[factor],
+                                                  "reference": True})
+        out.append(ref)
+        for value in values:
+            done = store.find(method="lipschitz_synthetic", task="ablation", forget_class=task.target,
+                              seed=task.seed, ablation=factor, value=value)
+            if done is None:
+                override = {"n_samples": {"n_samples": value},
+                            "sigma": {"sigma_schedule": (value,) * len(SIGMA_SCHEDULE)},
+                            "k": {"k_start": value}, "layers": {"selective": False}}[factor]
+                _, done = run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget,
+                                        val_forget=(val, None), device=device,
+                                        config={"ablation": factor, "value": value, "reference": False},
+                                        **{**forgetting, "lr": lr, **override})
+                done["task"] = "ablation"
+                store.add(done)
+            out.append(done)
+    store.add(*[r for r in out if r["config"].get("reference")])
+    return out

@@ -42,6 +42,8 @@ MINI_VERSION = 2  # bump when the training recipe changes: old caches are then i
 MINI_TRAINING = dict(epochs=6, batch_size=256, lr=2e-3, weight_decay=0.1, warmup_steps=100, val_images=5000,
                      seed=0)
 CAPTION_TEMPLATES = ("a {style} of a {name}.", "a {style} of the {name}.")
+#: Fashion-MNIST training images the mini models saw (``image_ids`` below it); the last ``val_images`` are held out.
+MINI_SEEN_IMAGES = 60_000 - MINI_TRAINING["val_images"]
 
 
 def register_model_configs() -> None:

@@ -1,0 +1,178 @@
+"""The shared experiment harness: tasks, the one evaluation, the selection protocol, result stores."""
+
+import math
+
+import pytest
+import torch
+
+from clipunlearn import data, experiment
+from clipunlearn.results import load_records
+
+
+def tiny_world(n_per_class=12, seed=0):
+    """A Fashion-MNIST-like StyledImages set: 10 classes x 3 styles of random 32 px images."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_per_class * len(data.FASHION_MNIST_CLASSES)
+    raw = torch.randint(0, 256, (n, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % len(data.FASHION_MNIST_CLASSES)
+    styles = len(data.STYLES)
+    return data.StyledImages(raw.repeat(styles, 1, 1), labels.repeat(styles),
+                             torch.arange(styles).repeat_interleave(n), torch.arange(n).repeat(styles),
+                             classnames=data.FASHION_MNIST_CLASSES, stylenames=data.STYLES)
+
+
+@pytest.fixture
+def world():
+    return tiny_world(seed=0), tiny_world(n_per_class=6, seed=1)
+
+
+def classes_of(ds, idx):
+    return set(ds.targets[idx].tolist())
+
+
+def styles_of(ds, idx):
+    return set(ds.styles[idx].tolist())
+
+
+def test_class_task_splits(world):
+    train, test = world
+    task = experiment.build_task(train, test, kind="forget-class", target="sneaker", seed=0, retain_per_class=5,
+                                 eval_per_class=4, val_per_class=2)
+    sneaker = data.FASHION_MNIST_CLASSES.index("sneaker")
+    assert classes_of(train, task.forget_train) == {sneaker} and styles_of(train, task.forget_train) == {0}
+    assert sneaker not in classes_of(train, task.retain_train)
+    assert not set(task.forget_train.tolist()) & set(task.forget_val.tolist())
+    assert not set(task.retain_train.tolist()) & set(task.retain_val.tolist())
+    assert torch.bincount(train.targets[task.retain_train]).max() <= 5
+    ev = task.eval_sets
+    assert classes_of(test, ev["forget"]) == {sneaker} and styles_of(test, ev["forget"]) == {0}
+    assert sneaker not in classes_of(test, ev["retain"]) and styles_of(test, ev["other"]) == {1, 2}
+    assert classes_of(test, ev["other_forget"]) == {sneaker}
+    # test subsets do not depend on the seed; the training split does
+    other = experiment.build_task(train, test, kind="forget-class", target="sneaker", seed=1, retain_per_class=5,
+                                  eval_per_class=4, val_per_class=2)
+    assert all(torch.equal(ev[k], other.eval_sets[k]) for k in ev)
+    assert not torch.equal(task.forget_val, other.forget_val)
+
+
+def test_subgroup_tasks(world):
+    train, test = world
+    task = experiment.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0)
+    names = data.FASHION_MNIST_CLASSES
+    siblings = {names.index("sneaker"), names.index("ankle boot")}
+    assert classes_of(test, task.eval_sets["sibling"]) == siblings
+    assert not classes_of(test, task.eval_sets["retain"]) & (siblings | {names.index("sandal")})
+    assert classes_of(train, task.val_sibling) == siblings
+    assert siblings <= classes_of(train, task.retain_train)  # siblings are trained on as retain pairs
+    style = experiment.build_task(train, test, kind="forget-style-subgroup", target="sketch:sneaker", seed=0)
+    assert styles_of(train, style.forget_train) == {1} and styles_of(test, style.eval_sets["forget"]) == {1}
+    assert styles_of(test, style.eval_sets["sibling"]) == {0, 2}
+    assert classes_of(test, style.eval_sets["sibling"]) == {names.index("sneaker")}
+
+
+def test_task_errors_are_clear(world):
+    train, test = world
+    with pytest.raises(ValueError, match="valid: t-shirt"):
+        experiment.build_task(train, test, target="sneakers")
+    with pytest.raises(ValueError, match="valid: photo, sketch, negative"):
+        experiment.build_task(train, test, kind="forget-style-subgroup", target="oil:sneaker")
+    with pytest.raises(ValueError, match="no sibling"):
+        experiment.build_task(train, test, kind="forget-subgroup", target="trouser")
+    with pytest.raises(ValueError, match="unknown task kind"):
+        experiment.build_task(train, test, kind="forget-everything", target="bag")
+
+
+def test_evaluate_model_and_validation(world, tiny_resnet_clip):
+    train, test = world
+    model, tokenizer = tiny_resnet_clip
+    task = experiment.build_task(train, test, target="bag", seed=0, n_seen=10)
+    out = experiment.evaluate_model(model, task, tokenizer=tokenizer)
+    for key in ("forget_acc", "retain_acc", "other_acc", "other_forget_acc", "mia"):
+        assert 0.0 <= out[key] <= 1.0
+    assert math.isclose(sum(out["forget_confusion"].values()), 1.0, abs_tol=1e-6)
+    assert set(out["per_class_acc"]) == set(data.FASHION_MNIST_CLASSES)
+    # members are forget-class training images the model saw (image_ids < n_seen)
+    assert (train.image_ids[task.member_idx] < 10).all()
+    val = experiment.validate_model(model, task, tokenizer=tokenizer)
+    assert val["score"] == pytest.approx(val["val_retain_acc"] - val["val_forget_acc"])
+
+
+def test_selection_score_prefers_forgetting_and_keeping():
+    good = {"val_forget_acc": 0.0, "val_retain_acc": 0.9}
+    keeps_all = {"val_forget_acc": 0.9, "val_retain_acc": 0.9}
+    destroys = {"val_forget_acc": 0.0, "val_retain_acc": 0.2}
+    assert experiment.selection_score(good) > experiment.selection_score(keeps_all)
+    assert experiment.selection_score(good) > experiment.selection_score(destroys)
+
+
+def fake_run(scores, failed=()):
+    def run_fn(lr):
+        m = {"score": scores[lr], "val_forget_acc": 0.0, "val_retain_acc": scores[lr], "failed": lr in failed}
+        return object(), {"method": "x", "task": "t", "config": {"lr": lr}, "metrics": m}
+    return run_fn
+
+
+def test_run_grid_keeps_the_best_valid_candidate():
+    _, best, rows = experiment.run_grid(fake_run({1: 0.2, 2: 0.9, 3: 0.5}), grid={"lr": [1, 2, 3]})
+    assert best["config"]["selected"] == {"lr": 2} and best["config"]["grid"] == {"lr": [1, 2, 3]}
+    assert [r["selected"] for r in rows] == [False, True, False]
+    _, best, _ = experiment.run_grid(fake_run({1: 0.2, 2: 0.9}, failed={2}), grid={"lr": [1, 2]})
+    assert best["config"]["selected"] == {"lr": 1}  # a failed run never wins
+
+
+def test_run_method_records_and_direction(world, tiny_resnet_clip):
+    train, test = world
+    model, tokenizer = tiny_resnet_clip
+    task = experiment.build_task(train, test, target="bag", seed=0, eval_per_class=4)
+    before = experiment.validate_model(model, task, tokenizer=tokenizer)
+    unlearned, rec = experiment.run_method("cliperase", task, model=model, tokenizer=tokenizer, lr=1e-3, steps=4,
+                                           batch_size=8, eval_every=2)
+    assert rec["method"] == "cliperase" and rec["task"] == "forget-class"
+    assert rec["config"]["forget_class"] == "bag" and rec["config"]["seed"] == 0 and rec["config"]["lr"] == 1e-3
+    assert [h["step"] for h in rec["history"]] == [2, 4]
+    assert rec["metrics"]["steps"] == 4 and rec["metrics"]["failed"] is False
+    assert rec["metrics"]["peak_mem_mb"] >= 0 and rec["metrics"]["seconds"] > 0
+    # the model passed in is untouched; the returned copy was trained
+    assert experiment.validate_model(model, task, tokenizer=tokenizer) == before
+    changed = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                         unlearned.state_dict().values()))
+    assert changed
+
+
+def test_result_store_saves_each_record_and_resumes(tmp_path):
+    path = tmp_path / "r.json"
+    store = experiment.ResultStore(path, match={"profile": "mini", "quick": True})
+    rec = {"method": "ga", "task": "forget-class", "config": {"forget_class": "bag", "seed": 0, "lr": 1e-4},
+           "metrics": {"forget_acc": 0.1}}
+    store.add(rec)
+    assert load_records(path)[0]["config"]["profile"] == "mini"
+    again = dict(rec, config={**rec["config"], "lr": 3e-4}, metrics={"forget_acc": 0.0})
+    store.add(again)  # same method / task / target / seed: replaces
+    assert len(load_records(path)) == 1 and load_records(path)[0]["metrics"]["forget_acc"] == 0.0
+    resumed = experiment.ResultStore(path, match={"profile": "mini", "quick": True}, resume=True)
+    assert resumed.find(method="ga", task="forget-class", forget_class="bag", seed=0) is not None
+    fresh = experiment.ResultStore(path, match={"profile": "mini", "quick": False}, resume=True)
+    assert fresh.records == []  # other settings are never resumed
+
+
+def test_run_selected_searches_on_the_first_seed_only(tmp_path, world):
+    train, test = world
+    tasks = [experiment.build_task(train, test, target="bag", seed=s, eval_per_class=2) for s in (0, 1, 2)]
+    calls = []
+
+    def run_fn(task, lr):
+        calls.append((task.seed, lr))
+        m = {"score": {1: 0.1, 2: 0.7}[lr], "val_forget_acc": 0.1, "val_retain_acc": 0.8, "failed": False}
+        return object(), experiment.summarise_run(task, method="x", config={"lr": lr}, test_metrics=m)
+
+    store = experiment.ResultStore(tmp_path / "r.json", match={"profile": "mini"})
+    records = experiment.run_selected("x", tasks, run_fn=run_fn, grid={"lr": [1, 2]}, store=store)
+    assert calls == [(0, 1), (0, 2), (1, 2), (2, 2)]
+    results = [r for r in records if r["task"] == "forget-class"]
+    assert [r["config"]["seed"] for r in results] == [0, 1, 2]
+    assert all(r["config"]["selected"] == {"lr": 2} for r in results)
+    assert sum(r["config"]["selected"] for r in records if r["task"] == "selection") == 1
+    calls.clear()  # resuming repeats nothing
+    resumed = experiment.ResultStore(tmp_path / "r.json", match={"profile": "mini"}, resume=True)
+    experiment.run_selected("x", tasks, run_fn=run_fn, grid={"lr": [1, 2]}, store=resumed)
+    assert calls == []
