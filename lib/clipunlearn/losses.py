@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .synthetic import pixel_bounds
+
 LOSSES: dict[str, Callable] = {}
 
 
@@ -58,7 +60,9 @@ def contrastive_loss(image_features, text_features, logit_scale, *, positives=No
     """Symmetric CLIP contrastive loss (image-to-text and text-to-image cross-entropy, averaged).
 
     ``positives[i, j]`` marks text ``j`` as a match of image ``i`` (default: the
-    diagonal, the standard CLIP loss); targets are uniform over the positives.
+    diagonal, the standard CLIP loss); targets are uniform over the positives
+    (UniCL). Texts that match no image of the batch are left out of the
+    text-to-image term (the mini model's training vocabulary has such captions).
     """
     logits = logit_scale * image_features @ text_features.T
     if positives is None:
@@ -66,7 +70,9 @@ def contrastive_loss(image_features, text_features, logit_scale, *, positives=No
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     pos = positives.float()
     i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-    t2i = -(pos.T / pos.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+    used = pos.sum(0) > 0
+    pos_t = pos[:, used].T
+    t2i = -(pos_t / pos_t.sum(1, keepdim=True) * logits[:, used].T.log_softmax(1)).sum(1).mean()
     return (i2t + t2i) / 2
 
 
@@ -184,17 +190,18 @@ def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: floa
 
 # --- Paper B: Lipschitz forgetting ---
 # Kravets & Namboodiri, "Zero-Shot Class Unlearning in CLIP with Synthetic Samples" (WACV 2025).
-# Owned by the paper-B work (issue 4); the iterative procedure that drives it is clipunlearn.lipschitz.
+# The iterative procedure that drives it is clipunlearn.lipschitz.
 
 
 def lipschitz_bounds(model, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the valid pixel range in model space, ``((0 - mean) / std, (1 - mean) / std)``, as ``[1, 3, 1, 1]``."""
+    """Return the valid pixel range in model space, ``((0 - mean) / std, (1 - mean) / std)``, as ``[1, 3, 1, 1]``.
+
+    ``synthetic.pixel_bounds`` of the model's normalisation (``models.get_normalization``).
+    """
     from .models import get_normalization
 
     mean, std = get_normalization(model)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return (0 - m) / s, (1 - m) / s
+    return pixel_bounds(mean, std, device=device)
 
 
 def lipschitz_penalty(model, images: torch.Tensor, texts: torch.Tensor, *, noise: torch.Tensor,
