@@ -23,7 +23,11 @@ class ToyImages(torch.utils.data.Dataset):
 
 
 class OneHotModel(torch.nn.Module):
-    """encode_image -> one-hot of the class stored in the pixels (wrong for class 2)."""
+    """encode_image -> one-hot of the class stored in the pixels (wrong for class 2); temperature 10."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
 
     def encode_image(self, x, normalize=True):
         cls = x[:, 0, 0, 0].long()
@@ -66,6 +70,48 @@ def test_retrieval_recall_exact_and_grouped():
     assert grouped["i2t_r1"] == 1.0
 
 
+def test_predict_logits_use_the_model_temperature(tiny_clip):
+    model, tokenizer = tiny_clip.model, tiny_clip.tokenizer
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(15.6))
+    classifier = metrics.build_classifier(model, tokenizer, ["cat", "dog"], ["a photo of a {}."])
+    images = torch.randn(3, 3, 32, 32)
+    data_set = torch.utils.data.TensorDataset(images, torch.tensor([0, 1, 1]))
+    logits, targets = metrics.predict_logits(model, classifier, data_set)
+    cosine = model.encode_image(images, normalize=True).detach() @ classifier
+    assert torch.allclose(logits, 15.6 * cosine, atol=1e-4) and targets.tolist() == [0, 1, 1]
+    hundred, _ = metrics.predict_logits(model, classifier, data_set, logit_scale=100.0)
+    assert torch.allclose(hundred, 100 * cosine, atol=1e-4)
+    # membership inference scores with the model's temperature
+    out = metrics.membership_inference(model, classifier, data_set, member_idx=[0], nonmember_idx=[1, 2])
+    expected = torch.nn.functional.cross_entropy(15.6 * cosine[:1], torch.tensor([0]))
+    assert out["member_loss"] == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="no logit_scale: pass logit_scale"):
+        metrics.predict_logits(torch.nn.Identity(), classifier, data_set)
+
+
+def reference_auc(positive, negative):
+    """The Mann-Whitney form used before scikit-learn."""
+    pos, neg = positive.double().view(-1, 1), negative.double().view(1, -1)
+    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+
+
+def reference_confusion(logits, targets, c):
+    counts = torch.bincount(targets * c + logits.argmax(1), minlength=c * c).view(c, c).float()
+    return counts / counts.sum(1, keepdim=True).clamp_min(1)
+
+
+def test_auc_and_confusion_match_the_previous_formulas():
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randint(0, 6, (50,), generator=g).float(), torch.randint(0, 5, (40,), generator=g).float()
+    assert metrics.auc_score(pos, neg) == pytest.approx(reference_auc(pos, neg), abs=1e-12)  # with many ties
+    assert math.isnan(metrics.auc_score(pos, neg[:0]))
+    logits, targets = torch.randn(60, 4, generator=g), torch.randint(0, 3, (60,), generator=g)  # class 3 absent
+    cm = metrics.confusion_matrix(logits, targets)
+    assert cm.dtype == torch.float32 and torch.equal(cm, reference_confusion(logits, targets, 4))
+    assert torch.equal(metrics.confusion_matrix(logits, targets, num_classes=5), reference_confusion(logits, targets, 5))
+
+
 def test_auc_and_membership_inference():
     assert metrics.auc_score(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
     assert metrics.auc_score(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
@@ -76,11 +122,25 @@ def test_auc_and_membership_inference():
     assert same["mia"] == 0.5
 
 
-def test_measure_run_records_time_and_memory():
+MIB_200 = 200 * 2**20 // 4  # float32 elements in 200 MiB
+
+
+def test_measure_run_reports_the_rise_of_memory_in_the_block():
     with metrics.measure_run() as stats:
-        block = torch.ones(20_000_000)  # ~80 MB
+        block = torch.ones(MIB_200)
         block += 1
-    assert stats["seconds"] > 0 and stats["peak_mem_mb"] > 80
+    assert stats["seconds"] > 0 and stats["peak_mem_mb"] >= 150
+    del block
+    with metrics.measure_run() as transient:  # freed inside the block: the peak still counts
+        torch.ones(MIB_200).add_(1)
+    assert transient["peak_mem_mb"] >= 150
+    # an earlier big allocation, freed, does not count against a block that allocates nothing
+    earlier = torch.ones(MIB_200)
+    earlier += 1
+    del earlier
+    with metrics.measure_run() as idle:
+        sum(range(1000))
+    assert 0 <= idle["peak_mem_mb"] < 20 and idle["base_mem_mb"] > 0
 
 
 def test_iterate_batches_uses_fast_path():
@@ -112,3 +172,15 @@ def test_retrieval_recall_against_distinct_captions():
     assert sub == {"i2t_r1": 1.0, "t2i_r1": 0.0}
     with pytest.raises(ValueError, match="text_groups"):
         metrics.retrieval_recall(images, texts[:3], ks=(1,))
+
+
+def test_measure_run_without_the_kernel_peak_counter_samples(monkeypatch):
+    monkeypatch.setattr(metrics, "_reset_peak_rss", lambda: False)  # e.g. no /proc/self/clear_refs
+    with metrics.measure_run(interval=0.005) as stats:
+        block = torch.ones(MIB_200)
+        block += 1
+    assert stats["peak_mem_mb"] >= 150
+    del block
+    with metrics.measure_run() as idle:
+        pass
+    assert 0 <= idle["peak_mem_mb"] < 20

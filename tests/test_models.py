@@ -184,3 +184,12 @@ def test_override_backbones_applies_notebook_parameters():
         models.override_backbones({"mini": None}, profile="mini", pretrained="/c/rn.pt")
     with pytest.raises(ValueError, match="^MODEL and PRETRAINED are for the paper profile only"):
         models.override_backbones({"mini": None}, profile="mini", model="RN50", pretrained="openai")
+
+
+def test_is_resnet_is_one_helper(tiny_clip, tiny_resnet_clip):
+    from clipunlearn import layers, lipschitz
+
+    assert models.is_resnet(tiny_resnet_clip.model) and not models.is_resnet(tiny_clip.model)
+    assert lipschitz.is_resnet is models.is_resnet
+    resnet_rules = set(layers.paper_b_frozen(tiny_resnet_clip.model)) - set(layers.paper_b_frozen(tiny_clip.model))
+    assert resnet_rules == set(layers.PAPER_B_RESNET_FROZEN)

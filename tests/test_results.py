@@ -40,3 +40,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 def test_missing_results_say_which_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="run_all.sh --only 10_x"):
         results.load_records(tmp_path / "10_x.json")
+
+
+def test_write_atomic_is_the_one_writer(tmp_path):
+    path = tmp_path / "state.pt"
+    results.save_torch_atomic({"w": torch.arange(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        results.write_atomic(path, broken)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))  # old file kept
+    assert list(tmp_path.iterdir()) == [path]  # temp file removed

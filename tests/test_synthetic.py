@@ -59,6 +59,16 @@ def test_clamp_to_range_uses_model_space_bounds():
         assert torch.allclose(out[1, c], torch.tensor((0 - mean[c]) / std[c]))
 
 
+def test_lipschitz_bounds_are_the_pixel_bounds_of_the_model(tiny_clip):
+    from clipunlearn import losses, models
+
+    lo, hi = losses.lipschitz_bounds(tiny_clip.model)
+    ref_lo, ref_hi = synthetic.pixel_bounds(*models.get_normalization(tiny_clip.model))
+    assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi) and lo.shape == (1, 3, 1, 1)
+    mean, std = models.get_normalization(tiny_clip.model)
+    assert torch.allclose(hi.flatten(), (1 - torch.tensor(mean)) / torch.tensor(std))
+
+
 # --------------------------------------------------------------------------- #
 # Generation
 # --------------------------------------------------------------------------- #

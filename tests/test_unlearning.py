@@ -38,6 +38,10 @@ def loaders(tokenizer, seed=0):
     return forget, retain
 
 
+def class_prompts(tokenizer):
+    return tokenizer(["a cat.", "a dog.", "a bird."])
+
+
 def test_pair_loader_captions_match_labels(tiny_tokenizer):
     forget, retain = loaders(tiny_tokenizer)
     batches = list(retain.batches(0))
@@ -101,12 +105,13 @@ def test_select_fn_restores_best_and_stop_fn_stops(tiny_clip):
         calls.append(m.text_projection.detach().clone())
         return {"score": [3.0, 1.0, 2.0, 0.0][len(calls) - 1]}
 
-    result = unlearn(model, method="ga", forget_loader=forget, epochs=2, lr=1e-2, eval_fn=eval_fn, eval_every=1,
-                     select_fn=lambda e: e["score"], progress=False)
+    ga = {"class_texts": class_prompts(tokenizer)}
+    result = unlearn(model, method="ga", forget_loader=forget, epochs=2, lr=1e-2, loss_kwargs=ga, eval_fn=eval_fn,
+                     eval_every=1, select_fn=lambda e: e["score"], progress=False)
     assert result.best_step == 1 and torch.equal(model.text_projection, calls[0])
-    stopped = unlearn(model, method="ga", forget_loader=forget, epochs=3, lr=1e-2,
+    stopped = unlearn(model, method="ga", forget_loader=forget, epochs=3, lr=1e-2, loss_kwargs=ga,
                       stop_fn=lambda m, step, e: step >= 2, progress=False)
-    assert stopped.steps == 2 and stopped.stopped_early.startswith("stop_fn")
+    assert stopped.steps == 2 and stopped.stopped_early.startswith("stop_fn") and not stopped.failed
 
 
 def test_nan_loss_stops_and_restores(tiny_clip, monkeypatch):
@@ -123,24 +128,94 @@ def test_nan_loss_stops_and_restores(tiny_clip, monkeypatch):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.warns(UserWarning, match="non-finite"):
         result = unlearn(model, method="flaky", forget_loader=forget, epochs=2, lr=1e-2, progress=False)
-    assert result.steps == 1 and "non-finite" in result.stopped_early
+    assert result.steps == 1 and "non-finite" in result.stopped_early and result.failed
+    assert result.summary()["failed"] is True and result.summary()["stopped_early"] == result.stopped_early
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # last good = start
 
 
-def test_resume_matches_uninterrupted_run(tiny_clip, tmp_path):
+class Interrupted(Exception):
+    """Stands for a crash or a killed kernel in the middle of a run."""
+
+
+def interrupt_at(step):
+    def stop_fn(model, at, last_eval):
+        if at == step:
+            raise Interrupted
+        return False
+    return stop_fn
+
+
+def resumable_run(tokenizer, ckpt_dir, *, lr=1e-3, stop_fn=None, resume="auto", max_steps=None, method="random_labels"):
     from tests.conftest import VIT_CFG, build_tiny_clip
 
-    def run(ckpt_dir, max_steps):
-        model = build_tiny_clip(VIT_CFG, tiny_clip.tokenizer).model
-        forget, retain = loaders(tiny_clip.tokenizer)
-        if ckpt_dir is not None and (ckpt_dir / "state.pt").exists():
-            pass
-        unlearn(model, method="random_labels", forget_loader=forget, retain_loader=retain, epochs=3,
-                max_steps=max_steps, lr=1e-3, checkpoint_dir=ckpt_dir, checkpoint_every=1, progress=False)
-        return model
+    model = build_tiny_clip(VIT_CFG, tokenizer).model
+    forget, retain = loaders(tokenizer)
+    result = unlearn(model, method=method, forget_loader=forget, retain_loader=retain, epochs=3, max_steps=max_steps,
+                     lr=lr, loss_kwargs={"class_texts": class_prompts(tokenizer)}, checkpoint_dir=ckpt_dir,
+                     checkpoint_every=1, stop_fn=stop_fn, seed=0, progress=False, resume=resume)
+    return model, result
 
-    full = run(None, None)
-    run(tmp_path, 3)  # interrupted after 3 of 6 steps
-    resumed = run(tmp_path, None)
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), k
+
+def same_weights(a, b):
+    return all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_matches_uninterrupted_run(tiny_tokenizer, tmp_path):
+    full, full_result = resumable_run(tiny_tokenizer, None)
+    with pytest.raises(Interrupted):
+        resumable_run(tiny_tokenizer, tmp_path, stop_fn=interrupt_at(3))  # killed after 3 of 6 steps
+    resumed, result = resumable_run(tiny_tokenizer, tmp_path)
+    assert same_weights(full, resumed) and result.steps == full_result.steps == 6
+    assert [h["step"] for h in result.history] == list(range(1, 7))
+    # a finished run resumes as it ended, without training again
+    again, again_result = resumable_run(tiny_tokenizer, tmp_path)
+    assert same_weights(full, again) and again_result.steps == 6 and len(again_result.history) == 6
+
+
+def test_resume_with_other_settings_raises(tiny_tokenizer, tmp_path):
+    with pytest.raises(Interrupted):
+        resumable_run(tiny_tokenizer, tmp_path, stop_fn=interrupt_at(2))
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.001 in the checkpoint, 0.01 now\).*delete"):
+        resumable_run(tiny_tokenizer, tmp_path, lr=1e-2)
+    with pytest.raises(ValueError, match="max_steps: None in the checkpoint, 4 now"):
+        resumable_run(tiny_tokenizer, tmp_path, max_steps=4)
+    with pytest.raises(ValueError, match="valid: auto, restart"):
+        resumable_run(tiny_tokenizer, tmp_path, resume="yes")
+    # restart: the old checkpoint is dropped and the new settings run from step 0
+    fresh, _ = resumable_run(tiny_tokenizer, None, lr=1e-2)
+    restarted, result = resumable_run(tiny_tokenizer, tmp_path, lr=1e-2, resume="restart")
+    assert result.steps == 6 and same_weights(fresh, restarted)
+
+
+def test_failed_run_is_not_resumed(tiny_tokenizer, tmp_path, monkeypatch):
+    explode = {"at_call": 2, "calls": 0}
+
+    def exploding(model, original, fb, rb, **kwargs):
+        explode["calls"] += 1
+        loss = losses.forgetting_loss(model, fb)
+        return (loss * float("inf") if explode["calls"] == explode["at_call"] else loss), {}
+
+    monkeypatch.setitem(losses.LOSSES, "exploding", exploding)
+    with pytest.warns(UserWarning, match="non-finite"):
+        _, result = resumable_run(tiny_tokenizer, tmp_path, method="exploding")
+    assert result.failed and result.steps == 1
+    with pytest.raises(ValueError, match="failed run.*non-finite loss at step 1.*resume='restart'"):
+        resumable_run(tiny_tokenizer, tmp_path, method="exploding")
+    explode["at_call"] = None
+    _, result = resumable_run(tiny_tokenizer, tmp_path, method="exploding", resume="restart")
+    assert not result.failed and result.steps == 6
+
+
+def test_max_steps_wins_over_epochs(tiny_clip, monkeypatch):
+    model, tokenizer = tiny_clip.model, tiny_clip.tokenizer
+    forget, retain = loaders(tokenizer)  # 2 forget batches per epoch
+    seen = []
+
+    def spy(model, original, fb, rb):
+        seen.append(fb["labels"].clone())
+        return losses.forgetting_loss(model, fb), {}
+
+    monkeypatch.setitem(losses.LOSSES, "spy_steps", spy)
+    result = unlearn(model, method="spy_steps", forget_loader=forget, epochs=1, max_steps=5, lr=1e-3, progress=False)
+    assert result.steps == len(seen) == 5 and len(forget) == 2
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5]

@@ -65,8 +65,9 @@ def split_by_encoder(names: Iterable[str]) -> dict[str, list[str]]:
 
 def paper_b_frozen(model) -> tuple[str, ...]:
     """Return the name patterns paper B's code keeps frozen for ``model`` (ResNet rules only for a ResNet tower)."""
-    is_resnet = hasattr(model.visual, "attnpool") or hasattr(model.visual, "layer1")
-    return PAPER_B_TEXT_FROZEN + (PAPER_B_RESNET_FROZEN if is_resnet else ())
+    from .models import is_resnet
+
+    return PAPER_B_TEXT_FROZEN + (PAPER_B_RESNET_FROZEN if is_resnet(model) else ())
 
 
 def _call_loss(loss_fn, model, batch) -> torch.Tensor:

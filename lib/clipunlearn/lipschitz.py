@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import layers, metrics
+from .models import is_resnet  # re-exported: lipschitz.is_resnet
 
 __all__ = ["SIGMA_SCHEDULE", "paper_k_schedule", "LipschitzResult", "stop_accuracy", "forget_lipschitz",
            "evaluate_class_forgetting", "is_resnet"]
@@ -50,11 +51,6 @@ _K_OFFSETS = {
     "vit": {"image": (0, 2, 5, 8, 10, 15, 20), "text": (0, 2, 5, 8, 10, 15, 20)},
 }
 _K_START = {"resnet": 5, "vit": 25}
-
-
-def is_resnet(model) -> bool:
-    """Return True when ``model``'s image tower is open_clip's ModifiedResNet."""
-    return hasattr(model.visual, "attnpool") or hasattr(model.visual, "layer1")
 
 
 def paper_k_schedule(model, *, k_image: int | None = None, k_text: int | None = None) -> list[tuple[int, int]]:

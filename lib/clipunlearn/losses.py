@@ -9,7 +9,10 @@ registry names to these functions; ``unlearning.unlearn`` runs any of them.
 Contrastive terms use *label-aware* targets: pairs of the same class in a batch
 are positives (with distinct captions this is exactly the standard CLIP loss;
 class captions repeat within a batch, and treating them as negatives would teach
-the model to separate images of one class).
+the model to separate images of one class). The ascent baselines (GA, GradDiff,
+NegGrad+) ascend the forget images' zero-shot cross-entropy over all class prompts
+instead (:func:`zero_shot_forget_ce`): a one-class forget batch's own contrastive
+loss has no gradient that separates its images from their class.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .synthetic import pixel_bounds
 
 LOSSES: dict[str, Callable] = {}
 
@@ -51,14 +56,21 @@ def encode_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pair_positives(labels: torch.Tensor) -> torch.Tensor:
     """Return ``[B, B]`` positives: pairs with the same label."""
-    return labels.view(-1, 1) == labels.view(1, -1)
+    return pair_positives_between(labels, labels)
+
+
+def pair_positives_between(row_labels: torch.Tensor, column_labels: torch.Tensor) -> torch.Tensor:
+    """Return ``[R, K]`` positives: row ``i`` and column ``k`` share a label."""
+    return row_labels.view(-1, 1) == column_labels.view(1, -1)
 
 
 def contrastive_loss(image_features, text_features, logit_scale, *, positives=None) -> torch.Tensor:
     """Symmetric CLIP contrastive loss (image-to-text and text-to-image cross-entropy, averaged).
 
     ``positives[i, j]`` marks text ``j`` as a match of image ``i`` (default: the
-    diagonal, the standard CLIP loss); targets are uniform over the positives.
+    diagonal, the standard CLIP loss); targets are uniform over the positives
+    (UniCL). Texts that match no image of the batch are left out of the
+    text-to-image term (the mini model's training vocabulary has such captions).
     """
     logits = logit_scale * image_features @ text_features.T
     if positives is None:
@@ -66,7 +78,9 @@ def contrastive_loss(image_features, text_features, logit_scale, *, positives=No
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     pos = positives.float()
     i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-    t2i = -(pos.T / pos.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+    used = pos.sum(0) > 0
+    pos_t = pos[:, used].T
+    t2i = -(pos_t / pos_t.sum(1, keepdim=True) * logits[:, used].T.log_softmax(1)).sum(1).mean()
     return (i2t + t2i) / 2
 
 
@@ -105,13 +119,59 @@ def consistency_loss(model, original, batch: dict) -> torch.Tensor:
 
 
 def pair_clip_loss(model, batch: dict) -> torch.Tensor:
-    """The label-aware CLIP contrastive loss of a batch (what GA ascends and FT descends)."""
+    """The label-aware CLIP contrastive loss of a batch (what FT and the retain terms descend)."""
     return retention_loss(model, batch)
+
+
+def zero_shot_logits(model, images: torch.Tensor, class_texts: torch.Tensor) -> torch.Tensor:
+    """Return ``[B, C]`` zero-shot logits: ``logit_scale.exp() * cos(f_img(image), f_txt(class prompt))``.
+
+    ``class_texts`` holds one tokenised prompt per class, ``[C, ctx]``; the scale is the
+    model's own learned temperature. Gradients reach both towers.
+    """
+    img = model.encode_image(images, normalize=True)
+    txt = model.encode_text(class_texts.to(img.device), normalize=True)
+    return model.logit_scale.exp() * img @ txt.T
+
+
+def zero_shot_forget_ce(model, batch: dict, *, class_texts: torch.Tensor | None = None,
+                        other_batch: dict | None = None) -> torch.Tensor:
+    """Return the forget term of the ascent baselines: cross-entropy of the forget images' true classes.
+
+    With ``class_texts`` (``[C, ctx]``, one prompt per class; ``batch["labels"]`` index
+    its rows) it is the zero-shot classification loss over all class prompts, the
+    classification form of the papers' GA baselines: ascending it lowers the true
+    class's logit *relative to the other classes*. Without it, each forget image is
+    contrasted with the captions of ``batch`` and ``other_batch`` (the retain batch)
+    together, with label-aware targets (uniform over the captions of its class).
+
+    Why not the pair contrastive loss of the forget batch alone: a forget batch is
+    usually one class, so every pair is a positive, the targets are uniform and the
+    loss does not change when a whole row of logits moves; its gradient cannot
+    lower the similarity of forget images to their class captions.
+    """
+    labels = batch["labels"]
+    if class_texts is not None:
+        return F.cross_entropy(zero_shot_logits(model, batch["images"], class_texts), labels.to(
+            batch["images"].device))
+    if other_batch is None:
+        raise ValueError("the forget term needs other classes to move away from: pass class_texts (tokenised class "
+                         "prompts [C, ctx], loss_kwargs={'class_texts': ...}) or a retain batch (retain_loader=...)")
+    img = model.encode_image(batch["images"], normalize=True)
+    txt = model.encode_text(torch.cat([batch["texts"], other_batch["texts"].to(batch["texts"].device)]),
+                            normalize=True)
+    all_labels = torch.cat([labels, other_batch["labels"].to(labels.device)])
+    pos = pair_positives_between(labels, all_labels).float()
+    logits = model.logit_scale.exp() * img @ txt.T
+    return -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
 
 
 # --------------------------------------------------------------------------- #
 # Methods
 # --------------------------------------------------------------------------- #
+# The forget term of GA, GradDiff and NegGrad+ is :func:`zero_shot_forget_ce` (see its
+# docstring for why not the forget batch's own contrastive loss); their retain term is
+# the label-aware contrastive loss of the retain batch.
 @register_loss("ft")
 def ft_loss(model, original, forget_batch, retain_batch):
     """FT: fine-tune on the retain set only (catastrophic forgetting of D_f)."""
@@ -120,25 +180,40 @@ def ft_loss(model, original, forget_batch, retain_batch):
 
 
 @register_loss("ga")
-def ga_loss(model, original, forget_batch, retain_batch):
-    """GA: gradient ascent on the CLIP loss of the forget pairs (minimise its negative)."""
-    forget = pair_clip_loss(model, forget_batch)
+def ga_loss(model, original, forget_batch, retain_batch, *, class_texts=None):
+    """GA: gradient ascent on the forget images' zero-shot cross-entropy (minimise its negative).
+
+    Forget term: :func:`zero_shot_forget_ce` over ``class_texts`` (all class prompts,
+    ``[C, ctx]``); without them, against the forget and retain captions together (the
+    retain batch is only used there).
+    """
+    forget = zero_shot_forget_ce(model, forget_batch, class_texts=class_texts, other_batch=retain_batch)
     return -forget, {"forget_loss": forget.item()}
 
 
 @register_loss("graddiff")
-def graddiff_loss(model, original, forget_batch, retain_batch, *, forget_weight: float = 1.0,
+def graddiff_loss(model, original, forget_batch, retain_batch, *, class_texts=None, forget_weight: float = 1.0,
                   retain_weight: float = 1.0):
-    """GradDiff: ``retain_weight * L(D_r) - forget_weight * L(D_f)``."""
-    forget, retain = pair_clip_loss(model, forget_batch), pair_clip_loss(model, retain_batch)
+    """GradDiff: ``retain_weight * L(D_r) - forget_weight * CE_f``.
+
+    ``L(D_r)``: label-aware contrastive loss of the retain batch; ``CE_f``: the forget
+    images' zero-shot cross-entropy (:func:`zero_shot_forget_ce`, over ``class_texts``
+    when given, else against the forget and retain captions together).
+    """
+    forget = zero_shot_forget_ce(model, forget_batch, class_texts=class_texts, other_batch=retain_batch)
+    retain = pair_clip_loss(model, retain_batch)
     return retain_weight * retain - forget_weight * forget, {"forget_loss": forget.item(),
                                                              "retain_loss": retain.item()}
 
 
 @register_loss("neggrad_plus")
-def neggrad_plus_loss(model, original, forget_batch, retain_batch, *, beta: float = 0.9):
-    """NegGrad+ (Kurmanji et al., 2023): ``beta * L(D_r) - (1 - beta) * L(D_f)``."""
-    forget, retain = pair_clip_loss(model, forget_batch), pair_clip_loss(model, retain_batch)
+def neggrad_plus_loss(model, original, forget_batch, retain_batch, *, class_texts=None, beta: float = 0.9):
+    """NegGrad+ (Kurmanji et al., 2023): ``beta * L(D_r) - (1 - beta) * CE_f``.
+
+    Same two terms as GradDiff (:func:`graddiff_loss`), as a convex combination.
+    """
+    forget = zero_shot_forget_ce(model, forget_batch, class_texts=class_texts, other_batch=retain_batch)
+    retain = pair_clip_loss(model, retain_batch)
     return beta * retain - (1 - beta) * forget, {"forget_loss": forget.item(), "retain_loss": retain.item()}
 
 
@@ -147,21 +222,22 @@ def random_labels_loss(model, original, forget_batch, retain_batch, *, class_tex
     """Random labels: train each forget image towards a random *wrong* class, plus ``L(D_r)``.
 
     With ``class_texts`` (tokenised captions of every class, ``[C, ctx]``) the forget
-    images are classified zero-shot over all classes with cross-entropy towards a
-    uniformly drawn class other than their own (SalUn's RL, in CLIP form); without
-    it, towards a random caption of the retain batch. Targets come from torch's
-    global RNG, which the loop seeds per step.
+    images are classified zero-shot over all classes (:func:`zero_shot_logits`) with
+    cross-entropy towards a uniformly drawn class other than their own (SalUn's RL,
+    in CLIP form); without it, towards a random caption of the retain batch. Targets
+    come from torch's global RNG, which the loop seeds per step.
     """
-    img = model.encode_image(forget_batch["images"], normalize=True)
-    labels = forget_batch["labels"]
+    images, labels = forget_batch["images"], forget_batch["labels"]
     if class_texts is not None:
-        txt = model.encode_text(class_texts.to(img.device), normalize=True)
-        shift = torch.randint(1, len(txt), (len(img),), device=img.device)
-        target = (labels + shift) % len(txt)  # never the true class
+        logits = zero_shot_logits(model, images, class_texts)
+        shift = torch.randint(1, logits.shape[1], (len(images),), device=logits.device)
+        target = (labels.to(logits.device) + shift) % logits.shape[1]  # never the true class
     else:
+        img = model.encode_image(images, normalize=True)
         txt = model.encode_text(retain_batch["texts"], normalize=True)
+        logits = model.logit_scale.exp() * img @ txt.T
         target = torch.randint(len(txt), (len(img),), device=img.device)
-    relabel = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, target)
+    relabel = F.cross_entropy(logits, target)
     retain = pair_clip_loss(model, retain_batch)
     return relabel + retain_weight * retain, {"relabel_loss": relabel.item(), "retain_loss": retain.item()}
 
@@ -184,17 +260,18 @@ def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: floa
 
 # --- Paper B: Lipschitz forgetting ---
 # Kravets & Namboodiri, "Zero-Shot Class Unlearning in CLIP with Synthetic Samples" (WACV 2025).
-# Owned by the paper-B work (issue 4); the iterative procedure that drives it is clipunlearn.lipschitz.
+# The iterative procedure that drives it is clipunlearn.lipschitz.
 
 
 def lipschitz_bounds(model, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the valid pixel range in model space, ``((0 - mean) / std, (1 - mean) / std)``, as ``[1, 3, 1, 1]``."""
+    """Return the valid pixel range in model space, ``((0 - mean) / std, (1 - mean) / std)``, as ``[1, 3, 1, 1]``.
+
+    ``synthetic.pixel_bounds`` of the model's normalisation (``models.get_normalization``).
+    """
     from .models import get_normalization
 
     mean, std = get_normalization(model)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return (0 - m) / s, (1 - m) / s
+    return pixel_bounds(mean, std, device=device)
 
 
 def lipschitz_penalty(model, images: torch.Tensor, texts: torch.Tensor, *, noise: torch.Tensor,

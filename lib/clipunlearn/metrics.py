@@ -8,6 +8,7 @@ peak memory of a run. Every paper notebook evaluates through these.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -66,14 +67,27 @@ def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Seq
 # --------------------------------------------------------------------------- #
 # Zero-shot classification
 # --------------------------------------------------------------------------- #
+def get_logit_scale(model) -> float:
+    """Return the model's learned temperature ``logit_scale.exp()`` (CLIP's: 100; the mini model's: about 15.6)."""
+    scale = getattr(model, "logit_scale", None)
+    if scale is None:
+        raise ValueError(f"{type(model).__name__} has no logit_scale: pass logit_scale=... (e.g. 100.0, CLIP's value)")
+    return float(torch.as_tensor(scale).detach().float().exp())
+
+
 @torch.no_grad()
 def predict_logits(model, classifier: torch.Tensor, dataset, *, indices=None, batch_size: int = 512,
-                   device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Return zero-shot ``(logits [N, C], targets [N])``; logits are 100 x cosine similarity."""
+                   device="cpu", logit_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return zero-shot ``(logits [N, C], targets [N])``: ``logit_scale`` x cosine similarity.
+
+    ``logit_scale`` defaults to the model's own learned temperature (:func:`get_logit_scale`);
+    it does not change accuracies, only the softmax / cross-entropy (membership inference).
+    """
+    scale = get_logit_scale(model) if logit_scale is None else float(logit_scale)
     feats, targets = encode_images(model, dataset, indices=indices, batch_size=batch_size, device=device)
     if not len(targets):
         return torch.empty(0, classifier.shape[1]), targets
-    return 100.0 * feats @ classifier.float().cpu(), targets
+    return scale * feats @ classifier.float().cpu(), targets
 
 
 def accuracy(model, classifier, dataset, *, indices=None, batch_size: int = 512, device="cpu") -> float:
@@ -92,9 +106,16 @@ def per_class_accuracy(model, classifier, dataset, *, indices=None, classnames=N
 
 
 def confusion_matrix(logits: torch.Tensor, targets: torch.Tensor, *, num_classes: int | None = None) -> torch.Tensor:
-    """Return the row-normalised confusion matrix ``[C, C]`` (row = true class, column = prediction)."""
+    """Return the row-normalised confusion matrix ``[C, C]`` (row = true class, column = prediction).
+
+    Counts from ``sklearn.metrics.confusion_matrix``; a class with no sample has a zero row.
+    """
+    from sklearn import metrics as sklearn_metrics
+
     c = num_classes or logits.shape[1]
-    counts = torch.bincount(targets * c + logits.argmax(1), minlength=c * c).view(c, c).float()
+    counts = sklearn_metrics.confusion_matrix(targets.cpu().numpy(), logits.argmax(1).cpu().numpy(),
+                                              labels=list(range(c)))
+    counts = torch.as_tensor(counts, dtype=torch.float32)
     return counts / counts.sum(1, keepdim=True).clamp_min(1)
 
 
@@ -155,16 +176,25 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
 # Membership inference
 # --------------------------------------------------------------------------- #
 def auc_score(positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """Return ROC AUC = P(positive score > negative score), ties counted half (Mann-Whitney U)."""
-    pos, neg = positive.double().view(-1, 1), negative.double().view(1, -1)
-    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+    """Return ROC AUC = P(positive score > negative score), ties counted half (``sklearn.metrics.roc_auc_score``).
+
+    NaN when either side is empty.
+    """
+    from sklearn import metrics as sklearn_metrics
+
+    pos, neg = positive.detach().double().flatten().cpu(), negative.detach().double().flatten().cpu()
+    if not len(pos) or not len(neg):
+        return float("nan")
+    labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    return float(sklearn_metrics.roc_auc_score(labels.numpy(), torch.cat([pos, neg]).numpy()))
 
 
 def membership_inference(model, classifier, dataset, *, member_idx, nonmember_idx, nonmember_dataset=None,
                          batch_size: int = 512, device="cpu") -> dict[str, float]:
     """Loss-threshold membership inference: can an attacker tell members from unseen samples?
 
-    Scores each sample by its zero-shot cross-entropy loss (low loss = "member") and
+    Scores each sample by its zero-shot cross-entropy loss at the model's own
+    temperature (``logit_scale.exp()``; low loss = "member") and
     returns ``{"mia": AUC, "member_loss", "nonmember_loss"}``. ``mia`` = 0.5 means
     the forget samples look like never-seen samples (the goal of unlearning);
     above 0.5 means they are still recognisable as training data.
@@ -183,6 +213,7 @@ def membership_inference(model, classifier, dataset, *, member_idx, nonmember_id
 # Time and memory
 # --------------------------------------------------------------------------- #
 def _rss_mb() -> float:
+    """Return the resident memory of this process now (Linux), else its lifetime peak."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -192,28 +223,58 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (``VmHWM``) of this process; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """Return ``VmHWM``, the peak resident memory since the last reset (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 @contextlib.contextmanager
 def measure_run(*, device="cpu", interval: float = 0.02):
-    """Measure a block: yields a dict that gets ``seconds`` and ``peak_mem_mb`` on exit.
+    """Measure a block: yields a dict that gets ``seconds``, ``peak_mem_mb`` and ``base_mem_mb`` on exit.
 
-    ``peak_mem_mb`` is the peak CUDA memory allocated on a GPU device, else the
-    peak resident memory of this process sampled every ``interval`` seconds.
+    ``peak_mem_mb`` is the memory the *block* added at its peak (MiB), not the
+    process total, so it does not grow with what a notebook ran before:
+
+    * CUDA device: ``max_memory_allocated - memory_allocated`` at entry (peak stats
+      reset at entry); ``base_mem_mb`` is the memory allocated at entry.
+    * CPU: ``gc.collect()``, then the peak resident memory of the process during the
+      block minus the resident memory at entry (>= 0); ``base_mem_mb`` is the latter.
+      The peak is the kernel's counter (reset at entry) on Linux, else the resident
+      memory sampled every ``interval`` seconds.
     """
     stats: dict[str, float] = {}
     cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-    stop = threading.Event()
-    peak = [_rss_mb()]
-
-    def sample():
-        while not stop.wait(interval):
-            peak[0] = max(peak[0], _rss_mb())
-
+    thread, stop = None, threading.Event()
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
     else:
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
+        gc.collect()
+        base = _rss_mb()
+        kernel_peak = _reset_peak_rss()
+        peak = [base]
+        if not kernel_peak:
+            def sample():
+                while not stop.wait(interval):
+                    peak[0] = max(peak[0], _rss_mb())
+
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
     start = time.perf_counter()
     try:
         yield stats
@@ -222,8 +283,11 @@ def measure_run(*, device="cpu", interval: float = 0.02):
             torch.cuda.synchronize(device)
         stats["seconds"] = time.perf_counter() - start
         if cuda:
-            stats["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            top = torch.cuda.max_memory_allocated(device) / 2**20
         else:
-            stop.set()
-            thread.join()
-            stats["peak_mem_mb"] = max(peak[0], _rss_mb())
+            if thread is not None:
+                stop.set()
+                thread.join()
+            top = max(peak[0], _rss_mb(), _peak_rss_mb() if kernel_peak else 0.0)
+        stats["peak_mem_mb"] = max(top - base, 0.0)
+        stats["base_mem_mb"] = base

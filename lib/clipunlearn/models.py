@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from . import data
+from .losses import contrastive_loss
 from .paths import get_cache_dir
+from .results import save_torch_atomic, write_json_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 #: Project model names -> open_clip config names in ``model_configs/``.
@@ -64,6 +65,11 @@ def get_normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
         mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def is_resnet(model) -> bool:
+    """Return True when ``model``'s image tower is open_clip's ModifiedResNet (False for a ViT)."""
+    return hasattr(model.visual, "attnpool") or hasattr(model.visual, "layer1")
 
 
 def copy_frozen(model):
@@ -185,18 +191,8 @@ def load_checkpoint(path) -> dict:
 
 
 def save_checkpoint(state_dict: dict, path) -> Path:
-    """Save a state dict atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save a state dict atomically (``results.write_atomic``: temp file in the same folder, then rename)."""
+    return save_torch_atomic(state_dict, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -228,20 +224,14 @@ def build_caption_vocabulary() -> tuple[list[str], torch.Tensor]:
 
 def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, positives: torch.Tensor,
                           logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric CLIP loss with several positives per row and column (UniCL).
+    """Symmetric CLIP loss with several positives per row and column (UniCL): ``losses.contrastive_loss``.
 
     ``positives[i, k]`` marks caption ``k`` as a true description of image ``i``.
     Image-to-text: cross-entropy against the uniform distribution over an image's
     positive captions; text-to-image: the same over the images each caption
     describes (captions describing no image of the batch are skipped).
     """
-    logits = logit_scale * image_features @ text_features.T
-    pos = positives.float()
-    i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-    used = pos.sum(0) > 0
-    pos_t = pos[:, used].T
-    t2i = -(pos_t / pos_t.sum(1, keepdim=True) * logits[:, used].T.log_softmax(1)).sum(1).mean()
-    return (i2t + t2i) / 2
+    return contrastive_loss(image_features, text_features, logit_scale, positives=positives)
 
 
 def _mini_key(name: str, settings: dict) -> str:
@@ -426,8 +416,6 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, force: bo
     trained, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)
     info["eval"] = evaluate_mini_clip(trained, tokenizer, data_dir=data_dir, device=device)
     save_checkpoint(trained.state_dict(), weights)
-    from .results import write_json_atomic
-
     write_json_atomic(info_path, info)
     return trained.eval(), preprocess, tokenizer, info
 

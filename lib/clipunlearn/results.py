@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -38,20 +38,35 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder, then rename)."""
+def write_atomic(path, write_fn: Callable[[Path], Any]) -> Path:
+    """Write ``path`` atomically: ``write_fn(tmp)`` fills a temp file in the same folder, then it is renamed.
+
+    Readers see the old file or the new one, never half of one; on any error the
+    temp file is removed and the old file is kept. Every writer of the project
+    (JSON records, checkpoints, synthetic sets) goes through here.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_to_jsonable(obj), f, indent=1, sort_keys=False)
-            f.write("\n")
+        write_fn(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`write_atomic`)."""
+    text = json.dumps(_to_jsonable(obj), indent=1, sort_keys=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def save_torch_atomic(obj: Any, path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`write_atomic`); load with ``weights_only=True``."""
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def make_record(*, method: str, task: str, config: dict, metrics: dict, **extra) -> dict:

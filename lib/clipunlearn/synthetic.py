@@ -35,8 +35,6 @@ ascent uses the same ``logit_scale`` as the stop check (100, CLIP's learned valu
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from .results import save_torch_atomic
 
 __all__ = [
     "SyntheticSet", "generate_synthetic", "generate_synthetic_sequential", "roll_images", "gaussian_blur",
@@ -119,18 +119,8 @@ class SyntheticSet(Dataset):
 
 
 def save_synthetic(path, synthetic: SyntheticSet) -> Path:
-    """Write ``synthetic`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(synthetic.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``synthetic`` to ``path`` atomically (``results.write_atomic``: temp file, then ``os.replace``)."""
+    return save_torch_atomic(synthetic.state_dict(), path)
 
 
 def load_synthetic(path) -> SyntheticSet:
@@ -182,7 +172,10 @@ def gaussian_blur(images: torch.Tensor, *, sigma: float = 0.5, truncate: float =
 
 
 def pixel_bounds(mean: Sequence[float], std: Sequence[float], *, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the valid model-space range ``((0 - mean) / std, (1 - mean) / std)`` as ``[1, 3, 1, 1]`` tensors."""
+    """Return the valid model-space range ``((0 - mean) / std, (1 - mean) / std)`` as ``[1, 3, 1, 1]`` tensors.
+
+    The project's one pixel-range helper (``losses.lipschitz_bounds`` applies it to a model's normalisation).
+    """
     m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return (0 - m) / s, (1 - m) / s

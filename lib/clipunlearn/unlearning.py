@@ -1,18 +1,20 @@
 """The one unlearning loop shared by every method.
 
 ``unlearn`` owns the optimiser, the steps, the evaluation cadence, checkpoint
-selection, logging, the progress bar, early stops (NaN loss, ``stop_fn``) and
-resume; a method only contributes its loss (``losses.LOSSES``).
+selection, logging, the progress bar, early stops (non-finite loss, ``stop_fn``)
+and resume; a method only contributes its loss (``losses.LOSSES``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 
@@ -79,33 +81,67 @@ def make_pair_loader(dataset, *, tokenizer, templates, indices=None, batch_size:
 # --------------------------------------------------------------------------- #
 # The loop
 # --------------------------------------------------------------------------- #
+RESUME_MODES = ("auto", "restart")
+
+
 @dataclass
 class UnlearnResult:
-    """What ``unlearn`` did: per-step history, steps taken, the selected step and the wall time."""
+    """What ``unlearn`` did: per-step history, steps taken, the selected step, the wall time and how it ended.
+
+    ``stopped_early`` says why the run ended before its last step (None: it did not);
+    ``failed`` is True when the run broke down (a non-finite loss): its numbers are
+    not a result of the method, and a caller should record the failure, not the metrics.
+    """
 
     history: list = field(default_factory=list)
     steps: int = 0
     best_step: int | None = None
     seconds: float = 0.0
     stopped_early: str | None = None
+    failed: bool = False
 
     @property
     def evals(self) -> list[dict]:
         """The evaluations, as ``{"step": s, **eval_dict}``."""
         return [{"step": h["step"], **h["eval"]} for h in self.history if "eval" in h]
 
+    def summary(self) -> dict:
+        """Return ``{"steps", "best_step", "seconds", "stopped_early", "failed"}`` (JSON-ready, for a record)."""
+        return {"steps": self.steps, "best_step": self.best_step, "seconds": self.seconds,
+                "stopped_early": self.stopped_early, "failed": self.failed}
+
 
 def _select_trainable(model, trainable) -> list[tuple[str, torch.nn.Parameter]]:
     named = list(model.named_parameters())
     if trainable is None:
-        return named
-    if callable(trainable):
-        return [(n, p) for n, p in named if trainable(n, p)]
-    wanted = set(trainable)
-    unknown = wanted - {n for n, _ in named}
-    if unknown:
-        raise ValueError(f"unknown parameter names in trainable: {sorted(unknown)[:5]}")
-    return [(n, p) for n, p in named if n in wanted]
+        chosen = named
+    elif callable(trainable):
+        chosen = [(n, p) for n, p in named if trainable(n, p)]
+    else:
+        wanted = set(trainable)
+        unknown = wanted - {n for n, _ in named}
+        if unknown:
+            raise ValueError(f"unknown parameter names in trainable: {sorted(unknown)[:5]}")
+        chosen = [(n, p) for n, p in named if n in wanted]
+    if not chosen:
+        raise ValueError("no trainable parameters selected")
+    return chosen
+
+
+class _TrainOnly:
+    """Context: only the ``names`` parameters of ``model`` require gradients; flags restored on exit."""
+
+    def __init__(self, model, names: Collection[str]):
+        self.model, self.names = model, set(names)
+
+    def __enter__(self):
+        self.flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(n in self.names)
+
+    def __exit__(self, *exc):
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self.flags[n])
 
 
 def _cpu_state(model) -> dict:
@@ -123,96 +159,184 @@ def _cycle(loader, *, start_step: int = 0):
         epoch, skip = epoch + 1, 0
 
 
+def _to_device(batch, device):
+    if batch is None or device is None:
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _describe(value: Any) -> str:
+    """A stable text form of a setting: ``repr``, with tensors as shape + content hash and no memory addresses."""
+    if isinstance(value, torch.Tensor):
+        raw = value.detach().cpu().contiguous().reshape(-1)
+        digest = hashlib.sha1(raw.view(torch.uint8).numpy().tobytes()).hexdigest()[:12] if raw.numel() else "empty"
+        return f"tensor(shape={list(value.shape)}, dtype={value.dtype}, sha1={digest})"
+    if isinstance(value, torch.Generator):
+        return f"Generator(initial_seed={value.initial_seed()})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+class _Tracker:
+    """Evaluation and selection bookkeeping: the history, the last good state and the best evaluated state."""
+
+    def __init__(self, model, *, eval_fn, select_fn, result: UnlearnResult):
+        self.model, self.eval_fn, self.select_fn, self.result = model, eval_fn, select_fn, result
+        self.best_score, self.best_state, self.last_eval = -math.inf, None, {}
+        self.good_state = _cpu_state(model)
+
+    def evaluate(self, step: int) -> dict:
+        """Run ``eval_fn``, log it, remember the state as good and keep it if ``select_fn`` scores it best."""
+        out = dict(self.eval_fn(self.model)) if self.eval_fn is not None else {}
+        self.result.history.append({"step": step, "eval": out})
+        self.good_state, self.last_eval = _cpu_state(self.model), out
+        if self.select_fn is not None and step > 0:
+            score = float(self.select_fn(out))
+            if score > self.best_score:
+                self.best_score, self.best_state, self.result.best_step = score, self.good_state, step
+        return out
+
+    def evaluated_at(self, step: int) -> bool:
+        history = self.result.history
+        return bool(history) and history[-1].get("step") == step and "eval" in history[-1]
+
+    def state_dict(self) -> dict:
+        return {"history": self.result.history, "best_score": self.best_score, "best_state": self.best_state,
+                "best_step": self.result.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.result.history = list(state["history"])
+        self.best_score, self.best_state = float(state["best_score"]), state.get("best_state")
+        self.result.best_step = state.get("best_step")
+        self.good_state = _cpu_state(self.model)
+        self.last_eval = next((h["eval"] for h in reversed(self.result.history) if "eval" in h), {})
+
+
+class _Checkpoint:
+    """``checkpoint_dir/state.pt``: the run's state and settings, saved atomically; checked before resuming."""
+
+    def __init__(self, checkpoint_dir, *, settings: dict, resume: str):
+        if resume not in RESUME_MODES:
+            raise ValueError(f"unknown resume mode {resume!r}; valid: {', '.join(RESUME_MODES)}")
+        self.path = Path(checkpoint_dir) / "state.pt" if checkpoint_dir is not None else None
+        self.settings = settings
+        if self.path is not None and resume == "restart":
+            self.path.unlink(missing_ok=True)
+
+    def load(self) -> dict | None:
+        """Return the saved state of this run, None when there is none; raise when it cannot be resumed."""
+        if self.path is None or not self.path.exists():
+            return None
+        state = load_checkpoint(self.path)
+        fresh = f"delete {self.path.parent} (or pass resume='restart') to start afresh"
+        saved = state.get("settings")
+        if saved is None:
+            raise ValueError(f"checkpoint {self.path} records no run settings (an older version wrote it); {fresh}")
+        differ = [f"{k}: {_short(saved.get(k))} in the checkpoint, {_short(v)} now"
+                  for k, v in self.settings.items() if saved.get(k) != v]
+        if differ:
+            raise ValueError(f"checkpoint {self.path} was written by a run with other settings ({'; '.join(differ)});"
+                             f" {fresh}")
+        if state.get("failed"):
+            raise ValueError(f"checkpoint {self.path} is of a failed run ({state.get('stopped_early')}); its state is "
+                             f"not a result to continue from; {fresh}")
+        return state
+
+    def restore(self, *, model, optimizer, tracker: _Tracker) -> tuple[int, bool]:
+        """Load a resumable saved state into the run; return ``(step, finished)`` (``(0, False)``: none)."""
+        saved = self.load()
+        if saved is None:
+            return 0, False
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        tracker.load_state_dict(saved)
+        tracker.result.stopped_early = saved["stopped_early"]
+        return int(saved["step"]), bool(saved["finished"])
+
+    def save(self, *, model, optimizer, step: int, tracker: _Tracker, finished: bool) -> None:
+        if self.path is not None:
+            result = tracker.result
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                             **tracker.state_dict(), "settings": self.settings, "finished": finished,
+                             "failed": result.failed, "stopped_early": result.stopped_early}, self.path)
+
+
+def _short(value, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, original=None, epochs: int = 1,
             max_steps: int | None = None, lr: float = 1e-5, weight_decay: float = 0.0,
             betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, loss_kwargs: dict | None = None,
             trainable: Callable | Collection[str] | None = None, eval_fn: Callable | None = None,
             eval_every: int | None = None, eval_at_start: bool = False, select_fn: Callable | None = None,
-            stop_fn: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 50, device="cpu",
-            seed: int = 0, progress: bool = True) -> UnlearnResult:
+            stop_fn: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 50, device=None,
+            seed: int = 0, progress: bool = True, resume: str = "auto") -> UnlearnResult:
     """Unlearn in place with method ``method``; return an ``UnlearnResult``.
 
-    Steps: ``epochs`` passes over the forget loader (the retain loader when there is
-    none), cut at ``max_steps``; each step draws one forget and one retain batch.
-    Only ``trainable`` parameters (None: all; a callable ``(name, param) -> bool``; or
-    names) get gradients and AdamW state. ``original`` (default: a frozen copy of the
-    model at the start, same device) gets neither. Every ``eval_every`` steps and at
-    the end, ``eval_fn(model) -> dict`` is logged; ``select_fn(eval) -> score`` keeps
-    the best evaluated state and restores it at the end; ``stop_fn(model, step,
-    eval) -> bool`` stops early (checked after every step, ``eval`` = last
-    evaluation). A non-finite loss stops and restores the last evaluated good state.
-    With ``checkpoint_dir`` the run saves ``state.pt`` every ``checkpoint_every``
-    steps and resumes from it. The model stays in eval mode (BatchNorm statistics
-    of the original are kept).
+    Steps: ``max_steps`` when given (the loaders cycle through as many epochs as
+    needed), else ``epochs`` passes over the forget loader (the retain loader when
+    there is none); each step draws one forget and one retain batch, moved to
+    ``device`` (None: left where the loaders put them). Only ``trainable`` parameters
+    (None: all; a callable ``(name, param) -> bool``; or names) get gradients and AdamW
+    state. ``original`` (default: a frozen copy of the model at the start, same
+    device) gets neither. Every ``eval_every`` steps and at the end,
+    ``eval_fn(model) -> dict`` is logged; ``select_fn(eval) -> score`` keeps the best
+    evaluated state and restores it at the end; ``stop_fn(model, step, eval) -> bool``
+    stops early (checked after every step, ``eval`` = last evaluation).
+
+    A non-finite loss stops the run and restores the last evaluated good state (the
+    best one with ``select_fn``); the result then has ``failed=True`` and
+    ``stopped_early`` says where. With ``checkpoint_dir`` the run saves ``state.pt``
+    (state, history and settings) every ``checkpoint_every`` steps and at the end.
+    ``resume="auto"`` continues from it when the settings (method, lr, weight decay,
+    betas, eps, loss_kwargs, epochs, max_steps, seed, trainable tensors) match, returns
+    a finished run as it ended, and raises a ValueError when the settings differ or
+    the saved run failed; ``resume="restart"`` deletes it and starts afresh. The model
+    stays in eval mode (BatchNorm statistics of the original are kept).
     """
     loss_fn = get_loss(method)
     loss_kwargs = dict(loss_kwargs or {})
     driver = forget_loader if forget_loader is not None else retain_loader
     if driver is None:
         raise ValueError("unlearn needs a forget_loader or a retain_loader")
-    steps_per_epoch = len(driver)
-    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    total = epochs * len(driver) if max_steps is None else int(max_steps)
     model.eval()
     if original is None:
         original = copy_frozen(model)
-
     chosen = _select_trainable(model, trainable)
-    if not chosen:
-        raise ValueError("no trainable parameters selected")
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    chosen_names = {n for n, _ in chosen}
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in chosen_names)
+    settings = {"method": method, "lr": float(lr), "weight_decay": float(weight_decay),
+                "betas": [float(b) for b in betas], "eps": float(eps), "loss_kwargs": _describe(loss_kwargs),
+                "epochs": int(epochs), "max_steps": max_steps, "seed": int(seed),
+                "trainable": sorted(n for n, _ in chosen)}
+    checkpoint = _Checkpoint(checkpoint_dir, settings=settings, resume=resume)
     optimizer = make_adamw([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-    result, step, best_score, best_state, last_eval = UnlearnResult(), 0, -math.inf, None, {}
-    ckpt = Path(checkpoint_dir) / "state.pt" if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, result.history = int(state["step"]), list(state["history"])
-        best_score = float(state["best_score"])
-        best_state = state.get("best_state")
-        result.best_step = state.get("best_step")
-        last_eval = next((h["eval"] for h in reversed(result.history) if "eval" in h), {})
-    good_state = _cpu_state(model)
-
-    def evaluate(at: int) -> dict:
-        nonlocal best_score, best_state, good_state
-        out = dict(eval_fn(model)) if eval_fn is not None else {}
-        result.history.append({"step": at, "eval": out})
-        good_state = _cpu_state(model)
-        if select_fn is not None and at > 0:
-            score = float(select_fn(out))
-            if score > best_score:
-                best_score, best_state, result.best_step = score, good_state, at
-        return out
-
-    def save(at: int) -> None:
-        if ckpt is not None:
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at,
-                             "history": result.history, "best_score": best_score, "best_state": best_state,
-                             "best_step": result.best_step}, ckpt)
+    result = UnlearnResult()
+    tracker = _Tracker(model, eval_fn=eval_fn, select_fn=select_fn, result=result)
+    step, finished = checkpoint.restore(model=model, optimizer=optimizer, tracker=tracker)
 
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    if eval_at_start and step == 0 and eval_fn is not None:
-        last_eval = evaluate(0)
-    forget_iter = _cycle(forget_loader, start_step=step) if forget_loader is not None else None
-    retain_iter = _cycle(retain_loader, start_step=step) if retain_loader is not None else None
     bar = tqdm(total=total, initial=step, desc=method, disable=not progress, leave=False)
-    try:
-        while step < total:
-            forget_batch = next(forget_iter) if forget_iter else None
-            retain_batch = next(retain_iter) if retain_iter else None
+    with _TrainOnly(model, [n for n, _ in chosen]), bar:
+        if eval_at_start and step == 0 and eval_fn is not None:
+            tracker.evaluate(0)
+        forget_iter = _cycle(forget_loader, start_step=step) if forget_loader is not None else None
+        retain_iter = _cycle(retain_loader, start_step=step) if retain_loader is not None else None
+        while step < total and not finished:
+            forget_batch = _to_device(next(forget_iter), device) if forget_iter else None
+            retain_batch = _to_device(next(retain_iter), device) if retain_iter else None
             torch.manual_seed(seed * 1_000_003 + step)  # stochastic losses repeat on resume
             loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
             if not torch.isfinite(loss):
                 warnings.warn(f"{method}: non-finite loss at step {step}; restoring the last good state")
-                model.load_state_dict(good_state)
-                result.stopped_early = f"non-finite loss at step {step}"
+                model.load_state_dict(tracker.good_state)
+                result.stopped_early, result.failed = f"non-finite loss at step {step}", True
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -222,22 +346,16 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             bar.set_postfix(loss=f"{loss.item():.3f}")
             result.history.append({"step": step, "loss": float(loss.detach()), **logs})
             if eval_every and step % eval_every == 0 and step < total:
-                last_eval = evaluate(step)
-            if ckpt is not None and step % checkpoint_every == 0:
-                save(step)
-            if stop_fn is not None and stop_fn(model, step, last_eval):
+                tracker.evaluate(step)
+            if step % checkpoint_every == 0:
+                checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=False)
+            if stop_fn is not None and stop_fn(model, step, tracker.last_eval):
                 result.stopped_early = f"stop_fn at step {step}"
                 break
-        if result.stopped_early is None or result.stopped_early.startswith("stop_fn"):
-            if eval_fn is not None and not (result.history and result.history[-1].get("step") == step
-                                            and "eval" in result.history[-1]):
-                evaluate(step)
-        save(step)
-    finally:
-        bar.close()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if not result.failed and eval_fn is not None and not tracker.evaluated_at(step):
+            tracker.evaluate(step)
+        checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=True)
+    if tracker.best_state is not None:
+        model.load_state_dict(tracker.best_state)
     result.steps, result.seconds = step, time.perf_counter() - start
     return result
