@@ -54,8 +54,14 @@ def test_summarise_leaves_failed_runs_out_and_counts_them():
 
 
 def test_summarise_by_variant_and_bad_input():
-    frame = report.summarise(ablation_records(), task="ablation", metrics=("forget_acc",), by=("method", "variant"))
+    no_variant = ablation_records()[0]
+    del no_variant["config"]["variant"]  # e.g. a parameter sweep: not a row of the variant table
+    frame = report.summarise(ablation_records() + [no_variant], task="ablation", metrics=("forget_acc",),
+                             by=("method", "variant"))
     assert list(frame.index) == [("cliperase", "FM"), ("cliperase", "FM+RM")]
+    assert list(frame["runs"]) == [2, 2]
+    with pytest.raises(ValueError, match="no ablation record has every key"):
+        report.summarise([no_variant], task="ablation", by=("method", "variant"))
     with pytest.raises(ValueError, match="tasks present: ablation"):
         report.summarise(ablation_records(), task="forget-class")
     with pytest.raises(ValueError, match="'all' or 'each'"):

@@ -39,7 +39,9 @@ METRIC_LABELS = {
     "forget_acc": "Df acc", "retain_acc": "Dr acc", "other_acc": "other acc", "other_forget_acc": "other Df acc",
     "sibling_acc": "sibling acc", "mia": "MIA AUC", "seconds": "seconds", "peak_mem_mb": "peak MB",
     "steps": "steps", "best_step": "best step", "val_forget_acc": "val Df acc", "val_retain_acc": "val Dr acc",
-    "score": "score",
+    "score": "score", "acc": "acc", "acc_photo": "photo acc", "acc_sketch": "sketch acc",
+    "acc_negative": "negative acc", "coarse_acc": "coarse acc", "style_acc": "style acc",
+    "train_seconds": "train seconds",
 }
 ALL_CLASSES = "all classes"
 DEFAULT_METRICS = {
@@ -211,17 +213,20 @@ def summarise(records: list[dict], *, task: str, metrics: Sequence[str] | None =
     are several, an ``"all classes"`` row. Cells are ``"mean ± std"`` strings; with
     ``numeric=True`` the columns are ``metric`` (mean) and ``metric_std`` floats.
     A ``runs`` column counts the records aggregated (and ``failed`` the failed runs
-    left out, when there are any). Metrics that no record has are dropped.
+    left out, when there are any). Metrics that no record has are dropped, and so are
+    records that lack a ``by`` key other than ``method`` (e.g. no ``config.variant``).
     """
     import pandas as pd
 
     if classes not in ("all", "each"):
         raise ValueError(f"classes must be 'all' or 'each', not {classes!r}")
-    all_records = check_task(records, task)
+    by = list(by)
+    all_records = [r for r in check_task(records, task) if all(get_value(r, k) is not None for k in by)]
+    if not all_records:
+        raise ValueError(f"no {task} record has every key of by={tuple(by)}")
     chosen = select_records(all_records, skip_failed=skip_failed)
     metrics = list(metrics or DEFAULT_METRICS.get(task, ("forget_acc", "retain_acc")))
     metrics = [m for m in metrics if any(get_metric(r, m) is not None for r in chosen)]
-    by = list(by)
     index_names = by + (["forget_class"] if classes == "each" else [])
     rows, index = [], []
     for key in _sort_groups([_group_key(r, by) for r in all_records], by):
@@ -311,9 +316,10 @@ def render_table(spec: dict, *, results_dir) -> str:
     if not path.exists():
         return f"_No results yet: run `./run_all.sh --profile {spec['profile']} --only {spec['stem']}`._"
     records = json.loads(path.read_text())["records"]
-    if not any(r.get("task") == spec["task"] for r in records):
-        return f"_No `{spec['task']}` records in {source}._"
     by = spec["by"] or DEFAULT_BY.get(spec["task"], ("method",))
+    if not any(r.get("task") == spec["task"] and all(get_value(r, k) is not None for k in by) for r in records):
+        keys = ", ".join(f"`{k}`" for k in by)
+        return f"_No `{spec['task']}` records with {keys} in {source}._"
     frame = summarise(records, task=spec["task"], metrics=spec["metrics"], by=by, classes=spec["classes"])
     seeds = sorted({str(r["config"].get("seed")) for r in records
                     if r.get("task") == spec["task"] and r.get("config", {}).get("seed") is not None})
