@@ -336,8 +336,7 @@ def plot_ablation(records: list[dict], *, task: str = "ablation", variants_key: 
     metrics = [m for m in metrics if any(get_metric(r, m) is not None for r in chosen)]
     if not metrics:
         raise NoDataError(f"the {task} records have none of the metrics")
-    variants = list(dict.fromkeys(str(get_value(r, variants_key)) for r in chosen))
-    variants += [v for v in paper if v not in variants]
+    variants = list(dict.fromkeys([*paper, *(str(get_value(r, variants_key)) for r in chosen)]))  # paper's order
     profile = chosen[0].get("config", {}).get("profile", "mini")
     originals = [r for r in select_records(records, method="original")
                  if r.get("task") in (task, "forget-class")
