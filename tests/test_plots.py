@@ -168,6 +168,18 @@ def test_selection_log_x_selected_and_oracle_labelled():
     assert plots.ORACLE_LABEL not in ga.get_legend_handles_labels()[1]
 
 
+def test_selection_oracle_score_beside_the_validation_score():
+    records = [r for r in selection_records() if not r["config"]["oracle"]]
+    for r in records:
+        r["metrics"]["oracle_score"] = 0.9
+    fig = plots.plot_selection(records)
+    for ax in fig.axes:
+        assert plots.ORACLE_LABEL in ax.get_legend_handles_labels()[1]
+        oracle = [c for c in ax.containers if c.get_label() == plots.ORACLE_LABEL][0]
+        assert list(oracle.lines[0].get_ydata()) == [0.9, 0.9, 0.9]
+        assert oracle.lines[0].get_linestyle() == "--"
+
+
 def test_tradeoff_one_labelled_point_per_method():
     ax = plots.plot_tradeoff(forget_class_records()).axes[0]
     assert sorted(t.get_text() for t in ax.texts) == ["CLIPErase", "GA", "original"]

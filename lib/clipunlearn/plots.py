@@ -421,25 +421,29 @@ def plot_forget_ratio(records: list[dict], *, task: str = "forget-ratio",
 def plot_selection(records: list[dict], *, task: str = "selection", score: str = "score",
                    methods: Sequence[str] | None = None):
     """Validation ``score`` against the learning rate (log x), one panel per method: mean over forget
-    classes and seeds (+- std), the chosen candidates as stars, oracle candidates (``config.oracle``)
-    as a dashed line of hollow squares labelled as peeking at real forget images."""
+    classes and seeds (+- std), the chosen candidates as stars. Oracle numbers (candidates with
+    ``config.oracle`` true, or a ``metrics.oracle_<score>`` beside the validation score) are a dashed
+    line of hollow squares labelled as peeking at real forget images."""
+    from matplotlib.ticker import NullFormatter
+
     chosen = [r for r in _chosen(records, task)
               if isinstance(get_value(r, "lr"), (int, float)) and get_metric(r, score) is not None]
     if not chosen:
         raise NoDataError(f"no {task} record has config.lr and metrics.{score}")
     order = order_methods([r["method"] for r in chosen], methods)
-    from matplotlib.ticker import NullFormatter
-
     criterion = next((r["config"]["criterion"] for r in chosen if r["config"].get("criterion")), score)
     fig, axes = _grid(len(order))
     for ax, method in zip(axes, order):
-        runs, grid_lrs = [r for r in chosen if r["method"] == method], set()
-        for oracle in (False, True):
-            group = [r for r in runs if bool(r["config"].get("oracle")) == oracle]
+        runs = [r for r in chosen if r["method"] == method]
+        honest = [r for r in runs if not r["config"].get("oracle")]
+        series = [(False, honest, score), (True, [r for r in runs if r["config"].get("oracle")], score),
+                  (True, [r for r in honest if get_metric(r, f"oracle_{score}") is not None], f"oracle_{score}")]
+        lrs_seen = set()
+        for oracle, group, key in series:
             if not group:
                 continue
             lrs = sorted({float(r["config"]["lr"]) for r in group})
-            stats = [_stats([get_metric(r, score) for r in group if float(r["config"]["lr"]) == lr]) for lr in lrs]
+            stats = [_stats([get_metric(r, key) for r in group if float(r["config"]["lr"]) == lr]) for lr in lrs]
             ax.errorbar(lrs, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=2,
                         color="C3" if oracle else method_colour(method), linestyle="--" if oracle else "-",
                         marker="s" if oracle else "o", markerfacecolor="white" if oracle else None,
@@ -447,13 +451,13 @@ def plot_selection(records: list[dict], *, task: str = "selection", score: str =
             picked = [r for r in group if r["config"].get("selected")]
             if picked:
                 style = (dict(marker="o", s=170, facecolor="none", edgecolor="C3", linewidth=1.5, zorder=6,
-                              label="selected by the oracle") if oracle else
+                              label="selected (oracle)") if oracle else
                          dict(marker="*", s=130, color="gold", edgecolor="black", linewidth=0.6, zorder=5,
                               label="selected"))
-                ax.scatter([r["config"]["lr"] for r in picked], [get_metric(r, score) for r in picked], **style)
-            grid_lrs.update(lrs)
+                ax.scatter([r["config"]["lr"] for r in picked], [get_metric(r, key) for r in picked], **style)
+            lrs_seen.update(lrs)
         ax.set_xscale("log")
-        ax.set_xticks(sorted(grid_lrs), [f"{lr:.0e}" for lr in sorted(grid_lrs)], fontsize=7)
+        ax.set_xticks(sorted(lrs_seen), [f"{lr:.0e}" for lr in sorted(lrs_seen)], fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_title(method_label(method), fontsize=10)
