@@ -3,15 +3,17 @@
     python -m clipunlearn data --fetch          # get the default (mini) data
     python -m clipunlearn data --list           # the registered datasets
     python -m clipunlearn models --train-mini   # train (or load) the cached mini CLIP
+    python -m clipunlearn figures --profile mini [--only 10]   # redraw figures/<profile>/ from results/<profile>/
+    python -m clipunlearn report --readme README.md [--check]   # render README's results tables from results/
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import data, models
+from . import data, models, plots, report
 
-COMMANDS = {"data": data.main, "models": models.main}
+COMMANDS = {"data": data.main, "models": models.main, "figures": plots.main, "report": report.main}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,385 @@
+"""Tables from results records, and README tables rendered from ``results/``.
+
+Records follow ``docs/RESULTS.md``. Aggregation (shared with :mod:`clipunlearn.plots`):
+
+* over seeds: mean and standard deviation (``ddof=1``; no spread with one seed),
+  written ``"0.123 ± 0.045"``;
+* over forget classes: one row per class (``classes="each"``) and an
+  ``"all classes"`` row, the mean of the per-class means; its spread is the
+  standard deviation over seeds of the class-averaged value.
+
+README blocks between ``<!-- results: STEM TASK [key=value ...] -->`` and
+``<!-- /results -->`` are replaced by the table of ``results/<profile>/STEM.json``;
+keys: ``metrics=a,b,c``, ``by=method,variant``, ``classes=all|each``,
+``profile=mini|paper``. ``python -m clipunlearn report --readme README.md [--check]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .paths import REPO_ROOT, check_profile
+
+# Display order and labels: the untouched model first, then the baselines and the papers' methods
+# (the order of the loss registry); names not listed here follow in the order they appear.
+METHOD_LABELS = {
+    "original": "original", "ft": "FT", "ga": "GA", "graddiff": "GradDiff", "neggrad_plus": "NegGrad+",
+    "random_labels": "random labels", "cliperase": "CLIPErase", "lipschitz": "Lipschitz",
+    "lipschitz_synthetic": "Lipschitz, synthetic", "lipschitz_real": "Lipschitz, real",
+    "three_stage": "three-stage", "three_stage-no_fisher": "three-stage, no Fisher",
+}
+METRIC_LABELS = {
+    "forget_acc": "Df acc", "retain_acc": "Dr acc", "other_acc": "other acc", "other_forget_acc": "other Df acc",
+    "sibling_acc": "sibling acc", "mia": "MIA AUC", "seconds": "seconds", "peak_mem_mb": "peak MB",
+    "steps": "steps", "best_step": "best step", "val_forget_acc": "val Df acc", "val_retain_acc": "val Dr acc",
+    "score": "score", "acc": "acc", "acc_photo": "photo acc", "acc_sketch": "sketch acc",
+    "acc_negative": "negative acc", "coarse_acc": "coarse acc", "style_acc": "style acc",
+    "train_seconds": "train seconds",
+}
+ALL_CLASSES = "all classes"
+DEFAULT_METRICS = {
+    "forget-class": ("forget_acc", "retain_acc", "other_acc", "mia", "seconds"),
+    "forget-subgroup": ("forget_acc", "sibling_acc", "retain_acc", "other_acc", "mia", "seconds"),
+    "forget-style-subgroup": ("forget_acc", "sibling_acc", "retain_acc", "other_acc", "mia", "seconds"),
+    "selection": ("val_forget_acc", "val_retain_acc", "score"),
+}
+DEFAULT_BY = {
+    "ablation": ("method", "variant"), "forget-ratio": ("method", "forget_ratio"), "selection": ("method", "lr"),
+}
+MARKER = re.compile(r"<!-- results: (?P<args>[^>]*?) -->\n(?P<body>.*?)<!-- /results -->", re.DOTALL)
+
+
+# --------------------------------------------------------------------------- #
+# Reading records
+# --------------------------------------------------------------------------- #
+def method_label(method: str) -> str:
+    """Return the display name of ``method`` (``"neggrad_plus"`` -> ``"NegGrad+"``)."""
+    return METHOD_LABELS.get(method, method)
+
+
+def metric_label(metric: str) -> str:
+    """Return the short table header of ``metric`` (``"forget_acc"`` -> ``"Df acc"``)."""
+    return METRIC_LABELS.get(metric, metric)
+
+
+def order_methods(present: Iterable[str], methods: Sequence[str] | None = None) -> list[str]:
+    """Return the methods of ``present`` in display order: ``original`` first, then ``methods`` if given
+    (others dropped), else the registry order, then unknown names as they came."""
+    present = list(dict.fromkeys(present))
+    if methods is not None:
+        wanted = ["original", *methods]
+        return [m for m in dict.fromkeys(wanted) if m in present]
+    from .losses import LOSSES
+
+    known = list(dict.fromkeys([*METHOD_LABELS, *LOSSES]))
+    return [m for m in known if m in present] + [m for m in present if m not in known]
+
+
+def get_forget_class(record: dict) -> str:
+    """Return the record's forget class (``config.forget_class``; older records: ``forget`` or
+    ``forget_classes`` joined by ``+``), or ``""`` when it has none."""
+    config = record.get("config", {})
+    for key in ("forget_class", "forget"):
+        if isinstance(config.get(key), str):
+            return config[key]
+    value = config.get("forget_class", config.get("forget_classes"))
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def get_value(record: dict, key: str):
+    """Return ``record[key]`` for ``method``/``task``, else ``config[key]``, else ``metrics[key]``, else None."""
+    if key in ("method", "task"):
+        return record.get(key)
+    if key == "forget_class":
+        return get_forget_class(record)
+    for part in ("config", "metrics"):
+        if key in record.get(part, {}):
+            return record[part][key]
+    return None
+
+
+def get_metric(record: dict, metric: str) -> float | None:
+    """Return ``metrics[metric]`` as a finite float, or None when absent, null, non-numeric or not finite."""
+    value = record.get("metrics", {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def select_records(records: Iterable[dict], *, task: str | None = None, method: str | None = None,
+                   forget_class: str | None = None, skip_failed: bool = True) -> list[dict]:
+    """Return the records of ``task`` / ``method`` / ``forget_class`` (None: any); failed runs left out."""
+    return [r for r in records
+            if (task is None or r.get("task") == task) and (method is None or r.get("method") == method)
+            and (forget_class is None or get_forget_class(r) == forget_class)
+            and not (skip_failed and r.get("metrics", {}).get("failed"))]
+
+
+def check_task(records: list[dict], task: str) -> list[dict]:
+    """Return the records of ``task``; none is an error that lists the tasks present."""
+    chosen = [r for r in records if r.get("task") == task]
+    if not chosen:
+        tasks = sorted({str(r.get("task")) for r in records})
+        raise ValueError(f"no records of task {task!r}; tasks present: {', '.join(tasks) or 'none'}")
+    return chosen
+
+
+def _hashable(value):
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# Aggregation
+# --------------------------------------------------------------------------- #
+def _std(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def class_means(records: Iterable[dict], metric: str) -> dict[str, float]:
+    """Return ``{forget_class: mean over seeds}`` of ``metric`` (records without it are skipped)."""
+    values: dict[str, list[float]] = {}
+    for r in records:
+        v = get_metric(r, metric)
+        if v is not None:
+            values.setdefault(get_forget_class(r), []).append(v)
+    return {c: sum(vs) / len(vs) for c, vs in values.items()}
+
+
+def mean_std(records: Iterable[dict], metric: str) -> tuple[float | None, float | None, int]:
+    """Return ``(mean, std, n)`` of ``metric`` over records (see the module docstring).
+
+    The mean is the mean of the per-class means; ``std`` is the standard deviation
+    (ddof=1) over seeds of the class-averaged value, None with fewer than two seeds;
+    ``n`` counts the records that have the metric. ``(None, None, 0)`` when none has it.
+    """
+    records = [r for r in records if get_metric(r, metric) is not None]
+    if not records:
+        return None, None, 0
+    means = class_means(records, metric)
+    by_seed: dict = {}
+    for r in records:
+        by_seed.setdefault(_hashable(r.get("config", {}).get("seed")), []).append(get_metric(r, metric))
+    seed_means = [sum(vs) / len(vs) for vs in by_seed.values()]
+    return sum(means.values()) / len(means), _std(seed_means), len(records)
+
+
+def decimals_for(metric: str) -> int:
+    """Decimals shown for ``metric``: 3 for accuracies, AUCs and scores, 1 for seconds, MB and steps."""
+    return 1 if metric in ("seconds", "peak_mem_mb", "steps", "best_step") or metric.endswith("_seconds") else 3
+
+
+def format_mean_std(mean: float | None, std: float | None, *, decimals: int = 3) -> str:
+    """Return ``"0.123 ± 0.045"`` (``"0.123"`` without a spread, ``""`` without a mean)."""
+    if mean is None:
+        return ""
+    text = f"{mean:.{decimals}f}"
+    return text if std is None else f"{text} ± {std:.{decimals}f}"
+
+
+def _group_key(record: dict, by: Sequence[str]) -> tuple:
+    return tuple(_hashable(get_value(record, key)) for key in by)
+
+
+def _sort_groups(keys: list[tuple], by: Sequence[str]) -> list[tuple]:
+    keys = list(dict.fromkeys(keys))
+    if "method" not in by:
+        return keys
+    i = list(by).index("method")
+    order = order_methods([k[i] for k in keys])
+    return sorted(keys, key=lambda k: order.index(k[i]))  # stable: other keys keep their first-seen order
+
+
+def summarise(records: list[dict], *, task: str, metrics: Sequence[str] | None = None,
+              by: Sequence[str] = ("method",), classes: str = "all", numeric: bool = False,
+              skip_failed: bool = True):
+    """Return a pandas DataFrame of ``task``'s records: one row per group of ``by`` (and forget class).
+
+    ``classes="all"`` gives one row per group (the mean over forget classes);
+    ``"each"`` adds a ``forget_class`` level with one row per class and, when there
+    are several, an ``"all classes"`` row. Cells are ``"mean ± std"`` strings; with
+    ``numeric=True`` the columns are ``metric`` (mean) and ``metric_std`` floats.
+    A ``runs`` column counts the records aggregated (and ``failed`` the failed runs
+    left out, when there are any). Metrics that no record has are dropped, and so are
+    records that lack a ``by`` key other than ``method`` (e.g. no ``config.variant``).
+    """
+    import pandas as pd
+
+    if classes not in ("all", "each"):
+        raise ValueError(f"classes must be 'all' or 'each', not {classes!r}")
+    by = list(by)
+    all_records = [r for r in check_task(records, task) if all(get_value(r, k) is not None for k in by)]
+    if not all_records:
+        raise ValueError(f"no {task} record has every key of by={tuple(by)}")
+    chosen = select_records(all_records, skip_failed=skip_failed)
+    metrics = list(metrics or DEFAULT_METRICS.get(task, ("forget_acc", "retain_acc")))
+    metrics = [m for m in metrics if any(get_metric(r, m) is not None for r in chosen)]
+    index_names = by + (["forget_class"] if classes == "each" else [])
+    rows, index = [], []
+    for key in _sort_groups([_group_key(r, by) for r in all_records], by):
+        group = [r for r in chosen if _group_key(r, by) == key]
+        failed = sum(1 for r in all_records if _group_key(r, by) == key and r.get("metrics", {}).get("failed"))
+        parts = []
+        if classes == "each":
+            names = list(dict.fromkeys(get_forget_class(r) for r in group))
+            parts = [((*key, c), [r for r in group if get_forget_class(r) == c]) for c in names]
+            if len(names) > 1:
+                parts.append(((*key, ALL_CLASSES), group))
+        else:
+            parts = [(key, group)]
+        for idx, part in parts:
+            row = {}
+            for m in metrics:
+                mean, std, _ = mean_std(part, m)
+                if numeric:
+                    row[m], row[f"{m}_std"] = (math.nan if mean is None else mean), (math.nan if std is None else std)
+                else:
+                    row[m] = format_mean_std(mean, std, decimals=decimals_for(m))
+            row["runs"] = len(part)
+            if failed:
+                row["failed"] = failed
+            rows.append(row)
+            index.append(idx)
+    frame = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=index_names) if len(index_names) > 1
+                         else pd.Index([i[0] for i in index], name=index_names[0]))
+    if "failed" in frame:
+        frame["failed"] = frame["failed"].fillna(0).astype(int)
+    return frame
+
+
+# --------------------------------------------------------------------------- #
+# Markdown
+# --------------------------------------------------------------------------- #
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(frame, *, index: bool = True, labels: bool = True) -> str:
+    """Return ``frame`` as a GitHub markdown table (index columns left-aligned, values right-aligned).
+
+    With ``labels``, method names and metric headers use their display names.
+    """
+    index_names = [n or "" for n in frame.index.names] if index else []
+    rows = []
+    for idx, values in zip(frame.index, frame.itertuples(index=False)):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if labels:
+            idx = tuple(method_label(v) if name == "method" else v for name, v in zip(index_names, idx))
+        rows.append([_cell(v) for v in (idx if index else ())] + [_cell(v) for v in values])
+    header = index_names + [metric_label(c) if labels else str(c) for c in frame.columns]
+    align = [":---"] * len(index_names) + ["---:"] * len(frame.columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
+# README rendering
+# --------------------------------------------------------------------------- #
+def parse_marker(args: str) -> dict:
+    """Parse ``"STEM TASK key=value ..."`` of a results marker into a dict."""
+    words = args.split()
+    if len(words) < 2 or any("=" in w for w in words[:2]):
+        raise ValueError(f"results marker {args!r} needs 'NOTEBOOK_STEM TASK [key=value ...]'")
+    spec = {"stem": words[0], "task": words[1], "profile": "mini", "metrics": None, "by": None, "classes": "all"}
+    for word in words[2:]:
+        key, sep, value = word.partition("=")
+        if not sep or key not in ("metrics", "by", "classes", "profile"):
+            raise ValueError(f"results marker {args!r}: unknown option {word!r}; "
+                             f"valid: metrics=a,b by=a,b classes=all|each profile=mini|paper")
+        spec[key] = tuple(value.split(",")) if key in ("metrics", "by") else value
+    check_profile(spec["profile"])
+    return spec
+
+
+def render_table(spec: dict, *, results_dir) -> str:
+    """Return the markdown of one results block (its table and a source line, or why there is none)."""
+    path = Path(results_dir) / spec["profile"] / f"{spec['stem']}.json"
+    source = f"`results/{spec['profile']}/{spec['stem']}.json`"
+    if not path.exists():
+        return f"_No results yet: run `./run_all.sh --profile {spec['profile']} --only {spec['stem']}`._"
+    records = json.loads(path.read_text())["records"]
+    by = spec["by"] or DEFAULT_BY.get(spec["task"], ("method",))
+    if not any(r.get("task") == spec["task"] and all(get_value(r, k) is not None for k in by) for r in records):
+        keys = ", ".join(f"`{k}`" for k in by)
+        return f"_No `{spec['task']}` records with {keys} in {source}._"
+    frame = summarise(records, task=spec["task"], metrics=spec["metrics"], by=by, classes=spec["classes"])
+    seeds = sorted({str(r["config"].get("seed")) for r in records
+                    if r.get("task") == spec["task"] and r.get("config", {}).get("seed") is not None})
+    spread = f"mean ± std over seeds {', '.join(seeds)}" if len(seeds) > 1 else f"seed {seeds[0]}" if seeds else ""
+    note = f"From {source}, task `{spec['task']}`" + (f"; {spread}" if spread else "") + "."
+    return f"{to_markdown(frame)}\n\n{note}"
+
+
+def render_readme(readme_text: str, *, results_dir=None) -> str:
+    """Return ``readme_text`` with every results block re-rendered from ``results_dir`` (default
+    ``<repo>/results``); text outside the blocks is kept. Rendering twice changes nothing."""
+    results_dir = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
+
+    def replace(match):
+        spec = parse_marker(match["args"])
+        return f"<!-- results: {match['args']} -->\n{render_table(spec, results_dir=results_dir)}\n<!-- /results -->"
+
+    return MARKER.sub(replace, readme_text)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None) -> int:
+    """``python -m clipunlearn report --readme README.md [--check]``: render the README's results tables."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clipunlearn report", description=main.__doc__)
+    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="markdown file with results blocks")
+    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),
+                        help="folder holding <profile>/<notebook>.json (default: the repository's results/)")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if the file is not up to date with the results")
+    args = parser.parse_args(argv)
+    path = Path(args.readme)
+    if not path.exists():
+        print(f"no file {path}; pass --readme PATH", file=sys.stderr)
+        return 2
+    text = path.read_text()
+    try:
+        rendered = render_readme(text, results_dir=args.results_dir)
+    except ValueError as err:
+        print(f"{path}: {err}", file=sys.stderr)
+        return 2
+    blocks = len(MARKER.findall(text))
+    if rendered == text:
+        print(f"{path}: {blocks} results block(s) up to date")
+        return 0
+    if args.check:
+        print(f"{path}: results tables are out of date; run python -m clipunlearn report --readme {path}",
+              file=sys.stderr)
+        return 1
+    _write_text_atomic(path, rendered)
+    print(f"{path}: {blocks} results block(s) rendered")
+    return 0
