@@ -9,7 +9,8 @@ papers' batch sizes (CLIPErase 16, paper B 64, evaluation 128), the script times
   called as ``loss_fn(model, original, forget_batch, retain_batch, **kwargs)``;
 * one step of the synthetic-image ascent (``synthetic.generate_synthetic``, no image
   stops early): ``(time of 1 + N steps - time of 1 step) / N``, so the set-up of the
-  noise is not counted;
+  noise is not counted (bf16: autocast inside the image encoder only, see
+  :func:`encoder_autocast`);
 * evaluation: image encoding without gradients,
 
 in fp32 (TF32 matmuls and convolutions allowed) and in bf16 autocast. It reports the
@@ -160,6 +161,30 @@ def run_training(workload, model, original, tokenizer, *, batch, device, precisi
     return {"images_per_step": images, "seconds": statistics.median(times), "flops": flops}
 
 
+@contextlib.contextmanager
+def encoder_autocast(model, device, precision):
+    """bf16: autocast inside ``model.encode_image`` only, returning float32 features.
+
+    ``synthetic.generate_synthetic`` keeps its images in float32 and writes the blurred
+    batch back into them, which fails when the whole call runs under autocast (the blur
+    then returns bf16), so only the encoder runs in bf16.
+    """
+    if precision != "bf16":
+        yield
+        return
+    encode = model.encode_image
+
+    def encode_bf16(images, *args, **kwargs):
+        with autocast(device, precision):
+            return encode(images, *args, **kwargs).float()
+
+    model.encode_image = encode_bf16
+    try:
+        yield
+    finally:
+        del model.encode_image  # the class's method again
+
+
 def run_synthetic(model, *, batch, device, precision, args) -> dict:
     from clipunlearn import models, synthetic
 
@@ -167,7 +192,7 @@ def run_synthetic(model, *, batch, device, precision, args) -> dict:
     weights = torch.nn.functional.normalize(torch.randn(model.visual.output_dim, 10), dim=0).to(device)
 
     def generate(steps: int):
-        with autocast(device, precision):
+        with encoder_autocast(model, device, precision):
             synthetic.generate_synthetic(model, weights, classes=[0], n_per_class=batch, image_size=args.image_size,
                                          mean=mean, std=std, steps=steps, thresholds=1.01, patience=0,
                                          batch_size=batch, seed=0, device=device, progress=False)
