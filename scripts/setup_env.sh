@@ -6,7 +6,10 @@
 #
 # Idempotent and quiet; each step is skipped when already done:
 #   1. environment: use the active virtualenv / conda env (or the current python
-#      when CLIPUNLEARN_NO_VENV=1, e.g. on Colab); otherwise create ./.venv.
+#      when CLIPUNLEARN_NO_VENV=1, e.g. on Colab); otherwise create ./.venv with
+#      the first Python >= 3.11 found ($CLIPUNLEARN_PYTHON, python3, python3.13,
+#      python3.12, python3.11). The pinned numpy, pandas, scikit-learn, matplotlib
+#      and ipykernel need Python >= 3.11.
 #   2. install `-e .[test]` when pyproject.toml changed since the last install
 #      (stamp file with its hash, inside .venv). In a foreign env that already has
 #      torch (Colab), torch/torchvision are kept and the other deps installed.
@@ -15,6 +18,7 @@
 #   4. default data: python -m clipunlearn data --fetch
 #
 # Environment: CLIPUNLEARN_NO_VENV=1 (use the current python),
+#              CLIPUNLEARN_PYTHON=/path/to/python3.11 (interpreter for a new .venv),
 #              CLIPUNLEARN_SKIP_DATA=1 (skip steps 3 and 4).
 # Exports PYTHON (the interpreter to use) and puts its bin/ first on PATH.
 # Everything here is prefixed _cu_ because the file is usually sourced.
@@ -22,6 +26,20 @@
 _cu_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _cu_say() { echo "setup: $*"; }
 _cu_err() { echo "setup: ERROR: $*" >&2; }
+_cu_need_py="3.11"
+_cu_py_hint="install Python >= $_cu_need_py (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; or conda env create -f environment.yml) and point CLIPUNLEARN_PYTHON at it, then re-run"
+# true when "$1" is a Python >= 3.11
+_cu_py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+# print the first Python >= 3.11 among $CLIPUNLEARN_PYTHON, python3, python3.13, python3.12, python3.11
+_cu_find_python() {
+    local cand path
+    for cand in "${CLIPUNLEARN_PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        [[ -n "$cand" ]] || continue
+        path="$(command -v "$cand" 2>/dev/null)" || continue
+        _cu_py_ok "$path" && { echo "$path"; return 0; }
+    done
+    return 1
+}
 
 # 1. Pick (or create) the environment; sets PYTHON and _cu_state (stamp/log dir).
 _cu_pick_env() {
@@ -44,10 +62,12 @@ _cu_pick_env() {
         local venv="$_cu_root/.venv"
         if [[ ! -x "$venv/bin/python" ]]; then
             [[ -e "$venv" ]] && { _cu_err "$venv exists but has no bin/python; remove it and re-run"; return 1; }
-            local py3; py3="$(command -v python3 || true)"
-            [[ -n "$py3" ]] || { _cu_err "python3 not found (need Python >= 3.10)"; return 1; }
+            local py3; py3="$(_cu_find_python)" || {
+                _cu_err "no Python >= $_cu_need_py found (python3 is $(python3 -V 2>&1 || echo missing)): the pinned numpy, pandas, scikit-learn, matplotlib and ipykernel need it; $_cu_py_hint"
+                return 1
+            }
             _cu_say "creating virtualenv .venv with $("$py3" -V 2>&1)"
-            "$py3" -m venv "$venv" || { _cu_err "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"; return 1; }
+            "$py3" -m venv "$venv" || { _cu_err "$py3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv, or python3.X-venv for $("$py3" -V 2>&1))"; return 1; }
         fi
         PYTHON="$venv/bin/python"
         _cu_state="$venv"
@@ -55,8 +75,14 @@ _cu_pick_env() {
         export VIRTUAL_ENV="$venv"
         export PATH="$venv/bin:$PATH"
     fi
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-        || { _cu_err "$PYTHON is not a usable Python >= 3.10 ($("$PYTHON" -V 2>&1))"; return 1; }
+    if ! _cu_py_ok "$PYTHON"; then
+        if [[ "$_cu_foreign" == 0 ]]; then
+            _cu_err "$_cu_root/.venv uses $("$PYTHON" -V 2>&1), but Python >= $_cu_need_py is needed: remove .venv and re-run (or $_cu_py_hint)"
+        else
+            _cu_err "$PYTHON is $("$PYTHON" -V 2>&1), but Python >= $_cu_need_py is needed: the pinned numpy, pandas, scikit-learn, matplotlib and ipykernel need it; activate an environment with Python >= $_cu_need_py (e.g. conda env create -f environment.yml) and re-run"
+        fi
+        return 1
+    fi
     export PYTHON
     mkdir -p "$_cu_state"
 }
@@ -78,10 +104,7 @@ _cu_install() {
         local deps
         mapfile -t deps < <("$PYTHON" - "$_cu_root/pyproject.toml" <<'EOF'
 import re, sys
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
+import tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 for dep in project["dependencies"] + project["optional-dependencies"]["test"]:
     if re.split(r"[^A-Za-z0-9_.-]", dep)[0].lower() not in ("torch", "torchvision"):

@@ -1,5 +1,8 @@
 """Data: the Fashion-MNIST mini world and the folder loaders on real images."""
 
+import json
+from urllib.error import URLError
+
 import pytest
 import torch
 
@@ -112,3 +115,215 @@ def test_folder_names_cleaned():
     assert data._folder_name_to_class("n02086079-Pekinese") == "Pekinese"
     assert data._folder_name_to_class("toy_poodle") == "toy poodle"
     assert len(data.FLOWERS102_CLASSES) == 102
+
+
+# --------------------------------------------------------------------------- #
+# Loader friction: root=, offline errors, transforms, styles, splits, captions
+# --------------------------------------------------------------------------- #
+def _write_images(folder, names, *, size=8):
+    """Write small distinct RGB PNGs ``folder/<name>`` and return their paths."""
+    from PIL import Image
+
+    paths = []
+    for i, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), color=(30 * i % 256, 60, 90)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _to_tensor():
+    from torchvision import transforms
+
+    return transforms.ToTensor()
+
+
+def test_registered_dataset_reads_root(shared_data_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test").symlink_to(shared_data_dir / "cifar10-test-2k")
+    ds = data.load_dataset("cifar10", split="test", root=tmp_path / "mine", data_dir=tmp_path / "elsewhere")
+    assert len(ds) == 2000 and ds.classnames == list(data.CIFAR10_CLASSES)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):  # root is used, not ignored
+        data.load_dataset("cifar100", split="test", root=tmp_path / "empty")
+
+
+def test_fashion_mnist_reads_root(tmp_path, monkeypatch):
+    files = [f for pair in data._FMNIST_FILES.values() for f in pair]
+    if not all((data.DEBIAN_FASHION_MNIST / f).exists() for f in files):
+        pytest.skip("Debian's Fashion-MNIST is not installed")
+    for f in files:
+        (tmp_path / f).symlink_to(data.DEBIAN_FASHION_MNIST / f)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    ds = data.load_dataset("fashion-mnist", split="test", root=tmp_path, data_dir=tmp_path / "none")
+    assert len(ds) == 10_000
+    with pytest.raises(FileNotFoundError, match="missing in root"):
+        data.load_dataset("fashion-mnist", root=tmp_path / "none")
+
+
+@pytest.mark.parametrize("error", [URLError("no network"), OSError("network is unreachable")])
+def test_offline_download_says_where_to_place_files(tmp_path, monkeypatch, error):
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tvd, "CIFAR10", offline)
+    with pytest.raises(FileNotFoundError, match="place an ImageFolder export at") as info:
+        data.load_dataset("cifar10", split="test", data_dir=tmp_path, download=True)
+    assert str(tmp_path / "cifar10" / "test") in str(info.value) and info.value.__cause__ is error
+
+
+def test_missing_transform_fails_when_batching_with_a_clear_error(shared_data_dir):
+    from clipunlearn import metrics
+
+    root = shared_data_dir / "cifar10-test-2k"
+    raw = data.load_dataset("folder", root=root)
+    with pytest.raises(TypeError, match="transform=preprocess"):
+        next(iter(data.make_loader(raw, indices=range(4), batch_size=4)))
+    with pytest.raises(TypeError, match="transform=preprocess"):
+        next(metrics.iterate_batches(raw, indices=range(4), batch_size=4))
+    images, labels = next(iter(data.make_loader(data.load_dataset("folder", root=root, transform=_to_tensor()),
+                                                indices=range(4), batch_size=4)))
+    assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 0, 0, 0]
+
+
+def test_select_indices_styles_on_a_dataset_without_styles(shared_data_dir):
+    ds = data.load_dataset("folder", root=shared_data_dir / "cifar10-test-2k")
+    with pytest.raises(ValueError, match="has no styles"):
+        data.select_indices(ds, classes=[0], styles=[0])
+    assert len(data.select_indices(ds, classes=[0])) == 200
+
+
+def test_pacs_split_is_seeded_per_domain_and_class(shared_data_dir):
+    root = shared_data_dir / "pacs-mini"
+    full = data.load_dataset("pacs", root=root)  # PACS has no official split: the default is "all"
+    test = data.load_dataset("pacs", root=root, split="test")
+    train = data.load_dataset("pacs", root=root, split="train")
+    assert len(full) == 4 * 175 and len(test) == 4 * 7 * 5 and len(train) == 4 * 7 * 20
+    for part, n in ((test, 5), (train, 20)):  # 20% of the 25 images of every (domain, class) group
+        assert (part.styles * 7 + part.targets).bincount(minlength=28).tolist() == [n] * 28
+    # train and test partition the images, and the split is reproducible
+    assert not set(test.paths) & set(train.paths) and set(test.paths) | set(train.paths) == set(full.paths)
+    assert data.load_dataset("pacs", root=root, split="test").paths == test.paths
+    # a group's split does not depend on the other domains loaded; another seed gives another split
+    photo = data.load_dataset("pacs", root=root, split="test", domains=("photo",))
+    assert set(photo.paths) == {p for p in test.paths if p.parent.parent.name == "photo"}
+    assert set(data.load_dataset("pacs", root=root, split="test", seed=1).paths) != set(test.paths)
+    _, label = test[0]
+    assert label == int(test.targets[0]) and test.paths[0].parent.name == test.classnames[label]
+    with pytest.raises(ValueError, match="valid: train, test, all"):
+        data.load_dataset("pacs", root=root, split="val")
+
+
+def _coop_split(tmp_path):
+    """A CoOp-style split file beside an images/ folder: 2 classes, train 3 / val 1 / test 2 images."""
+    entries = {"train": [["cat/a.png", 1, "cat"], ["dog/b.png", 0, "dog"], ["dog/c.png", 0, "dog"]],
+               "val": [["cat/d.png", 1, "cat"]],
+               "test": [["dog/e.png", 0, "dog"], ["cat/f.png", 1, "cat"]]}
+    _write_images(tmp_path / "ds" / "images", [rel for items in entries.values() for rel, _, _ in items])
+    split_file = tmp_path / "ds" / "split_zhou_Tiny.json"
+    split_file.write_text(json.dumps(entries))
+    return split_file
+
+
+def test_coop_split_file(tmp_path):
+    split_file = _coop_split(tmp_path)
+    train = data.load_dataset("stanford-dogs", split="train", split_file=split_file)  # finds images/ itself
+    assert train.classnames == ["dog", "cat"] and train.targets.tolist() == [1, 0, 0]
+    assert [p.name for p in train.paths] == ["a.png", "b.png", "c.png"]
+    test = data.load_dataset("folder", split="test", split_file=split_file, root=tmp_path / "ds" / "images",
+                             transform=_to_tensor())
+    images, labels = next(iter(data.make_loader(test, batch_size=8)))
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 1]
+    val = data.load_split_file(split_file, split="val")
+    assert len(val) == 1 and val.classnames == ["dog", "cat"]  # names from every split of the file
+    with pytest.raises(ValueError, match="valid: train, val, test"):
+        data.load_split_file(split_file, split="holdout")
+    with pytest.raises(FileNotFoundError, match="pass root="):
+        data.load_split_file(split_file, split="train", root=tmp_path)
+
+
+def _karpathy(tmp_path):
+    """A Flickr30K-style folder: 3 images, 2 captions each; images 0 and 2 in "test", 1 in "train"."""
+    root = tmp_path / "flickr30k"
+    names = ["100.jpg", "200.jpg", "300.jpg"]
+    _write_images(root / "flickr30k-images", names)
+    images = [{"filename": n, "split": s, "sentences": [{"raw": f"caption {i}a"}, {"raw": f"caption {i}b"}]}
+              for i, (n, s) in enumerate(zip(names, ["test", "train", "test"]))]
+    (root / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    return root
+
+
+def test_flickr30k_karpathy_captions(tmp_path):
+    from clipunlearn import metrics
+
+    ds = data.load_dataset("flickr30k", root=_karpathy(tmp_path), transform=_to_tensor())
+    assert len(ds) == 2 and ds.source_ids == ["100.jpg", "300.jpg"]
+    assert ds.captions == ["caption 0a", "caption 0b", "caption 2a", "caption 2b"]
+    assert ds.image_ids.tolist() == [0, 1] and ds.caption_image_ids.tolist() == [0, 0, 1, 1]
+    image, captions = ds[1]
+    assert image.shape == (3, 8, 8) and captions == ["caption 2a", "caption 2b"]
+    # texts as their own set: a text matches its image, so one-hot features give perfect recall ...
+    groups = ds.retrieval_groups()
+    img_feats = torch.eye(4)[ds.image_ids]
+    txt_feats = torch.eye(4)[ds.caption_image_ids]
+    assert metrics.retrieval_recall(img_feats, txt_feats, ks=(1,), **groups) == {"i2t_r1": 1.0, "t2i_r1": 1.0}
+    # ... and texts pointing at the wrong image give none
+    assert metrics.retrieval_recall(img_feats, txt_feats.flip(0), ks=(1,), **groups) == {"i2t_r1": 0.0,
+                                                                                        "t2i_r1": 0.0}
+    images, captions = next(iter(data.make_loader(ds, batch_size=2)))
+    assert images.shape == (2, 3, 8, 8) and captions[1] == ["caption 2a", "caption 2b"]
+    assert len(data.load_dataset("flickr30k", root=tmp_path / "flickr30k", split="all")) == 3
+    with pytest.raises(ValueError, match="valid: test, train, all"):
+        data.load_dataset("flickr30k", root=tmp_path / "flickr30k", split="val")
+
+
+def test_caption_images_encode_for_retrieval(tmp_path, tiny_clip):
+    from torchvision import transforms
+
+    from clipunlearn import metrics
+
+    ds = data.load_dataset("flickr30k", root=_karpathy(tmp_path), split="all",
+                           transform=transforms.Compose([transforms.Resize(32), transforms.ToTensor()]))
+    feats, ids = metrics.encode_images(tiny_clip.model, ds, batch_size=2)
+    assert feats.shape == (3, 32) and ids.tolist() == [0, 1, 2]
+    raw = data.load_dataset("flickr30k", root=tmp_path / "flickr30k", split="all")
+    with pytest.raises(TypeError, match="transform=preprocess"):
+        metrics.encode_images(tiny_clip.model, raw)
+
+
+def _coco(tmp_path):
+    """A COCO-captions-style annotation file: image ids out of order, captions interleaved."""
+    folder = tmp_path / "val2017"
+    _write_images(folder, ["000000000042.jpg", "000000000007.jpg", "000000000013.jpg"])
+    ann = {"images": [{"id": 42, "file_name": "000000000042.jpg"}, {"id": 7, "file_name": "000000000007.jpg"},
+                      {"id": 13, "file_name": "000000000013.jpg"}],
+           "annotations": [{"id": 1, "image_id": 13, "caption": "thirteen one"},
+                           {"id": 2, "image_id": 7, "caption": "seven one"},
+                           {"id": 3, "image_id": 13, "caption": "thirteen two"},
+                           {"id": 4, "image_id": 42, "caption": "forty-two one"},
+                           {"id": 5, "image_id": 7, "caption": "seven two"}]}
+    (tmp_path / "captions_val2017.json").write_text(json.dumps(ann))
+    return folder, tmp_path / "captions_val2017.json"
+
+
+def test_coco_captions(tmp_path):
+    folder, annotation_file = _coco(tmp_path)
+    ds = data.load_dataset("coco-captions", root=folder, annotation_file=annotation_file)
+    assert ds.source_ids == [7, 13, 42]  # torchvision's CocoCaptions order: sorted image ids
+    assert ds.captions == ["seven one", "seven two", "thirteen one", "thirteen two", "forty-two one"]
+    assert ds.caption_image_ids.tolist() == [0, 0, 1, 1, 2]
+    assert ds[2][1] == ["forty-two one"] and ds[2][0].size == (8, 8)
+    with pytest.raises(FileNotFoundError, match="pass root="):
+        data.load_coco_captions(tmp_path, annotation_file)
+
+
+def test_coco_captions_match_torchvision(tmp_path):
+    pytest.importorskip("pycocotools")
+    from torchvision.datasets import CocoCaptions
+
+    folder, annotation_file = _coco(tmp_path)
+    ours = data.load_coco_captions(folder, annotation_file)
+    theirs = CocoCaptions(str(folder), str(annotation_file))
+    assert [theirs[i][1] for i in range(len(theirs))] == [ours[i][1] for i in range(len(ours))]
