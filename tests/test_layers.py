@@ -1,4 +1,4 @@
-"""Per-tensor layer scores (mean |grad|, relative Fisher) and top-k masks on ViT and ResNet CLIPs."""
+"""Layer scores (mean |grad| per tensor, per-sample relative Fisher per layer) and top-k masks on ViT and ResNet CLIPs."""
 
 import pytest
 import torch
@@ -89,16 +89,93 @@ def test_only_top_k_tensors_change_after_an_update(clip_model, tiny_batch):
     assert changed == set(chosen)
 
 
+def brute_force_fisher(model, batch, *, per="layer"):
+    """Fisher by a loop over single samples (batch size 1) with autograd: mean_i sum_l g_i^2 / numel_l."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = layers.group_by_layer([n for n, _ in named], per=per)
+    numel = dict((n, p.numel()) for n, p in named)
+    totals = {g: 0.0 for g in groups}
+    n_samples = len(batch["images"])
+    for i in range(n_samples):
+        one = {"images": batch["images"][i:i + 1], "texts": batch["texts"][i:i + 1]}
+        grads = torch.autograd.grad(layers.similarity_score(model, one), [p for _, p in named], allow_unused=True)
+        sq = {n: 0.0 if g is None else float(g.double().pow(2).sum()) for (n, _), g in zip(named, grads)}
+        for g, members in groups.items():
+            totals[g] += sum(sq[n] for n in members) / sum(numel[n] for n in members)
+    return {g: v / n_samples for g, v in totals.items()}
+
+
+def batch_mean_fisher(model, batch):
+    """The old estimate: the squared gradient of the batch-mean similarity (the Fisher only at batch size 1)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(layers.similarity_score(model, batch), [p for _, p in named], allow_unused=True)
+    groups = layers.group_by_layer([n for n, _ in named])
+    sq = {n: 0.0 if g is None else float(g.double().pow(2).sum()) for (n, _), g in zip(named, grads)}
+    return {g: sum(sq[n] for n in m) / sum(p.numel() for n2, p in named if n2 in m) for g, m in groups.items()}
+
+
+def test_layer_of_groups_parameters_by_owning_module(clip_model):
+    assert layers.layer_of("visual.layer3.1.conv2.weight") == "visual.layer3.1.conv2"
+    assert layers.layer_of("transformer.resblocks.1.attn.in_proj_weight") == "transformer.resblocks.1.attn"
+    assert layers.layer_of("transformer.resblocks.1.attn.out_proj.weight") == "transformer.resblocks.1.attn"
+    assert layers.layer_of("visual.attnpool.q_proj.bias") == "visual.attnpool.q_proj"
+    for own in ("text_projection", "logit_scale", "visual.proj", "visual.class_embedding", "positional_embedding"):
+        assert layers.layer_of(own) == own  # tensors held by the model or a tower are layers of their own
+    names = [n for n, _ in clip_model.named_parameters()]
+    groups = layers.group_by_layer(names)
+    assert sorted(sum(groups.values(), [])) == sorted(names)
+    modules = dict(clip_model.named_modules())
+    assert all(g in modules or g in names for g in groups)  # every layer is a module or a lone tensor
+    assert layers.group_by_layer(names, per="tensor") == {n: [n] for n in names}
+    with pytest.raises(ValueError, match="valid: layer, tensor"):
+        layers.group_by_layer(names, per="block")
+
+
+@pytest.mark.parametrize("per", ["layer", "tensor"])
+def test_fisher_uses_per_sample_gradients(clip_model, tiny_batch, per):
+    fisher = layers.fisher_scores(clip_model, [tiny_batch], per=per)
+    expected = brute_force_fisher(clip_model, tiny_batch, per=per)
+    assert set(fisher) == set(expected)
+    for g, value in expected.items():
+        assert fisher[g] == pytest.approx(value, rel=1e-5, abs=1e-12), g
+    if per == "layer":
+        # squaring the gradient of the batch mean underestimates E[g^2] (Jensen) whenever samples disagree
+        mean_sq = batch_mean_fisher(clip_model, tiny_batch)
+        assert all(fisher[g] >= mean_sq[g] * (1 - 1e-5) - 1e-15 for g in fisher)
+        differs = [g for g in fisher if fisher[g] > 1.02 * mean_sq[g]]
+        assert len(differs) == sum(mean_sq[g] > 0 for g in fisher)  # every layer with a gradient differs by > 2%
+
+
+def test_fisher_is_a_mean_over_samples_not_batches(tiny_resnet_clip, tiny_batch):
+    model = tiny_resnet_clip.model
+    model.train()  # BatchNorm in train mode: the Fisher still runs in eval mode and leaves the mode as it was
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    split = [{k: v[:1] for k, v in tiny_batch.items()}, {k: v[1:] for k, v in tiny_batch.items()}]
+    whole, parts = layers.fisher_scores(model, [tiny_batch]), layers.fisher_scores(model, split)
+    assert model.training
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())  # running statistics untouched
+    for g in whole:
+        assert parts[g] == pytest.approx(whole[g], rel=1e-5, abs=1e-12)
+    subset = layers.fisher_scores(model, [tiny_batch], names=["visual.attnpool.q_proj.weight",
+                                                              "visual.attnpool.q_proj.bias"])
+    assert subset == pytest.approx({"visual.attnpool.q_proj": whole["visual.attnpool.q_proj"]}, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown parameter names"):
+        layers.fisher_scores(model, [tiny_batch], names=["visual.nope"])
+    with pytest.raises(ValueError, match="no batches"):
+        layers.fisher_scores(model, [])
+
+
 def test_relative_fisher_equals_ratio_of_fisher(clip_model, tiny_batch):
     retain = {**tiny_batch, "images": torch.randn_like(tiny_batch["images"])}
     rel = layers.relative_fisher_scores(clip_model, [tiny_batch], [retain])
     forget_f = layers.fisher_scores(clip_model, [tiny_batch])
     retain_f = layers.fisher_scores(clip_model, [retain])
     assert set(rel) == set(forget_f)
+    assert list(rel.values()) == sorted(rel.values(), reverse=True)  # ranked high to low
     for name in rel:
         assert rel[name] == pytest.approx(forget_f[name] / (retain_f[name] + 1e-20), rel=1e-5)
     same = layers.relative_fisher_scores(clip_model, [tiny_batch], [tiny_batch])
-    # tensors with ~0 gradient (e.g. attention key biases) are skipped: their ratio is rounding noise
+    # groups with ~0 gradient (logit_scale) are skipped: their ratio is rounding noise
     assert all(v == pytest.approx(1.0, rel=1e-5) for n, v in same.items() if forget_f[n] > 1e-12)
 
 

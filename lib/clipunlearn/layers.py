@@ -7,8 +7,9 @@ Two scores share the machinery here:
   forgetting loss ``L``; only the top-k tensors per encoder are updated
   (:func:`score_layers`, :func:`select_top_k`).
 * **relative Fisher information** (paper A, forgetting stage):
-  ``I_l = E_Df[g_l^2] / E_Dr[g_l^2]`` of the image-text similarity, i.e. how much
-  more a tensor matters to the forget set than to the retain set
+  ``I_l = E_Df[||g_l||^2] / E_Dr[||g_l||^2]`` of the image-text similarity with
+  per-sample gradients ``g_l``, per layer (:func:`layer_of`) or per tensor, i.e. how
+  much more a layer matters to the forget set than to the retain set
   (:func:`relative_fisher_scores`).
 
 Names follow open_clip: the image encoder is ``visual.*`` (ViT or ModifiedResNet);
@@ -19,6 +20,7 @@ the text encoder is ``transformer.*``, ``token_embedding``, ``positional_embeddi
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ENCODERS", "TEXT_PREFIXES", "encoder_of", "split_by_encoder", "score_layers", "scores_from_grads",
     "select_top_k", "mask_gradients", "paper_b_frozen", "fisher_scores", "relative_fisher_scores",
-    "similarity_score",
+    "similarity_score", "layer_of", "group_by_layer", "per_sample_fisher",
 ]
 
 ENCODERS = ("image", "text", "other")
@@ -157,6 +159,40 @@ def mask_gradients(model, keep: Iterable[str]) -> int:
 # --------------------------------------------------------------------------- #
 # Fisher information (paper A)
 # --------------------------------------------------------------------------- #
+#: Modules whose own parameters are each a layer of their own: the model and its towers hold
+#: embeddings and projections (``positional_embedding``, ``text_projection``, ``visual.proj``).
+TOWER_ROOTS = ("", "visual", "text")
+FISHER_GROUPINGS = ("layer", "tensor")
+
+
+def layer_of(name: str) -> str:
+    """Return the layer of parameter ``name``: the module that owns it (the one definition used here).
+
+    ``visual.layer3.1.conv2.weight`` -> ``visual.layer3.1.conv2``; the output
+    projection of an attention block belongs to the attention module
+    (``transformer.resblocks.1.attn.out_proj.weight`` -> ``transformer.resblocks.1.attn``, so
+    a ``nn.MultiheadAttention`` with its fused ``in_proj_weight`` is one layer); a tensor
+    held directly by the model or a tower (:data:`TOWER_ROOTS`, e.g. ``text_projection``,
+    ``visual.proj``, ``visual.class_embedding``) is a layer of its own, named like the tensor.
+    """
+    owner, _, _ = name.rpartition(".")
+    if owner in TOWER_ROOTS:
+        return name
+    if owner.endswith(".out_proj"):
+        return owner[: -len(".out_proj")]
+    return owner
+
+
+def group_by_layer(names: Iterable[str], *, per: str = "layer") -> dict[str, list[str]]:
+    """Return ``{group: [param names]}`` in first-seen order: per :func:`layer_of` layer, or one per tensor."""
+    if per not in FISHER_GROUPINGS:
+        raise ValueError(f"unknown grouping {per!r}; valid: {', '.join(FISHER_GROUPINGS)}")
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(layer_of(n) if per == "layer" else n, []).append(n)
+    return groups
+
+
 def similarity_score(model, batch) -> torch.Tensor:
     """Return the mean cosine similarity of each image with its caption (what paper A's forgetting lowers)."""
     img = F.normalize(model.encode_image(batch["images"]), dim=-1)
@@ -164,27 +200,94 @@ def similarity_score(model, batch) -> torch.Tensor:
     return (img * txt).sum(-1).mean()
 
 
-def fisher_scores(model, batches, *, score_fn: Callable = similarity_score, device="cpu",
-                  progress: bool = False) -> dict[str, float]:
-    """Return ``{param_name: E[g^2]}`` (empirical Fisher, mean over the tensor's elements) of ``score_fn``.
+class _ScoreCall(torch.nn.Module):
+    """``forward(images, texts) = score_fn(model, batch)``, so ``functional_call`` can swap the model's tensors."""
 
-    ``g`` is the gradient of ``score_fn(model, batch)`` on each batch; the
-    expectation is the mean over batches (batch size 1 gives the per-sample Fisher).
+    def __init__(self, model, score_fn: Callable):
+        super().__init__()
+        self.model, self.score_fn = model, score_fn
+
+    def forward(self, images, texts):
+        return self.score_fn(self.model, {"images": images, "texts": texts})
+
+
+def per_sample_fisher(model, batch, *, score_fn: Callable = similarity_score, names: Iterable[str] | None = None,
+                      per: str = "layer", chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Return ``{group: [B]}``: each sample's squared gradient of ``score_fn``, averaged over the group's elements.
+
+    For sample ``i`` and group ``l`` (a :func:`layer_of` layer, or a tensor with
+    ``per="tensor"``): ``||d s_i / d theta_l||^2 / numel(theta_l)`` with ``s_i =
+    score_fn(model, {"images": x_i[None], "texts": t_i[None]})``. Per-sample gradients
+    come from ``torch.func`` (``vmap`` over ``grad`` of a ``functional_call``), in eval mode
+    (BatchNorm uses its running statistics, so samples do not interact).
+    ``names``: the parameters to differentiate (default: all that require grad); memory is
+    ``chunk_size`` (default: the batch) times their element count.
     """
-    sums, count = _batch_grads(model, score_fn, batches, device=device, square=True, progress=progress,
-                               desc="fisher")
-    return {n: float((s / count).mean()) for n, s in sums.items()}
+    named = dict(model.named_parameters())
+    names = [n for n, p in named.items() if p.requires_grad] if names is None else list(names)
+    unknown = [n for n in names if n not in named]
+    if unknown:
+        raise ValueError(f"unknown parameter names {unknown[:5]}; see model.named_parameters()")
+    groups = group_by_layer(names, per=per)
+    wrapper = _ScoreCall(model, score_fn)
+    params = {f"model.{n}": named[n].detach() for n in names}
+
+    def score_one(p, image, text):
+        return torch.func.functional_call(wrapper, p, (image[None], text[None]), strict=False)
+
+    per_sample = torch.func.vmap(torch.func.grad(score_one), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # attention has no vmap batching rule on CPU: torch loops over the samples (correct, slower)
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            grads = per_sample(params, batch["images"], batch["texts"])
+    finally:
+        model.train(was_training)
+    n_samples = len(batch["images"])
+    return {g: sum(grads[f"model.{n}"].pow(2).reshape(n_samples, -1).sum(1) for n in members)
+            / sum(named[n].numel() for n in members) for g, members in groups.items()}
+
+
+def fisher_scores(model, batches, *, score_fn: Callable = similarity_score, names: Iterable[str] | None = None,
+                  per: str = "layer", device="cpu", chunk_size: int | None = None,
+                  progress: bool = False) -> dict[str, float]:
+    """Return ``{group: F_l}``, the empirical Fisher ``F_l = E_i[||d s_i / d theta_l||^2] / numel(theta_l)``.
+
+    The expectation is the mean over every sample of ``batches`` of the per-sample
+    squared gradients of :func:`per_sample_fisher` (so it does not depend on the batch
+    size); groups are layers (:func:`layer_of`) or, with ``per="tensor"``, tensors.
+    """
+    names = None if names is None else list(names)
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in tqdm(batches, desc="fisher", leave=False, disable=not progress):
+        batch = _to_device(batch, device)
+        for g, v in per_sample_fisher(model, batch, score_fn=score_fn, names=names, per=per,
+                                      chunk_size=chunk_size).items():
+            sums[g] = sums.get(g, 0.0) + float(v.double().sum())
+        count += len(batch["images"])
+    if count == 0:
+        raise ValueError("no batches given: pass at least one batch to compute the Fisher information on")
+    return {g: s / count for g, s in sums.items()}
 
 
 def relative_fisher_scores(model, forget_batches, retain_batches, *, score_fn: Callable = similarity_score,
-                           device="cpu", eps: float = 1e-20, progress: bool = False) -> dict[str, float]:
-    """Return ``{param_name: I_l}`` with ``I_l = E_Df[g_l^2] / E_Dr[g_l^2]`` (paper A, relative Fisher).
+                           names: Iterable[str] | None = None, per: str = "layer", device="cpu",
+                           eps: float = 1e-20, chunk_size: int | None = None,
+                           progress: bool = False) -> dict[str, float]:
+    """Return ``{group: I_l}`` with ``I_l = F_l(D_f) / F_l(D_r)`` (paper A, relative Fisher), ranked high to low.
 
-    Both expectations come from :func:`fisher_scores` with the same ``score_fn``
-    (default: image-caption cosine similarity); a high ``I_l`` marks a tensor that
-    matters to the forget set much more than to the retain set. ``eps`` guards
-    against tensors with no retain gradient.
+    Both Fisher values come from :func:`fisher_scores` with the same ``score_fn``
+    (default: image-caption cosine similarity, the quantity the forgetting stage
+    lowers) and per-sample gradients; a high ``I_l`` marks a layer that matters to the
+    forget set much more than to the retain set. ``eps`` guards against groups with
+    no retain gradient. Ties keep the model's parameter order.
     """
-    forget = fisher_scores(model, forget_batches, score_fn=score_fn, device=device, progress=progress)
-    retain = fisher_scores(model, retain_batches, score_fn=score_fn, device=device, progress=progress)
-    return {n: forget[n] / (retain.get(n, 0.0) + eps) for n in forget}
+    names = None if names is None else list(names)
+    kwargs = dict(score_fn=score_fn, names=names, per=per, device=device, chunk_size=chunk_size, progress=progress)
+    forget = fisher_scores(model, forget_batches, **kwargs)
+    retain = fisher_scores(model, retain_batches, **kwargs)
+    ratios = {g: forget[g] / (retain.get(g, 0.0) + eps) for g in forget}
+    return dict(sorted(ratios.items(), key=lambda kv: -kv[1]))

@@ -65,3 +65,29 @@ def search_alpha(model, theta_original, theta_unlearned, *, score_fn: Callable[[
     best = max(trials, key=lambda t: t["score"])["alpha"]
     model.load_state_dict(interpolate_state_dicts(theta_original, theta_unlearned, best))
     return best, trials
+
+
+def select_alpha(trials: Sequence[Mapping], *, forget_key: str = "forget_acc",
+                 retain_key: str | Sequence[str] = "retain_acc", max_forget: float = 0.05) -> float:
+    """Return the alpha of ``trials`` (dicts ``{"alpha", **metrics}``) that paper A's restoring stage keeps.
+
+    Criterion (project's choice; the paper only says alpha is searched on a calibration
+    set): among the trials whose ``forget_key`` accuracy is ``<= max_forget``, the one
+    with the largest retained accuracy (``retain_key``, or the mean of several keys, e.g.
+    ``("sibling_acc", "retain_acc")``); ties go to the lower forget accuracy, then to the
+    larger alpha. When no trial forgets enough, the one with the lowest forget accuracy
+    (ties: larger retained accuracy, then larger alpha).
+    """
+    if not trials:
+        raise ValueError("no trials to choose alpha from: score at least one alpha")
+    keys = [retain_key] if isinstance(retain_key, str) else list(retain_key)
+    missing = {k for t in trials for k in ("alpha", forget_key, *keys) if k not in t}
+    if missing:
+        raise ValueError(f"trials lack the keys {sorted(missing)}; each needs alpha, {forget_key} and {keys}")
+    retained = lambda t: sum(float(t[k]) for k in keys) / len(keys)
+    ok = [t for t in trials if float(t[forget_key]) <= max_forget]
+    if ok:
+        best = max(ok, key=lambda t: (retained(t), -float(t[forget_key]), float(t["alpha"])))
+    else:
+        best = max(trials, key=lambda t: (-float(t[forget_key]), retained(t), float(t["alpha"])))
+    return float(best["alpha"])
