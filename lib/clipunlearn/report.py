@@ -260,6 +260,37 @@ def summarise(records: list[dict], *, task: str, metrics: Sequence[str] | None =
     return frame
 
 
+def oracle_table(records: list[dict], *, method: str, task: str = "selection"):
+    """Return, per forget class and grid-search seed, the candidate the criterion chose and the oracle's choice.
+
+    The oracle ranks the same candidates by ``metrics.oracle_score`` (a score that peeks at
+    data the method may not use, e.g. real forget images for a data-free method); it is a
+    reference only. Columns: the chosen and the oracle's values of the grid, and the test
+    ``forget_acc`` / ``retain_acc`` of both candidates.
+    """
+    import pandas as pd
+
+    rows = []
+    chosen_records = [r for r in records if r["task"] == task and r["method"] == method]
+    keys = sorted({(get_forget_class(r), r["config"].get("seed")) for r in chosen_records}, key=str)
+    for cls, seed in keys:
+        group = [r for r in chosen_records if (get_forget_class(r), r["config"].get("seed")) == (cls, seed)]
+        picked = next((r for r in group if r["config"].get("selected")), None)
+        scored = [r for r in group if r["metrics"].get("oracle_score") is not None]
+        if picked is None or not scored:
+            continue
+        oracle = max(scored, key=lambda r: r["metrics"]["oracle_score"])
+        rows.append({"forget_class": cls, "seed": seed, "lr (criterion)": picked["config"].get("lr"),
+                     "lr (oracle)": oracle["config"].get("lr"),
+                     "forget_acc (criterion)": picked["metrics"].get("forget_acc"),
+                     "forget_acc (oracle)": oracle["metrics"].get("forget_acc"),
+                     "retain_acc (criterion)": picked["metrics"].get("retain_acc"),
+                     "retain_acc (oracle)": oracle["metrics"].get("retain_acc")})
+    if not rows:
+        raise ValueError(f"no {task} records of {method!r} with an oracle_score")
+    return pd.DataFrame(rows).set_index(["forget_class", "seed"])
+
+
 # --------------------------------------------------------------------------- #
 # Markdown
 # --------------------------------------------------------------------------- #
