@@ -19,18 +19,26 @@ while the others go on. :func:`generate_synthetic_sequential` is the one-image-a
 a-time reference loop of the very same algorithm (same per-image random streams),
 used by the benchmark and the tests.
 
-Threshold lowering (project's choice, the batched counterpart of the original):
-the original restarts an image from new noise when it did not reach the threshold
-within ``steps`` iterations and lowers the threshold of the next attempt by
-``threshold_decay`` (not below ``min_threshold``). Here an image keeps its noise
-and its threshold is lowered by ``threshold_decay`` (not below ``min_threshold``)
-after every ``patience`` steps in which it has not reached it (default
-``patience = max(1, steps // 10)``). Images that never reach it are kept with
-``reached = False``; :meth:`SyntheticSet.select_reached` drops them.
+Two forms of the algorithm, chosen by keyword (the paper profile uses the authors'):
 
-Other deviations from the original, all exposed as parameters: the stop check
-classifies the image itself (the original min-max rescales it first), and the
-ascent uses the same ``logit_scale`` as the stop check (100, CLIP's learned value).
+* **parametrisation** -- ``"project"``: the variable is the model's input, clamped to
+  the model's valid pixel range, and is itself the returned image. ``"authors"`` (the
+  authors' ``clip_forget_imagegen.py``): the variable is an ImageNet-normalised image,
+  clamped to that range, that the model sees normalised a second time with its own
+  statistics; the stop check and every later use take ``normalise(minmax_rescale(x *
+  imagenet_std + imagenet_mean))``.
+* **failure** -- ``restart=False`` (project): an image keeps its noise and its threshold
+  is lowered by ``threshold_decay`` (not below ``min_threshold``) after every
+  ``patience`` steps in which it has not reached it; images that never reach it are
+  kept with ``reached = False``. ``restart=True`` (authors): after ``steps`` failed
+  iterations the image restarts from fresh noise with its class's threshold lowered by
+  ``threshold_decay`` (floor ``min_threshold``), and the lowered threshold holds for
+  every later image of the class. Batched, a chunk's failed images restart together in
+  the next round and a class is lowered once per round. :meth:`SyntheticSet.select_reached`
+  keeps the images that reached their threshold (what the authors keep).
+
+The stop check may use its own temperature (``stop_logit_scale``: the authors' code
+ascends at the model's ``logit_scale`` and checks at 100).
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ from .results import save_torch_atomic
 
 __all__ = [
     "SyntheticSet", "generate_synthetic", "generate_synthetic_sequential", "roll_images", "gaussian_blur",
-    "clamp_to_range", "image_generator", "save_synthetic", "load_synthetic",
+    "clamp_to_range", "pixel_bounds", "minmax_rescale", "image_generator", "save_synthetic", "load_synthetic",
+    "IMAGENET_MEAN", "IMAGENET_STD", "PARAMETRISATIONS", "PRECISIONS",
 ]
 
 
@@ -215,19 +224,7 @@ def _resolve_classes(classes, classnames, num_classes: int) -> list[int]:
 
 
 def _resolve_thresholds(thresholds, classes: list[int], classnames) -> list[float]:
-    if isinstance(thresholds, (int, float)):
-        return [float(thresholds)] * len(classes)
-    if isinstance(thresholds, dict):
-        names = [classnames[c] if classnames is not None else c for c in classes]
-        missing = [n for n in names if n not in thresholds]
-        if missing:
-            raise ValueError(f"thresholds has no entry for {missing}; keys: {list(thresholds)}")
-        return [float(thresholds[n]) for n in names]
-    thresholds = [float(t) for t in thresholds]
-    if len(thresholds) != len(classes):
-        raise ValueError(f"{len(thresholds)} thresholds for {len(classes)} classes: give one per class, "
-                         "a single float or a dict {classname: threshold}")
-    return thresholds
+    return _per_class(thresholds, classes, classnames, "thresholds")
 
 
 class _Frozen:
@@ -249,55 +246,136 @@ class _Frozen:
         self.model.train(self.training)
 
 
-def _optimise_chunk(model, weights, x, targets, thresholds, offsets, *, steps, step_size, blur_every, blur_sigma,
-                    norm_weight, center, threshold_decay, min_threshold, patience, logit_scale, bounds, grayscale, bar):
-    """Run the ascent on a chunk of images at once; return (x, probs, steps_taken, reached, thresholds).
+#: ImageNet pixel statistics: the space the authors' code optimises in (``parametrisation="authors"``).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PARAMETRISATIONS = ("project", "authors")
+PRECISIONS = ("fp32", "bf16")
 
-    ``weights``: class text embeddings ``[C, D]`` (unit norm); ``offsets``: jitter ``[N, steps, 2]``.
+
+def minmax_rescale(images: torch.Tensor) -> torch.Tensor:
+    """Return every image of ``[B, C, H, W]`` rescaled to [0, 1] by its own minimum and maximum (all channels)."""
+    flat = images.flatten(1)
+    low, high = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
+    return (images - low) / (high - low).clamp_min(1e-12)
+
+
+class _Space:
+    """Where the ascent's variable lives and how the model sees it.
+
+    ``project``: the variable is the model's input (model space); the stop check and
+    the returned image are the variable itself. ``authors`` (the authors' code): the
+    variable is an image in ImageNet-normalised space, clamped to that range; the model
+    sees it normalised once more with its own statistics (as if it were a [0, 1] image);
+    the stop check and the returned image are ``normalise(minmax_rescale(x * imagenet_std
+    + imagenet_mean))``.
     """
-    n = len(x)
-    lo, hi = bounds
+
+    def __init__(self, parametrisation: str, *, mean, std, device):
+        if parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+        self.kind = parametrisation
+        as4 = lambda v: torch.as_tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.mean, self.std = as4(mean), as4(std)
+        self.imnet_mean, self.imnet_std = as4(IMAGENET_MEAN), as4(IMAGENET_STD)
+        if self.kind == "project":
+            self.bounds = pixel_bounds(mean, std, device=device)
+        else:
+            self.bounds = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD, device=device)
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.kind == "project" else (x - self.mean) / self.std
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        """The image the stop check classifies and that is returned (model space)."""
+        if self.kind == "project":
+            return x
+        return (minmax_rescale(x * self.imnet_std + self.imnet_mean) - self.mean) / self.std
+
+
+def _encode(model, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """Unit-norm float32 image features; ``precision="bf16"`` runs the encoder under bf16 autocast."""
+    if precision == "bf16":
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            feats = model.encode_image(images)
+    else:
+        feats = model.encode_image(images)
+    return F.normalize(feats.float(), dim=-1)
+
+
+def _optimise_chunk(model, weights, x, targets, thresholds, offsets, *, steps, step_size, blur_every, blur_sigma,
+                    norm_weight, center, threshold_decay, min_threshold, patience, logit_scale, stop_logit_scale,
+                    space, grayscale, precision, bar):
+    """Run the ascent on a chunk of images at once; return (x, final, probs, steps_taken, reached, thresholds).
+
+    ``weights``: class text embeddings ``[C, D]`` (unit norm); ``offsets``: jitter ``[N, steps, 2]``;
+    ``threshold_decay``: per image ``[N]``. Bookkeeping stays on ``x``'s device: one host sync per step.
+    """
+    n, dev = len(x), x.device
+    lo, hi = space.bounds
+    targets, thresholds = targets.to(dev), thresholds.to(dev).clone()
+    threshold_decay, offsets = threshold_decay.to(dev), offsets.to(dev)
     w_target = weights[targets]  # [N, D]
-    done = torch.zeros(n, dtype=torch.bool)
-    reached = torch.zeros(n, dtype=torch.bool)
-    probs = torch.zeros(n)
-    steps_taken = torch.full((n,), steps, dtype=torch.long)
-    thresholds = thresholds.clone()
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    reached = torch.zeros(n, dtype=torch.bool, device=dev)
+    probs = torch.zeros(n, device=dev)
+    steps_taken = torch.full((n,), steps, dtype=torch.long, device=dev)
+    final = space.final(x)
     for t in range(steps):
         act = (~done).nonzero().flatten()
         if len(act) == 0:
             break
-        act_dev = act.to(x.device)
         shifts = offsets[act, t]
-        xa = roll_images(x[act_dev], shifts).requires_grad_(True)
-        cos = (F.normalize(model.encode_image(xa), dim=-1) * w_target[act_dev]).sum(-1)
+        xa = roll_images(x[act], shifts).requires_grad_(True)
+        cos = (_encode(model, space.model_input(xa), precision) * w_target[act]).sum(-1)
         score = logit_scale * cos - norm_weight * (xa - center).flatten(1).norm(dim=1)
         (grad,) = torch.autograd.grad(score.sum(), xa)
         if grayscale:
             grad = grad.mean(1, keepdim=True).expand_as(grad)
         grad = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         with torch.no_grad():
-            xa = roll_images(xa.detach() + step_size * grad, -shifts)
+            xa = roll_images(xa.detach() + step_size * grad.to(xa.dtype), -shifts)
             xa = torch.maximum(torch.minimum(xa, hi), lo)
             if blur_every and t % blur_every == 0:
-                xa = gaussian_blur(xa, sigma=blur_sigma)
-            x[act_dev] = xa
-            p = (logit_scale * F.normalize(model.encode_image(xa), dim=-1) @ weights.T).softmax(-1).cpu()
+                xa = gaussian_blur(xa, sigma=blur_sigma).to(x.dtype)  # bf16 under a global autocast: cast back
+            x[act] = xa
+            fa = space.final(xa)
+            final[act] = fa
+            p = (stop_logit_scale * _encode(model, fa, precision) @ weights.T).float().softmax(-1)
         tgt = targets[act]
         p_target = p.gather(1, tgt.view(-1, 1)).flatten()
         hit = (p.argmax(1) == tgt) & (p_target > thresholds[act])
         probs[act] = p_target
-        reached[act[hit]] = True
-        done[act[hit]] = True
-        steps_taken[act[hit]] = t + 1
+        newly = act[hit]
+        reached[newly] = True
+        done[newly] = True
+        steps_taken[newly] = t + 1
         if patience and (t + 1) % patience == 0:  # lower the threshold of images still searching
             still = act[~hit]
-            lowered = torch.clamp(thresholds[still] - threshold_decay, min=min_threshold)
+            lowered = torch.clamp(thresholds[still] - threshold_decay[still], min=min_threshold)
             thresholds[still] = torch.minimum(thresholds[still], lowered)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(active=int((~done).sum()), reached=int(reached.sum()))
-    return x, probs, steps_taken, reached, thresholds
+            if not bar.disable:
+                bar.set_postfix(active=int((~done).sum()), reached=int(reached.sum()))
+    return x, final, probs, steps_taken, reached, thresholds
+
+
+def _per_class(value, classes: list[int], classnames, what: str) -> list[float]:
+    """A float, one value per class, or ``{classname: value}`` -> one float per class (missing keys: error)."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * len(classes)
+    if isinstance(value, dict):
+        names = [classnames[c] if classnames is not None else c for c in classes]
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise ValueError(f"{what} has no entry for {missing}; keys: {list(value)}")
+        return [float(value[n]) for n in names]
+    value = [float(t) for t in value]
+    if len(value) != len(classes):
+        raise ValueError(f"{len(value)} {what} for {len(classes)} classes: give one per class, "
+                         "a single float or a dict {classname: value}")
+    return value
 
 
 def generate_synthetic(model, text_weights: torch.Tensor, *, classes: Sequence, n_per_class: int = 64,
@@ -305,69 +383,131 @@ def generate_synthetic(model, text_weights: torch.Tensor, *, classes: Sequence, 
                        std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711),
                        classnames: Sequence[str] | None = None, steps: int = 3000, step_size: float = 25.0,
                        jitter: int = 16, blur_every: int = 10, blur_sigma: float = 0.5, norm_weight: float = 1e-3,
-                       thresholds=0.8, threshold_decay: float = 0.025, min_threshold: float = 0.45,
+                       thresholds=0.8, threshold_decay=0.025, min_threshold: float = 0.45,
                        patience: int | None = None, logit_scale: float = 100.0, init_std: float = 1.0,
                        center: float = 0.0,
                        grayscale: bool = False, seed: int = 0, batch_size: int = 64, batched: bool = True,
+                       parametrisation: str = "project", restart: bool = False, max_attempts: int = 20,
+                       stop_logit_scale: float | None = None, precision: str = "fp32",
                        device="cpu", progress: bool = True) -> SyntheticSet:
     """Return a :class:`SyntheticSet` of ``n_per_class`` images per class in ``classes``, made by gradient ascent.
 
     Paper B, Sec. 3.1: ascend ``logit_scale * cos(f_img(x), w_y) - norm_weight * ||x - center||`` from
     ``N(center, init_std^2)`` noise with the step ``x += step_size * g / ||g||`` (per image), a
     jitter of up to ``jitter`` pixels undone after each step, clamping to the valid range
-    (from ``mean``/``std``) and a Gaussian blur every ``blur_every`` steps; an image stops
-    when its target is the arg-max with ``softmax(logit_scale * cos)`` above its threshold.
+    and a Gaussian blur every ``blur_every`` steps; an image stops when its target is the
+    arg-max with ``softmax(stop_logit_scale * cos)`` above its threshold
+    (``stop_logit_scale`` defaults to ``logit_scale``).
 
     ``text_weights``: zero-shot classifier ``[D, C]`` (e.g. ``metrics.build_classifier``)
     over every class of the dataset; ``classes``: indices or names (with ``classnames``);
-    ``thresholds``: a float, one per class, or ``{classname: float}``; the threshold of an
-    image that has not reached it is lowered by ``threshold_decay`` (down to
-    ``min_threshold``) after every ``patience`` steps (default ``steps // 10``).
+    ``thresholds`` and ``threshold_decay``: a float, one per class, or ``{classname: float}``.
+    ``mean`` / ``std``: the model's pixel normalisation.
+
+    ``parametrisation``: ``"project"`` (default) optimises the model's input directly,
+    clamped to the model's valid range; ``"authors"`` is the authors' code: the variable
+    is an ImageNet-normalised image (:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`),
+    clamped to that range, which the model sees normalised a second time with
+    ``mean`` / ``std``; the stop check, ``images`` and ``probs`` use
+    ``normalise(minmax_rescale(x * imagenet_std + imagenet_mean))``. The authors' step of
+    25 is then about 3.7 times larger relative to the model input, and the norm penalty
+    (``center`` 0) pulls towards black instead of the data mean.
+
+    Failure: with ``restart=False`` (project) an image keeps its noise and its threshold
+    is lowered by ``threshold_decay`` (not below ``min_threshold``) after every
+    ``patience`` steps without reaching it (default ``steps // 10``); images that never
+    reach it are kept with ``reached = False``. With ``restart=True`` (the authors' code)
+    the threshold is fixed during an attempt (``patience`` defaults to 0); an image that
+    has not reached it after ``steps`` iterations restarts from fresh noise, and its
+    class's threshold is lowered by ``threshold_decay`` (not below ``min_threshold``) for
+    the restarted images and every later image of the class. Batched form: all images of
+    a chunk run an attempt together; after it, every class with a failure is lowered
+    once and its failed images restart in the next round (the authors' one-image loop
+    lowers once per failed image; ``batched=False`` is exactly that loop). At most
+    ``max_attempts`` attempts per image; :meth:`SyntheticSet.select_reached` keeps the
+    images that reached their threshold (what the authors keep). ``steps_taken`` counts
+    the steps of every attempt.
+
     ``grayscale`` keeps the three channels equal (for models trained on grey images).
-    ``center`` (model space, default 0 = the normalisation mean, as in the original where
-    that is the data mean) is where the noise starts and what the norm penalty pulls to.
+    ``center`` (default 0) is where the noise starts and what the norm penalty pulls to.
+    ``precision="bf16"`` runs the image encoder under bf16 autocast (features and images
+    stay float32); the function also works inside a caller's global autocast.
     ``batched=False`` runs the one-image-at-a-time reference loop (the same computation;
     only floating-point rounding differs, which the normalised ascent can amplify over
-    many steps for some images). Image ``i`` draws its noise and jitter from
-    :func:`image_generator` ``(seed, i)``, so results do not depend on ``batch_size``.
+    many steps for some images). Image ``i`` draws its noise and jitter (and those of
+    its restarts) from :func:`image_generator` ``(seed, i)``, so without restarts the
+    results do not depend on ``batch_size``.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     weights = F.normalize(text_weights.detach().float().T.to(device), dim=-1)  # [C, D]
     classes = _resolve_classes(classes, classnames, weights.shape[0])
     per_class = _resolve_thresholds(thresholds, classes, classnames)
+    decay_per_class = _per_class(threshold_decay, classes, classnames, "threshold_decay")
     if patience is None:
-        patience = max(1, steps // 10)
+        patience = 0 if restart else max(1, steps // 10)
+    if stop_logit_scale is None:
+        stop_logit_scale = logit_scale
+    space = _Space(parametrisation, mean=mean, std=std, device=device)
     targets = torch.tensor(classes).repeat_interleave(n_per_class)
-    start = torch.tensor(per_class).repeat_interleave(n_per_class)
+    decay = torch.tensor(decay_per_class).repeat_interleave(n_per_class)
     n = len(targets)
 
-    # per-image random streams: initial noise, then the jitter offsets of every step
-    images, offsets = [], []
-    for i in range(n):
-        g = image_generator(seed, i)
+    # per-image random streams: initial noise, then the jitter offsets of every step (then those of restarts)
+    generators = [image_generator(seed, i) for i in range(n)]
+
+    def draw(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = generators[i]
         noise = torch.randn(1 if grayscale else 3, image_size, image_size, generator=g) * init_std + center
-        images.append(noise.expand(3, -1, -1) if grayscale else noise)
-        offsets.append(torch.randint(0, jitter + 1, (steps, 2), generator=g))
-    x_all = torch.stack(images).to(device)
-    offsets = torch.stack(offsets)
-    bounds = tuple(b.to(device) for b in pixel_bounds(mean, std, device=device))
+        return (noise.expand(3, -1, -1) if grayscale else noise), torch.randint(0, jitter + 1, (steps, 2), generator=g)
+
+    first = [draw(i) for i in range(n)]
+    x_all = torch.stack([im for im, _ in first]).to(device)
+    offsets = torch.stack([o for _, o in first])
+    class_thr = dict(zip(classes, per_class))  # the authors' running per-class threshold (restart mode)
+    class_decay = dict(zip(classes, decay_per_class))
 
     chunk = batch_size if batched else 1
     out = {k: [] for k in ("x", "probs", "steps", "reached", "thr")}
     kwargs = dict(steps=steps, step_size=step_size, blur_every=blur_every, blur_sigma=blur_sigma,
-                  norm_weight=norm_weight, center=center, threshold_decay=threshold_decay, min_threshold=min_threshold,
-                  patience=patience, logit_scale=logit_scale, bounds=bounds, grayscale=grayscale)
+                  norm_weight=norm_weight, center=center, min_threshold=min_threshold, patience=patience,
+                  logit_scale=logit_scale, stop_logit_scale=stop_logit_scale, space=space, grayscale=grayscale,
+                  precision=precision)
     with _Frozen(model):
         chunks = list(range(0, n, chunk))
         outer = tqdm(chunks, desc="synthetic images", unit="img" if not batched else "batch",
                      disable=not progress or batched)
         for s in outer:
-            sl = slice(s, s + chunk)
+            idx = torch.arange(s, min(s + chunk, n))
             bar = tqdm(total=steps, desc=f"ascent {s // chunk + 1}/{len(chunks)}", leave=False,
                        disable=not progress or not batched)
-            x, p, st, r, thr = _optimise_chunk(model, weights, x_all[sl].clone(), targets[sl], start[sl],
-                                               offsets[sl], bar=bar, **kwargs)
+            start = (torch.tensor([class_thr[int(c)] for c in targets[idx]]) if restart
+                     else torch.tensor(per_class).repeat_interleave(n_per_class)[idx])
+            x, final, p, st, r, thr = _optimise_chunk(model, weights, x_all[idx.to(device)].clone(), targets[idx],
+                                                      start, offsets[idx], threshold_decay=decay[idx], bar=bar,
+                                                      **kwargs)
+            final, p, st, r, thr = final.cpu(), p.cpu(), st.cpu(), r.cpu(), thr.cpu()
+            attempt = 1
+            while restart and attempt < max_attempts and not r.all():
+                failed = (~r).nonzero().flatten()
+                for c in targets[idx][failed].unique().tolist():  # one lowering per class and round
+                    class_thr[c] = min(class_thr[c], max(class_thr[c] - class_decay[c], min_threshold))
+                fresh = [draw(int(idx[i])) for i in failed]
+                bar.reset(total=steps)
+                bar.set_description(f"ascent {s // chunk + 1}/{len(chunks)}, restart {attempt}")
+                sub = idx[failed]
+                _, f2, p2, st2, r2, thr2 = _optimise_chunk(
+                    model, weights, torch.stack([im for im, _ in fresh]).to(device), targets[sub],
+                    torch.tensor([class_thr[int(c)] for c in targets[sub]]), torch.stack([o for _, o in fresh]),
+                    threshold_decay=decay[sub], bar=bar, **kwargs)
+                final[failed], p[failed], r[failed], thr[failed] = f2.cpu(), p2.cpu(), r2.cpu(), thr2.cpu()
+                st[failed] += st2.cpu()
+                attempt += 1
+            if restart and not r.all():  # images still failing lower their class's threshold for later chunks
+                for c in targets[idx][~r].unique().tolist():
+                    class_thr[c] = min(class_thr[c], max(class_thr[c] - class_decay[c], min_threshold))
             bar.close()
-            for k, v in zip(out, (x.cpu(), p, st, r, thr)):
+            for k, v in zip(out, (final, p, st, r, thr)):
                 out[k].append(v)
     names = list(classnames) if classnames is not None else [str(c) for c in range(weights.shape[0])]
     return SyntheticSet(torch.cat(out["x"]), targets, classnames=names, probs=torch.cat(out["probs"]),
