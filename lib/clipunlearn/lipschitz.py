@@ -16,16 +16,28 @@ Kravets & Namboodiri, "Zero-Shot Class Unlearning in CLIP with Synthetic Samples
    more tensors). Stop when the schedule is exhausted, the threshold is reached
    or after ``max_epochs`` epochs.
 
-Project choices (documented deviations from the original code): the top-k tensors
-are chosen once per epoch (the original re-scores every batch; with the paper's
-64 synthetic images and batch 64 an epoch is one batch, so both agree up to the
-noise draw); an epoch must beat the *measured* accuracy before forgetting (the
-original starts from 1.0); the stop-set classifier is rebuilt from the current
-text encoder at every check, as the original does; each epoch is one call of the
-shared loop, so the optimiser is its AdamW (decoupled weight decay) with a fresh
-state per epoch (the original keeps one Adam with L2 weight decay across epochs);
-one optimiser step per batch (the original accumulates up to 5 batches). BatchNorm
-layers stay frozen (running statistics, no affine updates), as in the original.
+Two forms of the procedure, chosen by keyword (:data:`PROJECT_OPTIONS`, the default,
+and :data:`AUTHORS_OPTIONS`, the authors' code, which the paper profile uses):
+
+* ``optimizer``: ``"adamw"`` (project) is the shared loop's AdamW (decoupled weight
+  decay) with a fresh state every epoch; ``"adam"`` (authors) is one
+  ``torch.optim.Adam(weight_decay=...)`` (coupled L2) kept across epochs, whose state is
+  rolled back with the model when an epoch does not lower the stop accuracy.
+* ``rescore``: ``"epoch"`` (project) chooses the top-k tensors once per epoch on a
+  separate gradient; ``"batch"`` (authors) recomputes the scores every batch on the
+  very gradient that is then stepped.
+* ``baseline``: ``"measured"`` (project) -- an epoch must beat the stop accuracy
+  measured before forgetting; ``"one"`` (authors) -- the rollback baseline starts at 1.0.
+* ``loss_scale``: ``"mean"`` (project) averages the Lipschitz terms over images and noise
+  samples; ``"sum"`` (authors) sums them and divides by ``2 n`` (``B / 2`` times the mean).
+* ``noise_clamp``: ``"pixel"`` (project) clamps ``x + noise`` per channel to the valid
+  pixel range; ``"batch"`` (authors) to the scalar minimum / maximum of the batch tensor.
+* ``accumulate``: optimiser step every ``accumulate`` batches (authors: up to 5); the
+  layer scores are then taken on the accumulated gradient, as in their code.
+
+The stop-set classifier is rebuilt from the current text encoder at every check, as
+the original does; one optimiser step per batch unless ``accumulate`` says otherwise.
+BatchNorm layers stay frozen (running statistics, no affine updates), as in the original.
 """
 
 from __future__ import annotations
@@ -40,8 +52,9 @@ import torch
 from . import layers, metrics
 from .models import is_resnet  # re-exported: lipschitz.is_resnet
 
-__all__ = ["SIGMA_SCHEDULE", "paper_k_schedule", "LipschitzResult", "stop_accuracy", "forget_lipschitz",
-           "evaluate_class_forgetting", "is_resnet"]
+__all__ = ["SIGMA_SCHEDULE", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
+           "stop_accuracy", "forget_lipschitz", "lipschitz_loss", "evaluate_class_forgetting", "compute_avg_gain",
+           "authors_classnames", "is_resnet"]
 
 #: Noise standard deviations tried in turn (paper B, ``std_scheduler``).
 SIGMA_SCHEDULE = (0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
@@ -51,6 +64,14 @@ _K_OFFSETS = {
     "vit": {"image": (0, 2, 5, 8, 10, 15, 20), "text": (0, 2, 5, 8, 10, 15, 20)},
 }
 _K_START = {"resnet": 5, "vit": 25}
+#: The project's form of the procedure (the mini profile; see the module docstring).
+PROJECT_OPTIONS = dict(optimizer="adamw", rescore="epoch", baseline="measured", loss_scale="mean",
+                       noise_clamp="pixel", accumulate=1)
+#: The authors' form (``train_forget.py``, ``clip_forget_losses.py``): the paper profile's default.
+AUTHORS_OPTIONS = dict(optimizer="adam", rescore="batch", baseline="one", loss_scale="sum", noise_clamp="batch",
+                       accumulate=5)
+_CHOICES = {"optimizer": ("adamw", "adam"), "rescore": ("epoch", "batch"), "baseline": ("measured", "one"),
+            "loss_scale": ("mean", "sum"), "noise_clamp": ("pixel", "batch")}
 
 
 def paper_k_schedule(model, *, k_image: int | None = None, k_text: int | None = None) -> list[tuple[int, int]]:
@@ -86,6 +107,7 @@ class LipschitzResult:
     seconds: float = 0.0
     reached: bool = False
     threshold: float = 0.1
+    failed: bool = False
 
     def curve(self, *, accepted_only: bool = True) -> list[dict]:
         """Return the per-step history along the kept trajectory, renumbered 1..n (rolled-back epochs dropped)."""
@@ -96,12 +118,16 @@ class LipschitzResult:
 
 
 def stop_accuracy(model, *, tokenizer, classnames: Sequence[str], templates: Sequence, dataset, indices=None,
-                  device="cpu") -> float:
-    """Return zero-shot accuracy on ``dataset[indices]`` with a classifier rebuilt from the current text encoder."""
+                  device="cpu", precision: str = "fp32") -> float:
+    """Return zero-shot accuracy on ``dataset[indices]`` with a classifier rebuilt from the current text encoder.
+
+    The classifier is reused while the text encoder has not changed (``metrics.build_classifier(cache=True)``).
+    """
     was_training = model.training
     model.eval()
-    classifier = metrics.build_classifier(model, tokenizer, classnames, templates, device=device)
-    acc = metrics.accuracy(model, classifier, dataset, indices=indices, device=device)
+    with torch.no_grad(), metrics.autocast(device, precision):
+        classifier = metrics.build_classifier(model, tokenizer, classnames, templates, device=device, cache=True)
+        acc = metrics.accuracy(model, classifier, dataset, indices=indices, device=device)
     model.train(was_training)
     return acc
 
@@ -155,11 +181,105 @@ def _freeze_batch_norm(model) -> list[str]:
     return frozen
 
 
-def _lipschitz_fn(n_samples: int, sigma: float) -> Callable:
-    from .losses import LOSSES
+def lipschitz_loss(model, batch: dict, *, n_samples: int, sigma: float, loss_scale: str = "mean",
+                   noise_clamp: str = "pixel", precision: str = "fp32") -> tuple[torch.Tensor, dict]:
+    """Return paper B's Lipschitz loss of ``batch`` (``losses.lipschitz_penalty``) in either form, and its logs.
 
-    loss = LOSSES["lipschitz"]
-    return lambda model, batch: loss(model, None, batch, None, n_samples=n_samples, sigma=sigma)
+    ``n_samples`` perturbations ``N(0, sigma^2)`` per image from the global RNG;
+    ``noise_clamp="pixel"`` clamps ``x + noise`` per channel to the model's valid pixel
+    range, ``"batch"`` (authors) to the scalar min / max of the whole batch tensor;
+    ``loss_scale="mean"`` averages over images and samples, ``"sum"`` (authors) sums
+    and divides by ``2 n_samples`` (= ``B / 2`` times the mean). ``precision="bf16"``
+    runs the forward passes under bf16 autocast.
+    """
+    from .losses import lipschitz_bounds, lipschitz_penalty
+
+    for name, value in (("loss_scale", loss_scale), ("noise_clamp", noise_clamp)):
+        if value not in _CHOICES[name]:
+            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(_CHOICES[name])}")
+    images, texts = batch["images"], batch["texts"]
+    noise = sigma * torch.randn((images.shape[0], n_samples, *images.shape[1:]), device=images.device)
+    if noise_clamp == "batch":
+        bounds = (images.detach().min().view(1, 1, 1, 1), images.detach().max().view(1, 1, 1, 1))
+    else:
+        bounds = lipschitz_bounds(model, device=images.device)
+    with metrics.autocast(images.device, precision):
+        loss, logs = lipschitz_penalty(model, images, texts, noise=noise, bounds=bounds)
+    if loss_scale == "sum":
+        loss = loss * (images.shape[0] / 2)
+    return loss, logs
+
+
+def _lipschitz_fn(n_samples: int, sigma: float, **options) -> Callable:
+    if not options:  # the registered loss (the project's form)
+        from .losses import LOSSES
+
+        loss = LOSSES["lipschitz"]
+        return lambda model, batch: loss(model, None, batch, None, n_samples=n_samples, sigma=sigma)
+    return lambda model, batch: lipschitz_loss(model, batch, n_samples=n_samples, sigma=sigma, **options)
+
+
+def _check_options(options: dict) -> None:
+    for name, valid in _CHOICES.items():
+        if options[name] not in valid:
+            raise ValueError(f"unknown {name} {options[name]!r}; valid: {', '.join(valid)}")
+    if int(options["accumulate"]) < 1:
+        raise ValueError(f"accumulate must be >= 1, got {options['accumulate']}")
+
+
+def _make_optimizer(kind: str, params: list, *, lr, betas, eps, weight_decay):
+    """``"adam"``: torch.optim.Adam with coupled L2 weight decay (authors); ``"adamw"``: the project's AdamW."""
+    from .models import make_adamw
+
+    if kind == "adamw":
+        return make_adamw(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
+
+
+def _own_epoch(model, *, optimizer, forget_loader, loss_fn, candidates, selective: bool, rescore: str, trainable,
+               k_image: int, k_text: int, exclude, accumulate: int, step_offset: int, seed: int, on_step: Callable,
+               progress: bool, desc: str) -> tuple[list[str], str | None]:
+    """One epoch of the authors' loop; return (tensors stepped, why it stopped early or None).
+
+    Per batch: loss / accumulation, backward, top-k selection on this gradient (``rescore="batch"``)
+    or the epoch's ``trainable``, other gradients dropped, optimiser step every ``accumulate``
+    batches, then ``on_step(model) -> stop?``.
+    """
+    from tqdm.auto import tqdm
+
+    n_batches = len(forget_loader)
+    acc_step = max(1, min(n_batches, accumulate))
+    stepped: dict[str, None] = {}
+    optimizer.zero_grad(set_to_none=True)
+    batches = iter(forget_loader)  # a PairLoader's next epoch
+    model.train()
+    _freeze_batch_norm(model)  # the authors' train_epoch: train mode, BatchNorm frozen
+    with tqdm(total=n_batches, desc=desc, leave=False, disable=not progress) as bar:
+        for i, batch in enumerate(batches):
+            torch.manual_seed(seed * 1_000_003 + step_offset + i)  # stochastic noise repeats for a given seed
+            loss, _ = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                return list(stepped), f"non-finite loss at step {step_offset + i}"
+            (loss / acc_step).backward()
+            if not selective:
+                chosen = candidates
+            elif rescore == "batch":
+                scores = {n: v for n, v in layers.scores_from_grads(model).items() if n in candidates}
+                chosen = layers.select_top_k(scores, k_image=k_image, k_text=k_text, exclude=exclude)
+            else:
+                chosen = trainable
+            layers.mask_gradients(model, chosen)
+            stepped.update(dict.fromkeys(chosen))
+            if (i + 1) % acc_step == 0 or i + 1 == n_batches:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            bar.update()
+            if on_step(model):
+                return list(stepped), f"stop at step {step_offset + i + 1}"
+            model.train()
+            _freeze_batch_norm(model)
+    return list(stepped), None
 
 
 def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[str], templates: Sequence,
@@ -168,7 +288,10 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
                      max_epochs: int = 30, lr: float = 5e-5, betas: tuple[float, float] = (0.9, 0.98),
                      eps: float = 1e-6, weight_decay: float = 0.2, selective: bool = True,
                      exclude: Sequence[str] | str = "paper", eval_fn: Callable | None = None,
-                     eval_every: int = 1, device="cpu", seed: int = 0, progress: bool = True) -> LipschitzResult:
+                     eval_every: int = 1, device="cpu", seed: int = 0, progress: bool = True,
+                     optimizer: str = "adamw", rescore: str = "epoch", baseline: str = "measured",
+                     loss_scale: str = "mean", noise_clamp: str = "pixel", accumulate: int = 1,
+                     precision: str = "fp32") -> LipschitzResult:
     """Forget the class of ``forget_loader``'s images with paper B's procedure; return a :class:`LipschitzResult`.
 
     ``forget_loader`` yields unlearning batches (``images``, ``texts`` = a caption of the
@@ -181,9 +304,21 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     both encoders (ablation). ``exclude``: name patterns never updated, ``"paper"`` =
     :func:`layers.paper_b_frozen`. ``eval_fn(model) -> dict`` adds metrics to the
     history every ``eval_every`` steps (curves). Model ends in its best state, in eval mode.
+
+    ``optimizer``, ``rescore``, ``baseline``, ``loss_scale``, ``noise_clamp`` and
+    ``accumulate`` choose the project's or the authors' form of each step (module
+    docstring; :data:`PROJECT_OPTIONS` are the defaults, :data:`AUTHORS_OPTIONS` the
+    authors'). With the project's options each epoch is one call of the shared loop
+    (``unlearning.unlearn``); otherwise the epochs run the authors' loop here.
+    ``precision="bf16"`` runs the loss and the stop checks under bf16 autocast.
     """
     from .unlearning import unlearn
 
+    options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
+                   noise_clamp=noise_clamp, accumulate=accumulate)
+    _check_options(options)
+    metrics.autocast(device, precision)  # validates the name
+    project_loop = all(options[k] == PROJECT_OPTIONS[k] for k in options if k != "baseline") and precision == "fp32"
     start_time = time.perf_counter()
     model.to(device)
     k_schedule = list(k_schedule) if k_schedule is not None else paper_k_schedule(model)
@@ -196,13 +331,21 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
         exclude = layers.paper_b_frozen(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     _freeze_batch_norm(model)
+    candidates = [n for n, p in model.named_parameters() if p.requires_grad and layers.encoder_of(n) != "other"]
+    params = dict(model.named_parameters())
+    loss_options = {} if project_loop else dict(loss_scale=loss_scale, noise_clamp=noise_clamp, precision=precision)
+    persistent = None
+    if not project_loop and optimizer == "adam":  # one optimiser for the whole run
+        persistent = _make_optimizer("adam", [params[n] for n in candidates], lr=lr, betas=betas, eps=eps,
+                                     weight_decay=weight_decay)
 
     def check(m) -> float:
         return stop_accuracy(m, tokenizer=tokenizer, classnames=classnames, templates=templates,
-                             dataset=stop_dataset, indices=stop_indices, device=device)
+                             dataset=stop_dataset, indices=stop_indices, device=device, precision=precision)
 
     result = LipschitzResult(threshold=threshold)
-    result.initial_acc = best_acc = check(model)
+    result.initial_acc = check(model)
+    best_acc = result.initial_acc if baseline == "measured" else 1.0
     stage, step_offset = 0, 0
     try:
         for epoch in range(max_epochs):
@@ -211,14 +354,15 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
             sigma = float(sigma_schedule[stage])
             k_image, k_text = k_schedule[stage]
             torch.manual_seed(seed + epoch)
-            if selective:
-                scores = layers.score_layers(model, forget_loader, loss_fn=_lipschitz_fn(n_samples, sigma),
-                                             device=device)
+            loss_fn = _lipschitz_fn(n_samples, sigma, **loss_options)
+            trainable = None
+            if selective and rescore == "epoch":
+                scores = layers.score_layers(model, forget_loader, loss_fn=loss_fn, device=device)
                 trainable = layers.select_top_k(scores, k_image=k_image, k_text=k_text, exclude=exclude)
-            else:  # every tensor of both encoders (BatchNorm stays frozen)
-                trainable = [n for n, p in model.named_parameters()
-                             if p.requires_grad and layers.encoder_of(n) != "other"]
+            elif not selective:  # every tensor of both encoders (BatchNorm stays frozen)
+                trainable = list(candidates)
             snapshot = copy.deepcopy(model.state_dict())
+            opt_snapshot = copy.deepcopy(persistent.state_dict()) if persistent is not None else None
             info = dict(epoch=epoch, stage=stage, sigma=sigma, k_image=k_image, k_text=k_text)
             rows: list[dict] = []
 
@@ -229,36 +373,64 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
                 _rows.append({**_info, **out})
                 return out
 
-            run = unlearn(model, method="lipschitz", forget_loader=forget_loader, epochs=1, lr=lr,
-                          weight_decay=weight_decay, betas=betas, eps=eps,
-                          loss_kwargs={"n_samples": n_samples, "sigma": sigma}, trainable=trainable,
-                          eval_fn=eval_step, eval_every=1,
-                          stop_fn=lambda m, step, ev: ev is not None and ev.get("stop_acc", 1.0) <= threshold,
-                          device=device, seed=seed + epoch, progress=progress)
+            seconds = time.perf_counter()
+            failure = None
+            if project_loop:
+                run = unlearn(model, method="lipschitz", forget_loader=forget_loader, epochs=1, lr=lr,
+                              weight_decay=weight_decay, betas=betas, eps=eps,
+                              loss_kwargs={"n_samples": n_samples, "sigma": sigma}, trainable=trainable,
+                              eval_fn=eval_step, eval_every=1,
+                              stop_fn=lambda m, step, ev: ev is not None and ev.get("stop_acc", 1.0) <= threshold,
+                              device=device, seed=seed + epoch, progress=progress)
+                if run.failed:
+                    failure = run.stopped_early
+            else:
+                opt = persistent or _make_optimizer(optimizer, [params[n] for n in candidates], lr=lr, betas=betas,
+                                                    eps=eps, weight_decay=weight_decay)
+                stepped, why = _own_epoch(
+                    model, optimizer=opt, forget_loader=forget_loader, loss_fn=loss_fn, candidates=set(candidates),
+                    selective=selective, rescore=rescore, trainable=trainable, k_image=k_image, k_text=k_text,
+                    exclude=exclude, accumulate=accumulate, step_offset=step_offset, seed=seed + epoch,
+                    on_step=lambda m: eval_step(m)["stop_acc"] <= threshold, progress=progress,
+                    desc=f"lipschitz epoch {epoch + 1}")
+                if why is not None and why.startswith("non-finite"):
+                    failure = why
+                trainable = stepped
+            model.eval()
             _freeze_batch_norm(model)  # the loop may have switched the model back to train mode
             acc = rows[-1]["stop_acc"] if rows else check(model)
-            accepted = acc < best_acc
+            accepted = failure is None and acc < best_acc
             for i, row in enumerate(rows):
                 row.update(step=step_offset + i + 1, accepted=accepted)
             result.history.extend(rows)
             step_offset += len(rows)
             result.epochs.append({**info, "stop_acc": acc, "accepted": accepted, "steps": len(rows),
-                                  "trainable": list(trainable), "seconds": getattr(run, "seconds", None)})
+                                  "trainable": list(trainable), "seconds": time.perf_counter() - seconds})
+            if failure is not None:  # undo the broken epoch and stop
+                model.load_state_dict(snapshot)
+                if persistent is not None:
+                    persistent.load_state_dict(opt_snapshot)
+                result.failed = True
+                result.epochs[-1]["failure"] = failure
+                break
             if accepted:
                 best_acc = acc
                 result.accepted_steps += len(rows)
-            else:  # roll back this epoch and advance the schedule
+            else:  # roll back this epoch (model and, for the authors' Adam, its state) and advance the schedule
                 model.load_state_dict(snapshot)
+                if persistent is not None:
+                    persistent.load_state_dict(opt_snapshot)
                 stage += 1
                 if stage >= stages:
                     break
+            del snapshot, opt_snapshot
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
         model.eval()
     result.steps = step_offset
-    result.final_acc = best_acc
-    result.reached = best_acc <= threshold
+    result.final_acc = best_acc if result.accepted_steps or baseline == "measured" else result.initial_acc
+    result.reached = result.final_acc <= threshold
     result.seconds = time.perf_counter() - start_time
     return result
 
@@ -267,29 +439,98 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
 # Paper B on the shared harness (clipunlearn.experiment)
 # --------------------------------------------------------------------------- #
 def generate_task_synthetic(model, task, *, tokenizer, n_train: int, n_val: int, generation: dict, seed: int = 0,
-                            device="cpu"):
+                            device="cpu", progress: bool = False):
     """Return ``(forget_set, val_set, cost)``: synthetic images of ``task``'s forget class, no real image used.
 
     One batched :func:`clipunlearn.synthetic.generate_synthetic` call makes
     ``n_train + n_val`` images (``generation``: its keyword arguments; ``"logit_scale":
-    "model"`` takes the model's own); the first ``n_train`` are the forget set, the
-    other ``n_val`` a held-out synthetic validation set for the data-free selection.
+    "model"`` takes the model's own; ``"precision"`` goes to the encoder); the first
+    ``n_train`` are the forget set, the other ``n_val`` a held-out synthetic validation
+    set for the data-free selection. With ``restart`` (the authors' generation) only
+    images that reached their threshold are used, as the authors keep; if fewer than
+    ``n_train + n_val`` reached it within ``max_attempts``, the set is filled with the
+    best of the others (a warning says so; ``cost["reached"]`` counts them).
     """
+    import warnings
+
     from . import models, synthetic
 
     gen = dict(generation)
     if gen.get("logit_scale") == "model":
         gen["logit_scale"] = float(model.logit_scale.detach().exp())
     mean, std = models.get_normalization(model)
-    classifier = metrics.build_classifier(model, tokenizer, task.classnames, task.templates, device=device)
+    with torch.no_grad(), metrics.autocast(device, gen.get("precision", "fp32")):
+        classifier = metrics.build_classifier(model, tokenizer, task.classnames, task.templates, device=device)
     with metrics.measure_run(device=device) as cost:
-        syn = synthetic.generate_synthetic(model, classifier, classes=task.forget_classes,
+        syn = synthetic.generate_synthetic(model, classifier.float(), classes=task.forget_classes,
                                            classnames=task.classnames, n_per_class=n_train + n_val, mean=mean,
-                                           std=std, seed=seed, device=device, progress=False, **gen)
-    forget = syn.subset(torch.arange(n_train))
-    val = syn.subset(torch.arange(n_train, n_train + n_val))
+                                           std=std, seed=seed, device=device, progress=progress, **gen)
+    order = torch.arange(len(syn))
+    if gen.get("restart"):  # reached images first (in generation order), then the others by probability
+        missing = int((~syn.reached).sum())
+        if missing:
+            warnings.warn(f"{missing} of {len(syn)} synthetic images of {task.target!r} did not reach their "
+                          f"threshold within max_attempts; the sets are filled with the most probable of them")
+        rest = (~syn.reached).nonzero().flatten()
+        order = torch.cat([syn.reached.nonzero().flatten(), rest[syn.probs[rest].argsort(descending=True)]])
+    forget = syn.subset(order[:n_train])
+    val = syn.subset(order[n_train:n_train + n_val])
     return forget, val, {**cost, "reached": int(syn.reached.sum()), "images": len(syn),
                          "mean_steps": float(syn.steps_taken.float().mean())}
+
+
+def compute_avg_gain(result: dict, reference: dict, *, other_names: Sequence[str] | None = None) -> float:
+    """Return the authors' aggregate score (``compute_avg_gain`` of ``clip_forget_utils.py``); lower is better.
+
+    With ``result`` the metrics after forgetting and ``reference`` those of the original
+    model (``forget_acc``, ``retain_acc`` and ``other_acc/<name>`` for every other dataset)::
+
+        (forget / forget_before                                  # forget accuracy kept
+         + max(0, (retain_before - retain) / retain_before)      # relative drop, other classes
+         + sum_d max(0, (other_d_before - other_d) / other_d_before)) / (2 + number of other datasets)
+
+    i.e. the authors' sum over the forget term, the main dataset and the other three
+    datasets divided by 5; 0 is perfect forgetting with nothing else lost. A relative drop
+    that is undefined (a reference accuracy of 0) counts 0, as the authors' ``fillna(0)``;
+    so does the forget term when the class was never recognised. ``other_names``: the
+    other datasets to use (default: every ``other_acc/<name>`` of ``reference``).
+    """
+    def ratio(now: float, before: float) -> float:
+        return 0.0 if not before or before != before else now / before
+
+    def drop(now: float, before: float) -> float:
+        return 0.0 if not before or before != before else max(0.0, (before - now) / before)
+
+    names = list(other_names) if other_names is not None else sorted(
+        k.split("/", 1)[1] for k in reference if k.startswith("other_acc/"))
+    terms = [ratio(result["forget_acc"], reference["forget_acc"]), drop(result["retain_acc"], reference["retain_acc"])]
+    terms += [drop(result[f"other_acc/{n}"], reference[f"other_acc/{n}"]) for n in names]
+    return float(sum(terms) / len(terms))
+
+
+#: CoOp's renamed Caltech-101 classes (``datasets/caltech101.py``; also drops ``BACKGROUND_Google`` and ``Faces_easy``).
+CALTECH101_COOP_NAMES = {"airplanes": "airplane", "faces": "face", "leopards": "leopard", "motorbikes": "motorbike"}
+
+
+def authors_classnames(dataset: str, classnames: Sequence[str]) -> list[str]:
+    """Return ``classnames`` of ``dataset`` as the authors' code (CoOp's loaders) names them.
+
+    ``stanford-cars``: the year first ("Spyker C8 Coupe 2009" -> "2009 Spyker C8 Coupe", as
+    CoOp's ``split_zhou_StanfordCars.json``); ``caltech101``: CoOp's renames
+    (:data:`CALTECH101_COOP_NAMES`; torchvision's layout keeps ``faces easy``, which CoOp
+    drops: use the split file for the authors' 100 classes). Other datasets unchanged.
+    Names read from a CoOp split file are already the authors'.
+    """
+    out = []
+    for name in classnames:
+        if dataset == "stanford-cars":
+            words = name.split()
+            if len(words) > 1 and words[-1].isdigit() and len(words[-1]) == 4:
+                name = " ".join([words[-1]] + words[:-1])
+        elif dataset == "caltech101":
+            name = CALTECH101_COOP_NAMES.get(name.lower(), name)
+        out.append(name)
+    return out
 
 
 def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_forget=None, lr: float,
@@ -297,7 +538,10 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
                   selective: bool = True, threshold: float = 0.1, max_epochs: int = 30, betas=(0.9, 0.98),
                   eps: float = 1e-6, weight_decay: float = 0.2, batch_size: int = 64,
                   caption_templates: Sequence[str] = ("a photo of a {}.",), data_free: bool = True,
-                  method: str = "lipschitz_synthetic", config: dict | None = None, device="cpu"):
+                  method: str = "lipschitz_synthetic", config: dict | None = None, device="cpu",
+                  optimizer: str = "adamw", rescore: str = "epoch", baseline: str = "measured",
+                  loss_scale: str = "mean", noise_clamp: str = "pixel", accumulate: int = 1,
+                  precision: str = "fp32", reference: dict | None = None, progress: bool = False):
     """Forget ``task``'s class from a copy of ``model`` with paper B's procedure; return ``(model, record)``.
 
     ``forget_data[forget_idx]`` are the forget images (a synthetic set, or real training
@@ -306,6 +550,11 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     no real forget image is seen, not even to select). The record has the test metrics
     of :func:`clipunlearn.experiment.evaluate_model`, the validation score of the final
     model, the stop-set accuracy before / after and a per-step validation history.
+    ``caption_templates``: the caption of the loss (the authors': ``"A picture of {}"``).
+    ``optimizer`` ... ``accumulate``: the form of :func:`forget_lipschitz` (project's by
+    default, :data:`AUTHORS_OPTIONS` for the authors'); ``precision="bf16"``: bf16
+    autocast in the loss and every evaluation. ``reference``: the original model's test
+    metrics; adds ``avg_gain`` (:func:`compute_avg_gain`) to the record.
     """
     from . import experiment
     from .unlearning import make_pair_loader
@@ -315,35 +564,47 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     loader = make_pair_loader(forget_data, tokenizer=tokenizer, templates=caption_templates, indices=forget_idx,
                               batch_size=batch_size, shuffle=True, seed=task.seed, device=device)
     k_schedule = paper_k_schedule(unlearned, **({} if k_start is None else dict(k_image=k_start, k_text=k_start)))
-    validate = lambda m: experiment.validate_model(m, task, tokenizer=tokenizer, device=device,
-                                                   forget_data=val_forget)
+
+    def validate(m):
+        with metrics.autocast(device, precision):
+            return experiment.validate_model(m, task, tokenizer=tokenizer, device=device, forget_data=val_forget)
+
+    options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
+                   noise_clamp=noise_clamp, accumulate=accumulate)
     with metrics.measure_run(device=device) as cost:
         result = forget_lipschitz(unlearned, forget_loader=loader, tokenizer=tokenizer, classnames=task.classnames,
                                   templates=task.templates, stop_dataset=forget_data, stop_indices=forget_idx,
                                   k_schedule=k_schedule, sigma_schedule=sigma_schedule, n_samples=n_samples,
                                   threshold=threshold, max_epochs=max_epochs, lr=lr, betas=betas, eps=eps,
                                   weight_decay=weight_decay, selective=selective, eval_fn=validate, device=device,
-                                  seed=task.seed, progress=False)
+                                  seed=task.seed, progress=progress, precision=precision, **options)
     val = validate(unlearned)
-    test = experiment.evaluate_model(unlearned, task, tokenizer=tokenizer, device=device)
+    with metrics.autocast(device, precision):
+        test = experiment.evaluate_model(unlearned, task, tokenizer=tokenizer, device=device)
     history = [{"step": h["kept_step"], **{k: h[k] for k in ("val_forget_acc", "val_retain_acc", "score", "stop_acc")
                                            if k in h}} for h in result.curve()]
+    changed = {k: v for k, v in {**options, "precision": precision}.items()
+               if v != {**PROJECT_OPTIONS, "precision": "fp32"}[k]}
     record = experiment.summarise_run(
         task, method=method,
         config={"lr": lr, "n_samples": n_samples, "sigma_schedule": list(sigma_schedule), "k_start": k_start,
                 "selective": selective, "threshold": threshold, "max_epochs": max_epochs, "betas": list(betas),
                 "eps": eps, "weight_decay": weight_decay, "batch_size": batch_size, "data_free": data_free,
-                "forget_images": len(forget_idx) if forget_idx is not None else len(forget_data), **(config or {})},
+                "forget_images": len(forget_idx) if forget_idx is not None else len(forget_data), **changed,
+                **({"caption_templates": list(caption_templates)} if tuple(caption_templates) != (
+                    "a photo of a {}.",) else {}), **(config or {})},
         test_metrics=test, cost=cost, val=val, history=history)
     record["metrics"].update(stop_acc=result.final_acc, stop_acc_before=result.initial_acc, steps=result.steps,
                              accepted_steps=result.accepted_steps, epochs=len(result.epochs),
-                             stopped_early=None, failed=False)
+                             stopped_early=None, failed=result.failed)
+    if reference is not None:
+        record["metrics"]["avg_gain"] = compute_avg_gain(test, reference)
     return unlearned, record
 
 
 def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, forgetting: dict, grid: dict,
                             n_train: int = 64, n_val: int = 32, n_real: int | None = 64, store,
-                            device="cpu") -> dict:
+                            device="cpu", avg_gain: bool = False, progress: bool = False) -> dict:
     """Paper B on every target of ``tasks`` (``{target: [task per seed]}``); return the synthetic sets by (target, seed).
 
     Per target: the original model (``original``), then ``lipschitz_synthetic`` (synthetic
@@ -352,38 +613,45 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
     recorded beside it, never used) and ``lipschitz_real`` (the same procedure on
     ``n_real`` real training images of the class, selected on real validation images),
     each through :func:`clipunlearn.experiment.run_selected`. ``forgetting``: keyword
-    arguments of :func:`run_lipschitz`.
+    arguments of :func:`run_lipschitz` (the authors' form: ``**AUTHORS_OPTIONS``). ``avg_gain``:
+    add the authors' aggregate (:func:`compute_avg_gain`, against the original model) to
+    every record. ``progress``: progress bars of the ascent and the forgetting epochs.
     """
     from . import experiment
 
     sets = {}
     for target, seeded in tasks.items():
         first = seeded[0]
-        if store.find(method="original", task=first.kind, forget_class=target) is None:
-            store.add(experiment.summarise_run(first, method="original", config={"seed": None},
-                                               test_metrics=experiment.evaluate_model(model, first,
-                                                                                      tokenizer=tokenizer,
-                                                                                      device=device)))
+        original = store.find(method="original", task=first.kind, forget_class=target)
+        if original is None:
+            with metrics.autocast(device, forgetting.get("precision", "fp32")):
+                test = experiment.evaluate_model(model, first, tokenizer=tokenizer, device=device)
+            original = experiment.summarise_run(first, method="original", config={"seed": None}, test_metrics=test)
+            store.add(original)
+        reference = {"reference": original["metrics"]} if avg_gain else {}
         for task in seeded:
             sets[(target, task.seed)] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train,
                                                                 n_val=n_val, generation=generation, seed=task.seed,
-                                                                device=device)
+                                                                device=device, progress=progress)
 
         def synthetic_fn(task, **candidate):
             forget, val, cost = sets[(task.target, task.seed)]
             return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
                                  data_free=True, method="lipschitz_synthetic",
                                  config={"synthetic": {k: v for k, v in cost.items()}}, device=device,
-                                 **{**forgetting, **candidate})
+                                 progress=progress, **reference, **{**forgetting, **candidate})
 
         def real_fn(task, **candidate):
             idx = task.forget_train[torch.randperm(len(task.forget_train), generator=torch.Generator().manual_seed(
                 task.seed))[:n_real]].sort().values if n_real else task.forget_train
             return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=task.train, forget_idx=idx,
                                  val_forget=None, data_free=False, method="lipschitz_real", device=device,
-                                 **{**forgetting, **candidate})
+                                 progress=progress, **reference, **{**forgetting, **candidate})
 
-        oracle = lambda m, task: experiment.validate_model(m, task, tokenizer=tokenizer, device=device)
+        def oracle(m, task):
+            with metrics.autocast(device, forgetting.get("precision", "fp32")):
+                return experiment.validate_model(m, task, tokenizer=tokenizer, device=device)
+
         experiment.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
                                 oracle_fn=oracle)
         experiment.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store)

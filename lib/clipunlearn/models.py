@@ -2,9 +2,12 @@
 
 ``load_clip`` takes any open_clip architecture and pretrained tag (``"RN50"`` /
 ``"openai"``, ``"ViT-B-32"`` / ``"openai"``), a local checkpoint path as
-``pretrained``, or ``"mini"``: a small open_clip CLIP (ModifiedResNet image tower,
-32x32 grey images) that the project trains itself on Fashion-MNIST with templated
-captions, once per machine, and caches.
+``pretrained`` or ``"random"`` (random weights, nothing downloaded), or ``"mini"``: a
+small open_clip CLIP (ModifiedResNet image tower, 32x32 grey images) that the project
+trains itself on Fashion-MNIST with templated captions, once per machine, and caches.
+``tiny-rn`` / ``tiny-vit`` (:data:`TINY_MODELS`) are tiny open_clip configs on 32 px
+RGB images with OpenAI's normalisation, for smoke tests of the paper profile with
+``pretrained="random"``.
 
 Training the mini model (project's choice, documented in notebook 00): every step
 shows each image in a random style (photo, sketch, negative) and contrasts it
@@ -38,6 +41,10 @@ from .results import save_torch_atomic, write_json_atomic
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 #: Project model names -> open_clip config names in ``model_configs/``.
 MINI_MODELS = {"mini": "mini-fmnist-rn", "mini-rn": "mini-fmnist-rn", "mini-vit": "mini-fmnist-vit"}
+#: Tiny open_clip configs (``model_configs/``) for smoke tests of the paper profile (random weights).
+TINY_MODELS = ("tiny-rn", "tiny-vit")
+#: ``pretrained`` value for random weights (open_clip's ``pretrained=None``).
+RANDOM_WEIGHTS = "random"
 MINI_VERSION = 2  # bump when the training recipe changes: old caches are then ignored
 #: Training recipe of the mini models (project's choice; fits in < 10 min on 2 CPU cores).
 MINI_TRAINING = dict(epochs=6, batch_size=256, lr=2e-3, weight_decay=0.1, warmup_steps=100, val_images=5000,
@@ -51,7 +58,7 @@ def register_model_configs() -> None:
     """Make the project's open_clip configs (``model_configs/*.json``) known to open_clip."""
     import open_clip
 
-    if not all(name in open_clip.list_models() for name in MINI_MODELS.values()):
+    if not all(name in open_clip.list_models() for name in (*MINI_MODELS.values(), *TINY_MODELS)):
         open_clip.add_model_config(CONFIG_DIR)
 
 
@@ -98,16 +105,35 @@ def create_mini_model(name: str = "mini", *, device="cpu", seed: int = 0):
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
-def load_clip(name: str = "mini", pretrained: str | None = None, *, device="cpu", cache_dir=None):
+def load_clip(name: str = "mini", pretrained: str | None = None, *, device="cpu", cache_dir=None,
+              precision: str = "fp32"):
     """Return ``(model, preprocess, tokenizer)`` with the model in eval mode on ``device``.
 
-    ``name`` is an open_clip architecture (``open_clip.list_models()``), an
-    ``"hf-hub:org/repo"`` id, or a project mini model (``"mini"``, ``"mini-rn"``,
-    ``"mini-vit"``). ``pretrained`` is an open_clip tag
-    (``"openai"``, ``"laion2b_s34b_b79k"``, ...) or a local checkpoint path. For a
-    mini model, ``pretrained=None`` loads (training on first use) the cached model.
+    ``name`` is an open_clip architecture (``open_clip.list_models()``, the project's
+    ``tiny-rn`` / ``tiny-vit`` included), an ``"hf-hub:org/repo"`` id, or a project mini
+    model (``"mini"``, ``"mini-rn"``, ``"mini-vit"``). ``pretrained`` is an open_clip tag
+    (``"openai"``, ``"laion2b_s34b_b79k"``, ...), a local checkpoint path or ``"random"``
+    (random weights). For a mini model, ``pretrained=None`` loads (training on first use)
+    the cached model. ``precision`` is open_clip's (``"fp32"``: float32 weights, what
+    training with bf16 autocast wants; ``"bf16"`` / ``"fp16"``: weights in half precision,
+    for evaluation only).
     """
     import open_clip
+
+    register_model_configs()
+    if pretrained == RANDOM_WEIGHTS and name not in MINI_MODELS:
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown model {name!r}; open_clip models: see open_clip.list_models(); "
+                             f"tiny test models: {', '.join(TINY_MODELS)}")
+        logging.disable(logging.WARNING)  # "no pretrained weights loaded": asked for
+        try:
+            with torch.random.fork_rng(devices=[]):  # the same random weights every time, global RNG untouched
+                torch.manual_seed(0)
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device,
+                                                                             precision=precision)
+        finally:
+            logging.disable(logging.NOTSET)
+        return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
     if name in MINI_MODELS:
         if pretrained is None:
@@ -126,7 +152,7 @@ def load_clip(name: str = "mini", pretrained: str | None = None, *, device="cpu"
                          f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
-                                                                     cache_dir=cache_dir)
+                                                                     cache_dir=cache_dir, precision=precision)
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError) as err:
         if any(word in str(err).lower() for word in ("download", "connection", "hub")):
