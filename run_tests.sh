@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: notebook hygiene, unit tests, and every notebook in quick
-# mode under nbval. See ./run_tests.sh --help.
+# The test command: notebook hygiene, unit tests, every notebook in quick mode
+# under nbval, and the paper-profile smoke test. See ./run_tests.sh --help.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -9,7 +9,7 @@ CELL_TIMEOUT=1800                   # seconds per notebook cell
 
 usage() {
     cat <<EOF
-Usage: ./run_tests.sh [--unit | --notebooks] [PYTEST_ARGS...]
+Usage: ./run_tests.sh [--unit | --notebooks | --paper-smoke] [PYTEST_ARGS...]
 
 Set up the environment (scripts/setup_env.sh), then
   1. nbstripout --verify --keep-id notebooks/*.ipynb  (no outputs in sources)
@@ -17,10 +17,14 @@ Set up the environment (scripts/setup_env.sh), then
   3. nbval: each notebooks/NN_*.ipynb with -p PROFILE mini -p QUICK True
      injected by papermill --prepare-only into $NB_PREPARED/, then
      pytest --nbval-lax $NB_PREPARED   (cells must run without error)
+  4. scripts/paper_smoke.py: the paper branch of every notebook that has one, in
+     quick mode on tiny random-weight models and the real images of ../shared/data,
+     to written records (skipped with a message where ../shared/data is missing)
 
 Options:
   --unit         only step 2
-  --notebooks    only steps 1 and 3
+  --notebooks    only steps 1, 3 and 4
+  --paper-smoke  only step 4
   -h, --help     show this help and exit
 Other arguments go to both pytest runs, e.g. ./run_tests.sh -k data -x
 
@@ -28,17 +32,18 @@ Exit status: pytest's (0 ok, 1 failures, 5 nothing collected, ...).
 EOF
 }
 
-do_unit=1; do_nb=1; pytest_args=()
+do_unit=1; do_nb=1; do_smoke=1; modes=0; pytest_args=()
 while (($#)); do
     case "$1" in
-        --unit)      do_nb=0 ;;
-        --notebooks) do_unit=0 ;;
-        -h|--help)   usage; exit 0 ;;
-        *)           pytest_args+=("$1") ;;
+        --unit)        do_nb=0; do_smoke=0; modes=$((modes + 1)) ;;
+        --notebooks)   do_unit=0; modes=$((modes + 1)) ;;
+        --paper-smoke) do_unit=0; do_nb=0; modes=$((modes + 1)) ;;
+        -h|--help)     usage; exit 0 ;;
+        *)             pytest_args+=("$1") ;;
     esac
     shift
 done
-((do_unit || do_nb)) || { echo "run_tests.sh: --unit and --notebooks exclude each other" >&2; exit 2; }
+((modes <= 1)) || { echo "run_tests.sh: --unit, --notebooks and --paper-smoke exclude each other" >&2; exit 2; }
 
 cd "$ROOT"
 # shellcheck source=scripts/setup_env.sh
@@ -81,6 +86,12 @@ if ((do_nb)); then
         rcs+=($?)
         set -e
     fi
+fi
+
+if ((do_smoke)); then
+    echo "=== paper profile smoke test: scripts/paper_smoke.py ==="
+    set +e; "$PYTHON" scripts/paper_smoke.py; smoke_rc=$?; set -e
+    rcs+=($((smoke_rc == 0 ? 0 : 1)))
 fi
 
 # Combined status: first real failure, else 0 if anything passed, else 5.

@@ -148,8 +148,8 @@ def evaluate_class_forgetting(model, *, tokenizer, classnames: Sequence[str], te
     was_training = model.training
     model.eval()
     classifier = metrics.build_classifier(model, tokenizer, classnames, templates, device=device)
-    out = metrics.evaluate_forgetting(model, classifier, dataset, forget_idx=forget_idx, retain_idx=retain_idx,
-                                      batch_size=batch_size, device=device)
+    out = {name: metrics.accuracy(model, classifier, dataset, indices=idx, batch_size=batch_size, device=device)
+           for name, idx in (("forget_acc", forget_idx), ("retain_acc", retain_idx))}
     others = {}
     for spec in other_sets:
         names = spec.get("classnames")

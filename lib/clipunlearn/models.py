@@ -74,6 +74,14 @@ def get_normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def get_image_size(model) -> int:
+    """Return the side in pixels of the images ``model`` takes (open_clip's ``visual.image_size``)."""
+    size = getattr(model.visual, "image_size", None)
+    if size is None:
+        size = (getattr(model.visual, "preprocess_cfg", None) or {}).get("size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def is_resnet(model) -> bool:
     """Return True when ``model``'s image tower is open_clip's ModifiedResNet (False for a ViT)."""
     return hasattr(model.visual, "attnpool") or hasattr(model.visual, "layer1")

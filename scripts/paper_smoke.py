@@ -1,0 +1,192 @@
+"""Paper-profile smoke test: the ``paper`` branch of every notebook that has one, end to end, in minutes.
+
+Each ``notebooks/NN_*.ipynb`` whose parameters include ``PROFILE``, ``QUICK``, ``MODEL``,
+``PRETRAINED`` and ``DATA_DIR`` runs under papermill with ``PROFILE="paper"``,
+``QUICK=True``, a tiny random-weight open_clip model (``tiny-vit`` / ``tiny-rn``,
+``PRETRAINED="random"``) and real images from ``../shared/data`` standing in for the
+papers' datasets: the CIFAR-10 test images as an ImageFolder for CIFAR-10, CIFAR-100
+and paper B's four datasets, PACS for itself. Only the parameters a notebook declares
+are passed (:data:`STANDARD`); a notebook adds or overrides its own in its metadata,
+``metadata.clipunlearn.paper_smoke`` (``{"MODEL": "tiny-rn", ...}``, or ``{"skip": "why"}``).
+Afterwards every notebook must have written its records file
+(``results/quick-paper/<notebook>.json``) with at least one record, and every accuracy,
+AUC and score in it must be finite and in [0, 1] (nothing else is checked: the models
+are random).
+
+    python scripts/paper_smoke.py                      # every notebook with a paper branch
+    python scripts/paper_smoke.py --notebooks 20 --device cuda --precision bf16
+
+Exit status: 0 when every notebook ran and passed the checks, or when ``../shared/data``
+is missing (skipped, with a message); 1 otherwise. Executed notebooks are kept in
+``runs/paper-smoke/`` (git-ignored) for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+WORK_DIR = REPO_ROOT / "runs" / "paper-smoke"
+#: Parameters a notebook must declare to take part.
+REQUIRED = ("PROFILE", "QUICK", "MODEL", "PRETRAINED", "DATA_DIR")
+#: What every taking-part notebook gets, for the parameters it declares (DATA_DIR is filled in).
+STANDARD = {"PROFILE": "paper", "QUICK": True, "SEEDS": "0", "MODEL": "tiny-vit", "PRETRAINED": "random",
+            "FORGET_CLASSES": "cat", "WORKERS": 0, "RESUME": False}
+#: Folders of the smoke data: ``(link, target)`` relative to the data folder and ``../shared/data``.
+#: paper B's loaders read ``<name>/<split>/`` ImageFolder exports (Stanford Dogs: ``Images/``).
+CIFAR = "cifar10-test-2k"
+LINKS = [(f"{name}/{split}", CIFAR) for name in ("cifar10", "cifar100", "stanford-cars", "caltech101", "flowers102")
+         for split in ("train", "test")] + [("stanford-dogs/Images", CIFAR), ("pacs", "pacs-mini")]
+#: Metrics that must be finite and in [0, 1]: accuracies (``acc``, ``acc_*``, ``*_acc``, ``*_acc/<set>``,
+#: per-class values), confusion fractions and membership-inference AUCs.
+IN_UNIT_RANGE = ("acc", "confusion", "mia", "auc")
+
+
+def in_unit_range(key: str) -> bool:
+    """Whether metric ``key`` (``a/b`` for nested values) is a fraction that must lie in [0, 1]."""
+    head = key.split("/", 1)[0]
+    return any(head == w or head.startswith(f"{w}_") or head.endswith(f"_{w}") for w in IN_UNIT_RANGE)
+
+
+def prepare_data(shared: Path, dest: Path) -> Path:
+    """Create ``dest`` with symbolic links to ``shared``'s image folders in the layouts the loaders read."""
+    for link, target in LINKS:
+        path = dest / link
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to((shared / target).resolve(), target_is_directory=True)
+    return dest
+
+
+def notebook_parameters(path: Path, *, data_dir: Path, extra: dict | None = None) -> dict | None:
+    """Return the papermill parameters of notebook ``path``, or None when it has no paper branch to test.
+
+    :data:`STANDARD` (and ``extra``) restricted to what the notebook declares, then its own
+    ``metadata.clipunlearn.paper_smoke``; a ``skip`` entry there (or a missing required
+    parameter) means None.
+    """
+    import nbformat
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    if not all(name in declared for name in REQUIRED):
+        return None
+    own = dict(nbformat.read(path, as_version=4).metadata.get("clipunlearn", {}).get("paper_smoke", {}))
+    if own.get("skip"):
+        return None
+    return select_parameters(declared, {**STANDARD, "DATA_DIR": str(data_dir), **(extra or {})}, own)
+
+
+def select_parameters(declared, standard: dict, own: dict) -> dict:
+    """``standard`` values of the ``declared`` parameters, overridden by the notebook's ``own`` (all kept)."""
+    return {**{k: v for k, v in standard.items() if k in declared}, **{k: v for k, v in own.items() if k != "skip"}}
+
+
+def check_records(records: list[dict]) -> list[str]:
+    """Return what is wrong with ``records`` (empty: fine): none at all, or a metric non-finite / out of range."""
+    if not records:
+        return ["no records were written"]
+    problems = []
+
+    def check(where: str, key: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                check(where, f"{key}/{k}", v)
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not in_unit_range(key):
+            return
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            problems.append(f"{where}: {key} = {value}")
+
+    for record in records:
+        where = f"{record.get('method')} / {record.get('task')} / {record.get('config', {}).get('forget_class')}"
+        for key, value in record.get("metrics", {}).items():
+            check(where, key, value)
+        gain = record.get("metrics", {}).get("avg_gain")
+        if gain is not None and not (math.isfinite(gain) and gain >= 0):
+            problems.append(f"{where}: avg_gain = {gain}")
+    return problems
+
+
+def run_notebook(path: Path, parameters: dict, *, out_dir: Path, timeout: int) -> tuple[float, str | None]:
+    """Execute ``path`` with ``parameters``; return ``(seconds, error or None)``. A dead kernel is retried once."""
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    start = time.perf_counter()
+    for attempt in range(2):
+        try:
+            papermill.execute_notebook(str(path), str(out_dir / path.name), parameters=parameters,
+                                       cwd=str(path.parent), kernel_name="python3", progress_bar=False,
+                                       log_output=False, execution_timeout=timeout)
+            return time.perf_counter() - start, None
+        except DeadKernelError as err:  # the kernel process died (e.g. killed for memory): once more
+            if attempt:
+                return time.perf_counter() - start, f"kernel died twice: {err}"
+        except papermill.PapermillExecutionError as err:
+            return time.perf_counter() - start, f"cell {err.exec_count}: {err.ename}: {err.evalue}"
+    return time.perf_counter() - start, "unreachable"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--shared-data", default=str(SHARED_DATA), help="folder with cifar10-test-2k/ and pacs-mini/")
+    parser.add_argument("--notebooks", default="", help="comma-separated notebook numbers (default: all)")
+    parser.add_argument("--device", default="", help="DEVICE parameter (default: the notebook's, auto)")
+    parser.add_argument("--precision", default="", help="PRECISION parameter, fp32 or bf16 (where declared)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args(argv)
+
+    shared = Path(args.shared_data)
+    if not all((shared / d).is_dir() for d in (CIFAR, "pacs-mini")):
+        print(f"paper smoke test skipped: {shared} (with {CIFAR}/ and pacs-mini/) not found; it runs where the "
+              "shared data folder exists (CI)")
+        return 0
+    os.environ.setdefault("CLIPUNLEARN_PROGRESS", "0")  # no progress bars in the executed notebooks
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    data_dir = prepare_data(shared, WORK_DIR / "data")
+    wanted = {n.strip() for n in args.notebooks.split(",") if n.strip()}
+    extra = {k: v for k, v in (("DEVICE", args.device), ("PRECISION", args.precision)) if v}
+    sys.path.insert(0, str(REPO_ROOT / "lib"))
+    from clipunlearn.paths import get_results_path
+    from clipunlearn.results import load_records
+
+    failures, total = [], time.perf_counter()
+    for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        if wanted and path.name[:2] not in wanted:
+            continue
+        parameters = notebook_parameters(path, data_dir=data_dir, extra=extra)
+        if parameters is None:
+            print(f"{path.name}: no paper branch to smoke-test (parameters {', '.join(REQUIRED)} not all declared, "
+                  "or skipped in its metadata)")
+            continue
+        results = get_results_path("paper", path.stem, quick=True)
+        results.unlink(missing_ok=True)
+        seconds, error = run_notebook(path, parameters, out_dir=WORK_DIR, timeout=args.timeout)
+        if error is None:
+            problems = check_records(load_records(results)) if results.exists() else [f"{results} not written"]
+        else:
+            problems = [error]
+        shown = {k: v for k, v in parameters.items() if k != "DATA_DIR"}
+        print(f"{path.name}: {'ok' if not problems else 'FAILED'} in {seconds:.0f} s ({shown})", flush=True)
+        for p in problems[:20]:
+            print(f"    {p}")
+        if problems:
+            failures.append(path.name)
+    print(f"paper smoke test: {time.perf_counter() - total:.0f} s; executed notebooks in {WORK_DIR}")
+    if failures:
+        print(f"paper smoke test FAILED: {', '.join(failures)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
