@@ -15,6 +15,11 @@ are random).
 
     python scripts/paper_smoke.py                      # every notebook with a paper branch
     python scripts/paper_smoke.py --notebooks 20 --device cuda --precision bf16
+    python scripts/paper_smoke.py --in-process         # no Jupyter kernel (a GPU box without Jupyter)
+
+``--in-process`` runs the code cells in this Python process, one namespace per notebook,
+the parameters set right after the parameters cell (what papermill injects); it needs
+neither papermill nor a kernel, only the notebooks' own imports.
 
 Exit status: 0 when every notebook ran and passed the checks, or when ``../shared/data``
 is missing (skipped, with a message); 1 otherwise. Executed notebooks are kept in
@@ -24,10 +29,14 @@ is missing (skipped, with a message); 1 otherwise. Executed notebooks are kept i
 from __future__ import annotations
 
 import argparse
+import ast
+import gc
+import json
 import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +74,26 @@ def prepare_data(shared: Path, dest: Path) -> Path:
     return dest
 
 
+def read_notebook(path: Path) -> dict:
+    """The notebook as JSON (no nbformat needed)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def declared_parameters(notebook: dict) -> list[str]:
+    """Names assigned in the notebook's cell tagged ``parameters`` (papermill's convention)."""
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse(_source(cell))
+            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)]
+    return []
+
+
 def notebook_parameters(path: Path, *, data_dir: Path, extra: dict | None = None) -> dict | None:
     """Return the papermill parameters of notebook ``path``, or None when it has no paper branch to test.
 
@@ -72,13 +101,11 @@ def notebook_parameters(path: Path, *, data_dir: Path, extra: dict | None = None
     ``metadata.clipunlearn.paper_smoke``; a ``skip`` entry there (or a missing required
     parameter) means None.
     """
-    import nbformat
-    import papermill
-
-    declared = papermill.inspect_notebook(str(path))
+    notebook = read_notebook(path)
+    declared = declared_parameters(notebook)
     if not all(name in declared for name in REQUIRED):
         return None
-    own = dict(nbformat.read(path, as_version=4).metadata.get("clipunlearn", {}).get("paper_smoke", {}))
+    own = dict(notebook.get("metadata", {}).get("clipunlearn", {}).get("paper_smoke", {}))
     if own.get("skip"):
         return None
     return select_parameters(declared, {**STANDARD, "DATA_DIR": str(data_dir), **(extra or {})}, own)
@@ -115,6 +142,41 @@ def check_records(records: list[dict]) -> list[str]:
     return problems
 
 
+def run_in_process(path: Path, parameters: dict) -> tuple[float, str | None]:
+    """Execute the code cells of ``path`` here, ``parameters`` set after its parameters cell; ``(seconds, error)``."""
+    try:
+        from IPython.display import display
+    except ImportError:  # no IPython: show tables as text
+        def display(*objects):
+            print(*objects)
+    namespace = {"__name__": "__main__", "display": display}
+    start, cwd = time.perf_counter(), os.getcwd()
+    os.chdir(path.parent)
+    try:
+        for i, cell in enumerate(read_notebook(path)["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            try:
+                exec(compile(_source(cell), f"{path.name} cell {i} ({cell.get('id')})", "exec"), namespace)
+            except Exception as err:  # noqa: BLE001  (reported as the notebook's failure)
+                traceback.print_exc()
+                return time.perf_counter() - start, f"cell {i} ({cell.get('id')}): {type(err).__name__}: {err}"
+            if "parameters" in cell.get("metadata", {}).get("tags", []):
+                namespace.update(parameters)
+        return time.perf_counter() - start, None
+    finally:
+        os.chdir(cwd)
+        namespace.clear()
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
 def run_notebook(path: Path, parameters: dict, *, out_dir: Path, timeout: int) -> tuple[float, str | None]:
     """Execute ``path`` with ``parameters``; return ``(seconds, error or None)``. A dead kernel is retried once."""
     import papermill
@@ -142,7 +204,9 @@ def main(argv=None) -> int:
     parser.add_argument("--notebooks", default="", help="comma-separated notebook numbers (default: all)")
     parser.add_argument("--device", default="", help="DEVICE parameter (default: the notebook's, auto)")
     parser.add_argument("--precision", default="", help="PRECISION parameter, fp32 or bf16 (where declared)")
+    parser.add_argument("--workers", type=int, default=None, help="WORKERS parameter (default 0: decode in-process)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--in-process", action="store_true", help="run the cells here, without papermill or a kernel")
     args = parser.parse_args(argv)
 
     shared = Path(args.shared_data)
@@ -151,10 +215,14 @@ def main(argv=None) -> int:
               "shared data folder exists (CI)")
         return 0
     os.environ.setdefault("CLIPUNLEARN_PROGRESS", "0")  # no progress bars in the executed notebooks
+    if args.in_process:
+        os.environ.setdefault("MPLBACKEND", "Agg")  # figures are saved, never shown
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_data(shared, WORK_DIR / "data")
     wanted = {n.strip() for n in args.notebooks.split(",") if n.strip()}
     extra = {k: v for k, v in (("DEVICE", args.device), ("PRECISION", args.precision)) if v}
+    if args.workers is not None:
+        extra["WORKERS"] = args.workers
     sys.path.insert(0, str(REPO_ROOT / "lib"))
     from clipunlearn.paths import get_results_path
     from clipunlearn.results import load_records
@@ -170,7 +238,10 @@ def main(argv=None) -> int:
             continue
         results = get_results_path("paper", path.stem, quick=True)
         results.unlink(missing_ok=True)
-        seconds, error = run_notebook(path, parameters, out_dir=WORK_DIR, timeout=args.timeout)
+        if args.in_process:
+            seconds, error = run_in_process(path, parameters)
+        else:
+            seconds, error = run_notebook(path, parameters, out_dir=WORK_DIR, timeout=args.timeout)
         if error is None:
             problems = check_records(load_records(results)) if results.exists() else [f"{results} not written"]
         else:
