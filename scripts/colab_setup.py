@@ -164,8 +164,10 @@ def fetch_data() -> bool:
         return False
 
 
-def setup(repo_dir=DEFAULT_REPO_DIR, *, data: bool = True, chdir: bool = True) -> Path:
+def setup(repo_dir=DEFAULT_REPO_DIR, *, extras=EXTRAS, data: bool = True, chdir: bool = True) -> Path:
     """Install what is missing, make ``clipunlearn`` importable, get the data, change into notebooks/.
+
+    ``extras``: optional dependency groups of pyproject.toml to install besides the runtime ones.
 
     Returns the repository folder. Raises RuntimeError when torch is missing (this
     path keeps an existing torch and never installs one) or pip fails.
@@ -176,7 +178,7 @@ def setup(repo_dir=DEFAULT_REPO_DIR, *, data: bool = True, chdir: bool = True) -
     if installed_version("torch") is None:
         raise RuntimeError("torch is not installed: this set-up keeps the installed torch and never installs one; "
                            "outside Colab use scripts/setup_env.sh (or pip install -c constraints.txt -e .)")
-    missing = missing_requirements(project_requirements(repo / "pyproject.toml"))
+    missing = missing_requirements(project_requirements(repo / "pyproject.toml", extras=extras))
     kept = ", ".join(f"{n} {v}" for n in ("torch", "numpy", "pandas") if (v := installed_version(n)))
     if missing:
         _say(f"installing what is missing: {', '.join(missing)} (keeping {kept})")
@@ -209,7 +211,7 @@ def default_repo_url(repo: Path = REPO_ROOT) -> str:
 
 
 def render_cell(repo_url: str | None = None, *, repo_dir: str = DEFAULT_REPO_DIR) -> str:
-    """Return the Colab cell (the second cell of every notebook) for ``repo_url`` (default: :func:`default_repo_url`)."""
+    """Return the Colab cell, the second cell of every notebook (``repo_url`` default: :func:`default_repo_url`)."""
     return CELL.format(repo_url=repo_url or default_repo_url(), repo_dir=repo_dir, mark=PLACEHOLDER_MARK)
 
 
@@ -219,7 +221,9 @@ def is_colab_cell(source: str) -> bool:
 
 
 def write_cells(notebooks, *, repo_url: str | None = None) -> list[Path]:
-    """Replace the Colab cell (second cell) of each notebook by :func:`render_cell`, keeping its id; return the changed."""
+    """Replace the Colab cell (second cell) of each notebook by :func:`render_cell`, keeping its id.
+
+    Returns the notebooks that changed."""
     import nbformat
 
     cell = render_cell(repo_url)
@@ -239,6 +243,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/colab_setup.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo-dir", default=str(REPO_ROOT), help="the checkout to set up (default: this one)")
     parser.add_argument("--no-data", action="store_true", help="skip the Fashion-MNIST fetch")
+    parser.add_argument("--extras", default=",".join(EXTRAS),
+                        help="comma-separated optional dependency groups to install too (default: %(default)s)")
     parser.add_argument("--print-cell", action="store_true", help="print the notebooks' Colab cell and exit")
     parser.add_argument("--write-cells", action="store_true", help="write that cell into notebooks/NN_*.ipynb")
     parser.add_argument("--repo-url", default=None, help="URL for the cell (default: git remote get-url origin)")
@@ -251,7 +257,7 @@ def main(argv=None) -> int:
         print("\n".join(f"updated {p.relative_to(REPO_ROOT)}" for p in changed) or "every notebook is up to date")
         return 0
     try:
-        setup(args.repo_dir, data=not args.no_data, chdir=False)
+        setup(args.repo_dir, extras=[e for e in args.extras.split(",") if e], data=not args.no_data, chdir=False)
     except RuntimeError as err:
         print(f"colab: ERROR: {err}", file=sys.stderr)
         return 1

@@ -97,7 +97,8 @@ SITE = Path(__file__).resolve().parents[1]
 SOURCE = os.environ["FAKE_PIP_SOURCE"]
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 name_of = lambda req: norm(re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req).group(1))
-find = lambda name, path: next((d for d in md.distributions(path=[str(path)]) if norm(d.metadata["Name"]) == name), None)
+find = lambda name, path: next((d for d in md.distributions(path=[str(path)])
+                                if norm(d.metadata["Name"]) == name), None)
 
 args, entry, requested, i = sys.argv[1:], {"args": sys.argv[1:], "installed": []}, [], 1
 while i < len(args):

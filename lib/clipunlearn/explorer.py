@@ -398,7 +398,11 @@ def build_explorer_ui(world: World, *, initial: ExplorerConfig | None = None,
     Changing the kind updates the target list; changing the method resets lr to
     its default (:data:`DEFAULT_LR`).
     """
-    import ipywidgets as w
+    try:
+        import ipywidgets as w
+    except ImportError as err:
+        raise ImportError("the explorer's UI needs ipywidgets: pip install -c constraints.txt -e '.[notebooks]' "
+                          "(run_explorer and plot_result work without it)") from err
 
     initial = check_config(initial or ExplorerConfig(), world=world)
     style = {"description_width": "70px"}
