@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Install this repository on Colab (or any machine with a working torch) without
-# reinstalling torch / torchvision: every other pinned dependency of pyproject.toml
-# is installed, then the package itself (editable, no dependency resolution).
+# Install this repository where torch is already installed (Colab) without touching it:
+# only the requirements that are missing are installed (never torch, torchvision, numpy,
+# pandas, ipykernel or jupyter; see scripts/colab_setup.py), Fashion-MNIST is fetched,
+# then the package itself is installed editable without dependencies, so new processes
+# (papermill kernels, `python -m clipunlearn`) import it. Inside a running notebook use
+# the notebooks' Colab cell instead: it needs no kernel restart.
+#
+#   bash scripts/colab_install.sh [--no-data]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python - <<'PY'
-import subprocess, sys, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-keep = [d for d in deps if not d.split("==")[0].strip() in ("torch", "torchvision")]
-subprocess.run([sys.executable, "-m", "pip", "install", "-q", *keep], check=True)
-subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "."], check=True)
-PY
-echo "clipunlearn installed; torch left as it was: $(python -c 'import torch; print(torch.__version__)')"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-python}"
+"$python" "$root/scripts/colab_setup.py" --repo-dir "$root" "$@"
+"$python" -m pip install --disable-pip-version-check -q --no-deps -e "$root"
+echo "clipunlearn installed; torch left as it was: $("$python" -c 'import torch; print(torch.__version__)')"

@@ -10,9 +10,12 @@
 #      the first Python >= 3.11 found ($CLIPUNLEARN_PYTHON, python3, python3.13,
 #      python3.12, python3.11). The pinned numpy, pandas, scikit-learn, matplotlib
 #      and ipykernel need Python >= 3.11.
-#   2. install `-e .[test]` when pyproject.toml changed since the last install
-#      (stamp file with its hash, inside .venv). In a foreign env that already has
-#      torch (Colab), torch/torchvision are kept and the other deps installed.
+#   2. install `-e .[test,notebooks]` with `-c constraints.txt` (every transitive
+#      version pinned) when pyproject.toml or constraints.txt changed since the last
+#      install (stamp file with their hash, inside .venv). On Colab only what is
+#      missing is installed (scripts/colab_install.sh: Colab's torch, numpy, pandas
+#      and ipykernel stay); in another foreign env that already has torch,
+#      torch/torchvision are kept and the other pinned deps installed.
 #   3. Fashion-MNIST from Debian (apt-get install dataset-fashion-mnist) when
 #      root, apt exists and the files are missing.
 #   4. default data: python -m clipunlearn data --fetch
@@ -87,34 +90,43 @@ _cu_pick_env() {
     mkdir -p "$_cu_state"
 }
 
-# 2. pip install -e .[test] unless the stamp says pyproject.toml is unchanged.
+# 2. pip install -c constraints.txt -e .[test,notebooks] unless the stamp says nothing changed.
 _cu_install() {
     local want stamp="$_cu_state/.clipunlearn-install.sha256" log="$_cu_state/clipunlearn-pip.log"
-    # hash of pyproject.toml + repo path + interpreter prefix
-    want="$( { cat "$_cu_root/pyproject.toml"; echo "$_cu_root"; "$PYTHON" -c 'import sys; print(sys.prefix)'; } | sha256sum | cut -d' ' -f1)"
+    local constraints="$_cu_root/constraints.txt"
+    # hash of pyproject.toml + constraints.txt + repo path + interpreter prefix
+    want="$( { cat "$_cu_root/pyproject.toml" "$constraints" 2>/dev/null; echo "$_cu_root"
+               "$PYTHON" -c 'import sys; print(sys.prefix)'; } | sha256sum | cut -d' ' -f1)"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
         && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("clipunlearn") is None)' 2>/dev/null; then
         return 0
     fi
     rm -f "$stamp"
     local pip=("$PYTHON" -m pip install --disable-pip-version-check -q)
-    if [[ "$_cu_foreign" == 1 ]] && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then
-        # foreign env with torch already there (Colab): keep its torch/torchvision
-        _cu_say "installing clipunlearn[test], keeping the installed torch (log: $log)"
-        local deps
+    [[ -f "$constraints" ]] || { _cu_err "$constraints is missing (restore it with git checkout)"; return 1; }
+    if [[ "$_cu_foreign" == 1 && ( -n "${COLAB_RELEASE_TAG:-}" || "${CLIPUNLEARN_FORCE_COLAB:-0}" == 1 ) ]]; then
+        # Colab: install only what is missing, never its torch / numpy / pandas / ipykernel
+        _cu_say "Colab: installing what is missing, keeping Colab's packages (log: $log)"
+        PYTHON="$PYTHON" bash "$_cu_root/scripts/colab_install.sh" --no-data --extras notebooks,test >"$log" 2>&1
+    elif [[ "$_cu_foreign" == 1 ]] && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then
+        # foreign env with torch already there: keep its torch/torchvision (and out of the constraints)
+        _cu_say "installing clipunlearn[test,notebooks], keeping the installed torch (log: $log)"
+        local deps kept="$_cu_state/constraints-without-torch.txt"
+        grep -v -i -E '^(torch|torchvision)==' "$constraints" >"$kept"
         mapfile -t deps < <("$PYTHON" - "$_cu_root/pyproject.toml" <<'EOF'
 import re, sys
 import tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-for dep in project["dependencies"] + project["optional-dependencies"]["test"]:
+extras = project["optional-dependencies"]
+for dep in project["dependencies"] + extras["test"] + extras["notebooks"]:
     if re.split(r"[^A-Za-z0-9_.-]", dep)[0].lower() not in ("torch", "torchvision"):
         print(dep)
 EOF
         )
-        { "${pip[@]}" "${deps[@]}" && "${pip[@]}" --no-deps -e "$_cu_root"; } >"$log" 2>&1
+        { "${pip[@]}" -c "$kept" "${deps[@]}" && "${pip[@]}" --no-deps -e "$_cu_root"; } >"$log" 2>&1
     else
-        _cu_say "installing clipunlearn[test] and pinned dependencies (log: $log)"
-        "${pip[@]}" -e "${_cu_root}[test]" >"$log" 2>&1
+        _cu_say "installing clipunlearn[test,notebooks] with the versions of constraints.txt (log: $log)"
+        "${pip[@]}" -c "$constraints" -e "${_cu_root}[test,notebooks]" >"$log" 2>&1
     fi || { tail -n 30 "$log" >&2; _cu_err "pip install failed, see $log"; return 1; }
     echo "$want" >"$stamp"
     _cu_say "install done"

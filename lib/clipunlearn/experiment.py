@@ -38,14 +38,17 @@ import torch
 from . import data, metrics
 from .results import make_record
 
-__all__ = ["CRITERION", "TASK_KINDS", "Task", "build_task", "evaluate_model", "validate_model", "selection_score",
-           "class_prompts", "run_method", "run_grid", "summarise_run"]
+__all__ = ["CRITERION", "MINI_LR_GRID", "TASK_KINDS", "Task", "build_task", "evaluate_model", "validate_model",
+           "selection_score", "class_prompts", "run_method", "run_grid", "run_selected", "run_forget_benchmark",
+           "run_ablation", "run_forget_ratio", "pick_classes", "summarise_run", "ResultStore"]
 
 #: Name of the one selection criterion (see :func:`selection_score`).
 CRITERION = "retain_minus_forget"
 TASK_KINDS = ("forget-class", "forget-subgroup", "forget-style-subgroup")
 #: Test subsets a task may define, in reporting order.
 EVAL_SETS = ("forget", "sibling", "retain", "other", "other_forget")
+#: The learning-rate grid of every loss-based method in the mini profile (log-spaced, a decade apart).
+MINI_LR_GRID = (1e-5, 1e-4, 1e-3)
 #: Methods whose forget term classifies forget images over every class prompt.
 NEEDS_CLASS_TEXTS = ("ga", "graddiff", "neggrad_plus", "random_labels")
 

@@ -246,19 +246,6 @@ def confusion_matrix(logits: torch.Tensor, targets: torch.Tensor, *, num_classes
     return counts / counts.sum(1, keepdim=True).clamp_min(1)
 
 
-def evaluate_forgetting(model, classifier, dataset, *, forget_idx, retain_idx, other_dataset=None, other_idx=None,
-                        batch_size: int = 512, device="cpu") -> dict[str, float]:
-    """Return ``{"forget_acc", "retain_acc"}`` (+ ``"other_acc"`` on ``other_dataset[other_idx]``)."""
-    out = {
-        "forget_acc": accuracy(model, classifier, dataset, indices=forget_idx, batch_size=batch_size, device=device),
-        "retain_acc": accuracy(model, classifier, dataset, indices=retain_idx, batch_size=batch_size, device=device),
-    }
-    if other_dataset is not None:
-        out["other_acc"] = accuracy(model, classifier, other_dataset, indices=other_idx, batch_size=batch_size,
-                                    device=device)
-    return out
-
-
 # --------------------------------------------------------------------------- #
 # Retrieval
 # --------------------------------------------------------------------------- #
