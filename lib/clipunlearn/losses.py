@@ -100,15 +100,16 @@ def forgetting_loss(model, batch: dict) -> torch.Tensor:
     return (img * txt).sum(-1).mean()
 
 
-def consistency_loss(model, original, batch: dict) -> torch.Tensor:
+def consistency_loss(model, original, batch: dict, *, features=None) -> torch.Tensor:
     """CLIPErase consistency module L_CM on retain pairs.
 
     ``KL(p_orig_img || p_unl_img) + KL(p_orig_txt || p_unl_txt)``, where ``p_img``
     is the softmax over each image's similarity row to the batch's texts and
     ``p_txt`` each text's row to the batch's images (project's choice of the
     unimodal distributions; ``batchmean`` KL, logit scales of each model).
+    ``features``: the model's ``(image, text)`` features of ``batch`` when already computed.
     """
-    img, txt = encode_pairs(model, batch)
+    img, txt = features if features is not None else encode_pairs(model, batch)
     with torch.no_grad():
         img_o, txt_o = encode_pairs(original, batch)
         logits_o = original.logit_scale.exp() * img_o @ txt_o.T
@@ -252,8 +253,11 @@ def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: floa
     """
     zero = torch.zeros((), device=forget_batch["images"].device)
     fm = forgetting_loss(model, forget_batch) if lambda2 else zero
-    rm = retention_loss(model, retain_batch) if lambda1 else zero
-    cm = consistency_loss(model, original, retain_batch) if lambda3 else zero
+    # the retain pairs are encoded once for both modules that use them
+    retain = encode_pairs(model, retain_batch) if (lambda1 or lambda3) else None
+    rm = (contrastive_loss(*retain, model.logit_scale.exp(), positives=pair_positives(retain_batch["labels"]))
+          if lambda1 else zero)
+    cm = consistency_loss(model, original, retain_batch, features=retain) if lambda3 else zero
     loss = lambda1 * rm + lambda2 * fm + lambda3 * cm
     return loss, {"fm": fm.item(), "rm": rm.item(), "cm": cm.item()}
 
