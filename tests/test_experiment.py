@@ -176,3 +176,103 @@ def test_run_selected_searches_on_the_first_seed_only(tmp_path, world):
     resumed = experiment.ResultStore(tmp_path / "r.json", match={"profile": "mini"}, resume=True)
     experiment.run_selected("x", tasks, run_fn=run_fn, grid={"lr": [1, 2]}, store=resumed)
     assert calls == []
+
+
+def test_subgroup_siblings_follow_the_given_hierarchy(world):
+    train, test = world
+    names = data.FASHION_MNIST_CLASSES
+    # the default is the Fashion-MNIST hierarchy, as before
+    default = experiment.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0)
+    explicit = experiment.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0,
+                                     hierarchy=data.FASHION_MNIST_HIERARCHY)
+    assert torch.equal(default.eval_sets["sibling"], explicit.eval_sets["sibling"])
+    tops = experiment.build_task(train, test, kind="forget-subgroup", target="shirt", seed=0,
+                                 hierarchy={"tops": ("t-shirt", "shirt", "pullover"), "rest": ("bag",)})
+    assert classes_of(test, tops.eval_sets["sibling"]) == {names.index("t-shirt"), names.index("pullover")}
+    assert classes_of(train, tops.val_sibling) == {names.index("t-shirt"), names.index("pullover")}
+    with pytest.raises(ValueError, match="in no group of the hierarchy; groups: tops, rest"):
+        experiment.build_task(train, test, kind="forget-subgroup", target="coat", seed=0,
+                              hierarchy={"tops": ("t-shirt", "shirt"), "rest": ("bag",)})
+    with pytest.raises(ValueError, match="unknown class name"):  # a hierarchy naming classes the data lacks
+        experiment.build_task(train, test, kind="forget-subgroup", target="shirt", seed=0,
+                              hierarchy={"tops": ("shirt", "blouse")})
+
+
+def test_paper_a_imagenet_groups_make_subgroup_tasks():
+    """Paper A's ImageNet groups (paper_a.json) on a dataset without styles: siblings are the other turtles."""
+    from clipunlearn.configs import load_paper_config
+
+    spec = load_paper_config("paper_a")["subgroup_tasks"]["box turtle"]
+    classnames = list(spec["classes"]) + ["goldfish", "tench"]
+    labels = torch.arange(len(classnames)).repeat(10)
+    images = [(torch.zeros(3, 8, 8), int(y)) for y in labels]
+    train, test = (data.LabeledImages(images, labels, classnames) for _ in range(2))
+    task = experiment.build_task(train, test, kind="forget-subgroup", target="box turtle", seed=0,
+                                 templates=("a photo of a {}.",), hierarchy={spec["group"]: spec["classes"]})
+    turtles = {classnames.index(c) for c in spec["classes"] if c != "box turtle"}
+    assert classes_of(test, task.eval_sets["sibling"]) == turtles
+    assert classes_of(test, task.eval_sets["retain"]) == {5, 6} and "other" not in task.eval_sets
+    assert classes_of(train, task.forget_train) == {classnames.index("box turtle")}
+
+
+def test_unlearning_score_rewards_forgetting_and_keeping():
+    original = {"forget_acc": 0.9, "sibling_acc": 0.8, "retain_acc": 0.8, "other_acc": 0.7}
+    ideal = {"forget_acc": 0.0, "sibling_acc": 0.8, "retain_acc": 0.85, "other_acc": 0.7}
+    assert experiment.unlearning_score(original, original) == 0.0  # nothing forgotten
+    assert experiment.unlearning_score(ideal, original) == pytest.approx(1.0)  # gains above the original cap at 1
+    hurts_siblings = dict(ideal, sibling_acc=0.2)
+    half = dict(ideal, forget_acc=0.45)
+    assert 0 < experiment.unlearning_score(hurts_siblings, original) < 1
+    assert experiment.unlearning_score(half, original) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert experiment.unlearning_score({"forget_acc": 0.1}, original) is None
+
+
+def coarse_world(n_per_class=6, seed=0):
+    """tiny_world with the Fashion-MNIST coarse labels."""
+    ds = tiny_world(n_per_class=n_per_class, seed=seed)
+    index = {c: data.FASHION_MNIST_COARSE.index(data.coarse_of(c)) for c in data.FASHION_MNIST_CLASSES}
+    coarse = torch.tensor([index[c] for c in data.FASHION_MNIST_CLASSES])[ds.targets]
+    return data.StyledImages(ds.images, ds.targets, ds.styles, ds.image_ids, classnames=ds.classnames,
+                             stylenames=ds.stylenames, coarse_targets=coarse,
+                             coarse_classnames=data.FASHION_MNIST_COARSE)
+
+
+def test_calibration_and_coarse_accuracy(world, tiny_resnet_clip):
+    train, test = world
+    model, tokenizer = tiny_resnet_clip
+    task = experiment.build_task(train, coarse_world(), kind="forget-subgroup", target="sandal", seed=0)
+    split = experiment.calibration_split(task, per_class=2)
+    # calibration images are validation images (never training pairs, never test images), <= 2 per class
+    assert set(split["forget"].tolist()) <= set(task.forget_val.tolist())
+    assert set(split["sibling"].tolist()) <= set(task.val_sibling.tolist())
+    assert set(split["retain"].tolist()) <= set(task.retain_val.tolist())
+    assert not set(torch.cat(list(split.values())).tolist()) & set(task.retain_train.tolist())
+    assert torch.bincount(train.targets[split["retain"]]).max() <= 2
+    calib = experiment.calibration_fn(task, tokenizer=tokenizer, per_class=2)(model)
+    assert set(calib) == {"forget_acc", "sibling_acc", "retain_acc"}
+    coarse = experiment.evaluate_coarse(model, task, tokenizer=tokenizer)
+    assert set(coarse) == {"coarse_forget_acc", "coarse_sibling_acc"} and all(0 <= v <= 1 for v in coarse.values())
+    no_coarse = experiment.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0)
+    with pytest.raises(ValueError, match="no coarse labels"):
+        experiment.evaluate_coarse(model, no_coarse, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="valid: forget, sibling"):
+        experiment.evaluate_coarse(model, task, tokenizer=tokenizer, sets=("members",))
+
+
+@pytest.mark.parametrize("kind, target", [("forget-subgroup", "sandal"), ("forget-style-subgroup", "sketch:sneaker")])
+def test_subgroup_validation_images_are_never_training_pairs(world, kind, target):
+    train, test = world
+    task = experiment.build_task(train, test, kind=kind, target=target, seed=0, retain_per_class=5)
+    trained = set(task.retain_train.tolist()) | set(task.forget_train.tolist())
+    assert len(task.retain_train.unique()) == len(task.retain_train)  # no pair twice
+    for split in (task.forget_val, task.retain_val, task.val_sibling):
+        assert not set(split.tolist()) & trained
+    assert torch.bincount(train.targets[task.retain_train]).max() <= 5  # siblings capped like the other classes
+
+
+def test_style_subgroup_validation_covers_every_kept_style(world):
+    train, test = world
+    task = experiment.build_task(train, test, kind="forget-style-subgroup", target="sketch:sneaker", seed=0,
+                                 val_fraction=0.5, val_per_class=3)
+    styles = train.styles[task.val_sibling]
+    assert sorted(styles.tolist()) == [0, 0, 0, 2, 2, 2]  # photo and negative sneakers, 3 each

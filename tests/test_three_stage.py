@@ -187,7 +187,7 @@ def test_three_stage_unlearn_smoke_on_a_resnet(tiny_resnet_clip, tiny_tokenizer)
     assert [t["alpha"] for t in result.alpha_curve] == [0.0, 0.5, 1.0]
     assert result.alpha == souping.select_alpha(result.alpha_curve, max_forget=result.config["max_forget"])
     assert result.metrics == next(t for t in result.alpha_curve if t["alpha"] == result.alpha)
-    assert set(result.seconds) == {"fisher", "forget", "align", "remind", "restore", "total"}
+    assert set(result.seconds) == {"fisher", "forget", "align", "remind", "restore", "report", "total"}
     assert result.config["n_layers"] == 3 and result.to_dict()["layers"] == result.layers
 
 
@@ -230,3 +230,132 @@ def test_three_stage_unlearn_rejects_bad_settings(tiny_resnet_clip, tiny_tokeniz
         three_stage.three_stage_unlearn(tiny_resnet_clip.model, calib_fn=calib_fn, layer_choice="best", **kwargs)
     with pytest.raises(ValueError, match="valid: image, text"):
         three_stage.candidate_layers(tiny_resnet_clip.model, encoders=("audio",))
+
+
+# --------------------------------------------------------------------------- #
+# On the shared harness (experiment.run_three_stage and friends)
+# --------------------------------------------------------------------------- #
+def subgroup_task(seed: int = 0, kind: str = "forget-subgroup", target: str = "sandal"):
+    from clipunlearn import experiment
+
+    from .test_experiment import tiny_world
+
+    return experiment.build_task(tiny_world(seed=0), tiny_world(n_per_class=6, seed=1), kind=kind, target=target,
+                                 seed=seed, retain_per_class=4, eval_per_class=3)
+
+
+SMALL = dict(n_layers=2, rank=2, forget_steps=3, remind_steps=2, align_steps=1, alphas=(0.0, 0.5, 1.0))
+
+
+def test_run_three_stage_returns_a_full_record(tiny_resnet_clip):
+    from clipunlearn import experiment
+
+    model, tokenizer = tiny_resnet_clip
+    task = subgroup_task()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unlearned, rec = experiment.run_three_stage(task, model=model, tokenizer=tokenizer, lr=1e-2, batch_size=8,
+                                                settings=dict(SMALL, margin=-2.0), calib_per_class=2, examples=2)
+    assert rec["method"] == "three_stage" and rec["task"] == "forget-subgroup"
+    assert rec["config"]["lr"] == 1e-2 and rec["config"]["forget_class"] == "sandal" and rec["config"]["soup"]
+    m = rec["metrics"]
+    for key in ("forget_acc", "sibling_acc", "retain_acc", "other_acc", "mia", "val_forget_acc", "val_retain_acc",
+                "score", "seconds", "peak_mem_mb", "alpha", "forget_steps"):
+        assert key in m, key
+    assert isinstance(m["per_class_acc"], dict) and isinstance(m["forget_confusion"], dict)
+    for stage in ("forget", "remind"):  # every scalar test metric after the first two stages
+        assert {f"after_{stage}/{k}" for k in ("forget_acc", "sibling_acc", "retain_acc", "other_acc", "mia")} <= set(m)
+    info = rec["three_stage"]
+    assert [name for name, _ in info["layer_scores"]][:2] == info["layers"]  # the top two by relative Fisher
+    scores = [s for _, s in info["layer_scores"]]
+    assert scores == sorted(scores, reverse=True)
+    assert info["forget"]["steps"] == 3 and len(info["forget"]["similarity"]) == 4  # before each step, and after
+    assert [row["alpha"] for row in info["alpha_curve"]] == [0.0, 0.5, 1.0] and info["alpha"] == m["alpha"]
+    assert {"forget_acc", "sibling_acc", "retain_acc"} <= set(info["alpha_curve"][0])
+    assert {"fisher", "forget", "align", "remind", "restore", "total"} <= set(info["seconds"])
+    shown = info["examples"]
+    assert len(shown["indices"]) == len(shown["labels"]) == len(shown["restore"]) == 4  # 2 sandals + 2 siblings
+    assert set(shown) >= {"original", "forget", "remind", "restore"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model passed in is untouched
+    assert any(not torch.equal(before[k], v) for k, v in unlearned.state_dict().items())
+    # the stages, as records (original first, then one per stage)
+    original = experiment.summarise_run(task, method="original", config={"seed": None},
+                                        test_metrics=experiment.evaluate_model(model, task, tokenizer=tokenizer))
+    staged = experiment.stage_records([original, rec], task="forget-subgroup")
+    assert [r["method"] for r in staged] == ["original", "after forgetting", "after reminding", "after restoring"]
+    assert staged[-1]["metrics"]["forget_acc"] == m["forget_acc"]
+    assert staged[1]["metrics"]["forget_acc"] == m["after_forget/forget_acc"]
+    assert "unlearning_score" in staged[1]["metrics"]
+
+
+def test_three_stage_cache_gives_the_same_model(tiny_resnet_clip):
+    from clipunlearn import experiment
+
+    model, tokenizer = tiny_resnet_clip
+    task = subgroup_task()
+    kwargs = dict(model=model, tokenizer=tokenizer, lr=1e-2, batch_size=8, settings=SMALL, calib_per_class=2,
+                  stage_metrics=False)
+    fresh, rec = experiment.run_three_stage(task, **kwargs)
+    cache = {}
+    first, _ = experiment.run_three_stage(task, cache=cache, **kwargs)
+    assert {key[0] for key in cache} == {"fisher", "forget", "align", "remind"}
+    n = len(cache)
+    again, rec_again = experiment.run_three_stage(task, cache=cache, **kwargs)
+    assert len(cache) == n and set(rec_again["three_stage"]["reused"]) == {"fisher", "forget", "remind"}
+    for sd in (first.state_dict(), again.state_dict()):
+        assert all(torch.equal(v, sd[k]) for k, v in fresh.state_dict().items())
+    assert rec_again["three_stage"]["layer_scores"] == rec["three_stage"]["layer_scores"]
+    # reused work is counted at its original time
+    assert rec_again["metrics"]["seconds"] >= rec_again["three_stage"]["seconds"]["reused"] > 0
+    assert not any(k.startswith("after_") for k in rec["metrics"])  # stage_metrics=False
+    # an ablation that only switches souping off reuses both training stages, exactly
+    no_soup = dict(kwargs, settings=dict(SMALL, soup=False))
+    alone, _ = experiment.run_three_stage(task, **no_soup)
+    shared, rec_shared = experiment.run_three_stage(task, cache=cache, **no_soup)
+    assert set(rec_shared["three_stage"]["reused"]) == {"fisher", "forget", "remind"}
+    assert all(torch.equal(v, shared.state_dict()[k]) for k, v in alone.state_dict().items())
+
+
+def test_subgroup_benchmark_and_ablation_records(tmp_path, tiny_resnet_clip):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clipunlearn import experiment, plots
+    from clipunlearn.results import load_records
+
+    model, tokenizer = tiny_resnet_clip
+    tasks = {"sandal": [subgroup_task(seed=s) for s in (0, 1)]}
+    store = experiment.ResultStore(tmp_path / "r.json", match={"profile": "mini"})
+    three = dict(batch_size=8, calib_per_class=1, settings=dict(SMALL, forget_steps=1, remind_steps=1,
+                                                                 alphas=(0.5, 1.0)))
+    records = experiment.run_subgroup_benchmark(
+        tasks, model=model, tokenizer=tokenizer, methods=["three_stage", "ga"],
+        grids={"three_stage": {"lr": [1e-3, 1e-2]}, "ga": {"lr": [1e-4]}}, steps=1, batch_size=8,
+        three_stage=three, store=store, progress=False)
+    results = [r for r in records if r["task"] == "forget-subgroup"]
+    assert [(r["method"], r["config"]["seed"]) for r in results] == [
+        ("original", None), ("three_stage", 0), ("three_stage", 1), ("ga", 0), ("ga", 1)]
+    assert all("unlearning_score" in r["metrics"] for r in results)
+    chosen = results[1]["config"]["selected"]["lr"]
+    assert results[2]["config"]["lr"] == chosen and results[2]["config"]["selected_on_seed"] == 0
+    picked = [r["config"]["selected"] for r in records if r["task"] == "selection" and r["method"] == "three_stage"]
+    assert sorted(picked) == [False, True]
+    ablation = experiment.run_three_stage_ablation(
+        tasks["sandal"], model=model, tokenizer=tokenizer, store=store,
+        variants={"three_stage-no_soup": {"soup": False}}, progress=False, **three)
+    assert [(r["method"], r["config"]["variant"]) for r in ablation] == [
+        ("original", "none"), ("three_stage", "full"), ("three_stage", "full"),
+        ("three_stage-no_soup", "no_soup"), ("three_stage-no_soup", "no_soup")]
+    no_soup = ablation[-1]
+    assert no_soup["task"] == "ablation" and no_soup["config"]["lr"] == chosen and no_soup["metrics"]["alpha"] == 1.0
+    saved = load_records(tmp_path / "r.json")
+    figures = plots.FIGURES["30_subgroup_forgetting"](saved)
+    for name in ("30_main_forget_subgroup.png", "30_ablation.png", "30_layer_ranking_forget_subgroup.png",
+                 "30_alpha_curve_forget_subgroup.png", "30_stages_forget_subgroup.png", "30_selection.png"):
+        assert name in figures, sorted(figures)
+    for fig in figures.values():
+        plt.close(fig)
+    with pytest.raises(ValueError, match="valid: three_stage, lipschitz_synthetic"):
+        experiment.run_subgroup_benchmark(tasks, model=model, tokenizer=tokenizer, methods=["erase"], grids={},
+                                          store=store)

@@ -4,8 +4,9 @@ Notebooks 10 (paper C and the baselines), 20 (paper B) and 30 (paper A) each run
 their methods on their own tasks through the shared harness. :func:`collect_records`
 gathers the runs that share a task and a target into one list; the benchmark
 notebook then runs only the method-task pairs still missing. :func:`add_scores`
-puts one number on every run, the :func:`forgetting_score`, so methods can be
+puts one number on every run, the unlearning score, so methods can be
 compared across tasks in one table or heat map.
+(:func:`clipunlearn.experiment.unlearning_score`).
 """
 
 from __future__ import annotations
@@ -14,34 +15,14 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .experiment import SCORE_RETAINED
 from .results import load_records
 
-__all__ = ["KEPT_METRICS", "forgetting_score", "add_scores", "collect_records", "missing_pairs"]
+__all__ = ["KEPT_METRICS", "MINI_SETTINGS", "add_scores", "collect_records", "missing_pairs",
+           "summary_table"]
 
 #: Accuracies a method should keep: the forgotten class's siblings, the other classes, the other styles.
-KEPT_METRICS = ("sibling_acc", "retain_acc", "other_acc")
-
-
-def forgetting_score(metrics: dict, original: dict) -> float:
-    """Return one number in [0, 1] for a run: the harmonic mean of forgetting and retention (1 = ideal).
-
-    ``forgetting = clip(1 - forget_acc / original forget_acc, 0, 1)`` (1: nothing of the
-    target is recognised any more); ``retention`` = the mean over :data:`KEPT_METRICS`
-    present in both of ``min(1, acc / original acc)`` (1: nothing else was lost). The
-    harmonic mean is 0 when either is 0, so forgetting by destroying the model and
-    keeping everything by forgetting nothing both score 0. (Project's definition: paper
-    A reports a "Score" whose formula is not public.)
-    """
-    f0 = original.get("forget_acc")
-    if not f0:
-        return math.nan
-    forgetting = min(1.0, max(0.0, 1.0 - metrics["forget_acc"] / f0))
-    kept = [min(1.0, metrics[k] / original[k]) for k in KEPT_METRICS
-            if metrics.get(k) is not None and original.get(k)]
-    if not kept:
-        return math.nan
-    retention = sum(kept) / len(kept)
-    return 0.0 if forgetting + retention == 0 else 2 * forgetting * retention / (forgetting + retention)
+KEPT_METRICS = SCORE_RETAINED
 
 
 def _original_of(records: Sequence[dict], record: dict) -> dict | None:
@@ -51,14 +32,16 @@ def _original_of(records: Sequence[dict], record: dict) -> dict | None:
 
 
 def add_scores(records: Sequence[dict]) -> list[dict]:
-    """Set ``metrics.score_vs_original`` (:func:`forgetting_score` against the original on the same task and
-    target) on every result record that has its original; return the records."""
+    """Set ``metrics.unlearning_score`` (:func:`clipunlearn.experiment.unlearning_score` against the original
+    on the same task and target) on every result record that has its original; return the records."""
+    from .experiment import unlearning_score
+
     for r in records:
         if r["method"] == "original" or r["task"] == "selection":
             continue
         original = _original_of(records, r)
         if original is not None and r["metrics"].get("forget_acc") is not None:
-            r["metrics"]["score_vs_original"] = forgetting_score(r["metrics"], original["metrics"])
+            r["metrics"]["unlearning_score"] = unlearning_score(r["metrics"], original["metrics"])
     return list(records)
 
 
@@ -66,8 +49,9 @@ def collect_records(paths: Iterable, *, tasks: dict[str, Sequence[str]], profile
                     quick: bool = False) -> list[dict]:
     """Return the result records of ``paths`` (results files) on the benchmark's tasks.
 
-    ``tasks``: ``{task kind: [targets]}``; only records of those kinds and targets (and
-    their ``original``) with matching ``profile`` / ``quick`` are kept, each tagged with
+    ``tasks``: ``{task kind: [targets]}``; only records of those kinds and targets (their
+    ``original`` and the ``selection`` records of their grids included) with matching
+    ``profile`` / ``quick`` are kept, each tagged with
     ``config.source`` (the file's stem). Missing files are skipped.
     """
     out = []
@@ -77,7 +61,8 @@ def collect_records(paths: Iterable, *, tasks: dict[str, Sequence[str]], profile
             continue
         for r in load_records(path):
             c = r["config"]
-            if (r["task"] in tasks and c.get("forget_class") in tasks[r["task"]]
+            kind = c.get("run_task") if r["task"] == "selection" else r["task"]
+            if (kind in tasks and c.get("forget_class") in tasks[kind]
                     and c.get("profile", profile) == profile and bool(c.get("quick", quick)) == quick):
                 out.append({**r, "config": {**c, "source": path.stem}})
     return out
@@ -89,3 +74,59 @@ def missing_pairs(records: Sequence[dict], *, methods: Sequence[str], tasks: dic
     have = {(r["method"], r["task"], r["config"].get("forget_class"), r["config"].get("seed")) for r in records}
     return [(m, kind, target) for kind, targets in tasks.items() for target in targets for m in methods
             if any((m, kind, target, s) not in have for s in seeds)]
+
+
+def summary_table(records: Sequence[dict], *, tasks: Sequence[str], methods: Sequence[str],
+                  numeric: bool = False):
+    """Return a methods x tasks table of forget accuracy, kept accuracy and score, mean ± sd over seeds.
+
+    Columns ``(task, "forget")`` (forget accuracy), ``(task, "kept")`` (mean of the kept
+    accuracies of :data:`KEPT_METRICS` the task has), ``(task, "score")``
+    (``metrics.unlearning_score``); with ``numeric=True`` floats (means) instead of
+    ``"mean ± sd"`` strings. The original model is the first row.
+    """
+    import statistics
+
+    import pandas as pd
+
+    def stats(values):
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if not values:
+            return None, None
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    rows = {}
+    for method in ["original", *methods]:
+        row = {}
+        for task in tasks:
+            runs = [r for r in records if r["method"] == method and r["task"] == task
+                    and not r["metrics"].get("failed")]
+            kept = [statistics.fmean([r["metrics"][k] for k in KEPT_METRICS if r["metrics"].get(k) is not None])
+                    for r in runs]
+            for col, values in (("forget", [r["metrics"].get("forget_acc") for r in runs]), ("kept", kept),
+                                ("score", [r["metrics"].get("unlearning_score") for r in runs])):
+                mean, sd = stats(values)
+                row[(task, col)] = mean if numeric else ("" if mean is None else f"{mean:.3f} ± {sd:.3f}")
+        rows[method] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["task", ""])
+    return frame
+
+
+#: The mini profile's settings of the methods that are not plain registered losses (the same as notebooks 20
+#: and 30) and every method's grid, for the runs the benchmark notebook adds.
+MINI_SETTINGS = dict(
+    grids={**{m: {"lr": [1e-5, 1e-4, 1e-3]} for m in ("ft", "ga", "graddiff", "neggrad_plus", "random_labels",
+                                                      "cliperase")},
+           "lipschitz_synthetic": {"lr": [5e-3, 1e-2, 2e-2]}, "three_stage": {"lr": [3e-4, 1e-3, 3e-3]}},
+    three_stage=dict(batch_size=32, calib_per_class=20, examples=0,
+                     settings=dict(n_layers=2, rank=4, margin=-0.2, forget_steps=100, align_steps=3,
+                                   remind_lr=3e-3, remind_steps=30, kd_weight=1.0, ema_decay=0.9)),
+    lipschitz=dict(
+        generation=dict(image_size=32, steps=600, step_size=3.5, jitter=2, blur_every=10, blur_sigma=0.5,
+                        norm_weight=1e-3, thresholds=0.99, threshold_decay=0.025, min_threshold=0.45,
+                        patience=60, logit_scale="model", grayscale=True, batch_size=96),
+        forgetting=dict(n_samples=25, threshold=0.1, max_epochs=30, betas=(0.9, 0.98), eps=1e-6,
+                        weight_decay=0.2, batch_size=64),
+        n_train=64, n_val=32),
+)

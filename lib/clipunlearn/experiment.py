@@ -40,7 +40,10 @@ from .results import make_record
 
 __all__ = ["CRITERION", "MINI_LR_GRID", "TASK_KINDS", "Task", "build_task", "evaluate_model", "validate_model",
            "selection_score", "class_prompts", "run_method", "run_grid", "run_selected", "run_forget_benchmark",
-           "run_ablation", "run_forget_ratio", "pick_classes", "summarise_run", "ResultStore"]
+           "run_ablation", "run_forget_ratio", "pick_classes", "summarise_run", "ResultStore",
+           "THREE_STAGE_ABLATIONS", "calibration_split", "calibration_fn", "evaluate_coarse", "unlearning_score",
+           "pick_examples", "run_three_stage", "record_original", "run_subgroup_benchmark",
+           "run_three_stage_ablation", "stage_records", "paper_a_table"]
 
 #: Name of the one selection criterion (see :func:`selection_score`).
 CRITERION = "retain_minus_forget"
@@ -109,8 +112,13 @@ class Task:
         return out
 
 
-def _parse_target(kind: str, target: str, classnames: Sequence[str], stylenames: Sequence[str] | None):
-    """Return ``(forget_classes, forget_style or None, sibling_classes)`` of a task target."""
+def _parse_target(kind: str, target: str, classnames: Sequence[str], stylenames: Sequence[str] | None,
+                  hierarchy: dict[str, Sequence[str]] | None = None):
+    """Return ``(forget_classes, forget_style or None, sibling_classes)`` of a task target.
+
+    Siblings of a subgroup are the other classes of its group in ``hierarchy``
+    (``{group: [class names]}``; default: ``data.FASHION_MNIST_HIERARCHY``).
+    """
     if kind not in TASK_KINDS:
         raise ValueError(f"unknown task kind {kind!r}; valid: {', '.join(TASK_KINDS)}")
     style = None
@@ -126,11 +134,15 @@ def _parse_target(kind: str, target: str, classnames: Sequence[str], stylenames:
     if kind == "forget-subgroup":
         if len(classes) != 1:
             raise ValueError("a subgroup task forgets one fine class; give one name")
-        group = data.coarse_of(names[0])
-        siblings = [list(classnames).index(c) for c in data.FASHION_MNIST_HIERARCHY[group] if c != names[0]]
+        hierarchy = data.FASHION_MNIST_HIERARCHY if hierarchy is None else hierarchy
+        groups = [g for g, members in hierarchy.items() if names[0] in members]
+        if not groups:
+            raise ValueError(f"{names[0]!r} is in no group of the hierarchy; groups: {', '.join(hierarchy)}")
+        group = groups[0]
+        siblings = data.check_classnames([c for c in hierarchy[group] if c != names[0]], classnames)
         if not siblings:
             raise ValueError(f"{names[0]!r} has no sibling classes in its group {group!r}; pick one of "
-                             + ", ".join(c for g in data.FASHION_MNIST_HIERARCHY.values() if len(g) > 1 for c in g))
+                             + ", ".join(c for g in hierarchy.values() if len(g) > 1 for c in g))
     return classes, style, siblings
 
 
@@ -143,7 +155,8 @@ def _pick(dataset, *, classes=None, exclude=(), styles=None, limit=None, seed=0)
 def build_task(train, test, *, kind: str = "forget-class", target: str, seed: int = 0,
                templates: Sequence = data.FASHION_MNIST_TEMPLATES, retain_per_class: int | None = 300,
                forget_limit: int | None = None, val_fraction: float = 0.1, val_per_class: int = 100,
-               eval_per_class: int | None = 300, members_limit: int = 300, n_seen: int | None = None) -> Task:
+               eval_per_class: int | None = 300, members_limit: int = 300, n_seen: int | None = None,
+               hierarchy: dict[str, Sequence[str]] | None = None) -> Task:
     """Return the :class:`Task` forgetting ``target`` (class names comma-separated, or ``style:class``).
 
     ``kind``: ``forget-class`` (whole classes; siblings none), ``forget-subgroup`` (one
@@ -156,10 +169,11 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     ``retain_per_class`` caps the retain pairs per class (None: all); ``eval_per_class``
     caps every test subset per class with a fixed draw (seed 0, the same for every
     seed and notebook). MIA members: up to ``members_limit`` forget training images
-    the model saw in training (``image_ids < n_seen`` when given).
+    the model saw in training (``image_ids < n_seen`` when given). ``hierarchy``
+    (``{group: [class names]}``, default the Fashion-MNIST one) names a subgroup's siblings.
     """
     stylenames = getattr(train, "stylenames", None) if getattr(train, "styles", None) is not None else None
-    classes, style, siblings = _parse_target(kind, target, train.classnames, stylenames)
+    classes, style, siblings = _parse_target(kind, target, train.classnames, stylenames, hierarchy)
     styled = stylenames is not None
     photo = [0] if styled else None
     other_styles = list(range(1, len(stylenames))) if styled else None
@@ -177,8 +191,9 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
         forget_train = forget_train[torch.randperm(len(forget_train), generator=g)[:forget_limit]].sort().values
     forget_val = forget_val[:val_per_class * len(classes)]
 
-    # retain pairs: other classes (photo); for a style subgroup also the class in its other styles
-    retain_all = _pick(train, exclude=classes, styles=photo)
+    # retain pairs: other classes (photo; a subgroup's siblings are split on their own below, so that no
+    # sibling validation image is also a training pair); for a style subgroup also the class in its other styles
+    retain_all = _pick(train, exclude=classes + siblings, styles=photo)
     retain_train, retain_val = split(retain_all)
     if retain_per_class is not None:
         retain_train = _cap_per_class(train, retain_train, retain_per_class, seed)
@@ -195,7 +210,8 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
         sib_all = _pick(train, classes=classes, styles=keep_styles)
         sib_train, val_sibling = split(sib_all)
         retain_train = torch.cat([retain_train, _cap_per_class(train, sib_train, retain_per_class, seed)])
-        val_sibling = val_sibling[:val_per_class * len(keep_styles)]
+        sib_styles = torch.as_tensor(train.styles)[val_sibling]  # val_per_class of each kept style
+        val_sibling = torch.cat([val_sibling[sib_styles == s][:val_per_class] for s in keep_styles])
     retain_train = retain_train.sort().values
 
     # fixed test subsets (seed 0 for every seed)
@@ -647,3 +663,470 @@ def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], classes
                 store.add(rec)
             out.append(rec)
     return out
+
+
+# --------------------------------------------------------------------------- #
+# Paper A: forgetting an image subgroup in three stages, on the same harness
+# --------------------------------------------------------------------------- #
+#: Paper A's ablations: method name -> switches of ``three_stage.three_stage_unlearn`` (variant = name after "-").
+THREE_STAGE_ABLATIONS = {
+    "three_stage-no_fisher_all": {"layer_choice": "all"},
+    "three_stage-no_fisher_random": {"layer_choice": "random"},
+    "three_stage-no_align": {"align": False},
+    "three_stage-no_distill": {"distill": False},
+    "three_stage-no_soup": {"soup": False},
+    "three_stage-no_lora": {"use_lora": False},
+}
+#: Three-stage records keep the test metrics after the first two stages as ``after_<stage>/<metric>``.
+STAGE_LABELS = {"forget": "after forgetting", "remind": "after reminding", "restore": "after restoring"}
+#: What :func:`unlearning_score` counts as retained accuracy.
+SCORE_RETAINED = ("sibling_acc", "retain_acc", "other_acc")
+
+
+def calibration_split(task: Task, *, per_class: int = 30, seed: int | None = None) -> dict[str, torch.Tensor]:
+    """Return paper A's calibration images, ``{"forget", "sibling", "retain"}`` indices into ``task.train``.
+
+    Carved from the task's *validation* images (``forget_val``, ``val_sibling``,
+    ``retain_val``; never test images): at most ``per_class`` per class, a seeded draw
+    (default: the task's seed). They are a subset of what :func:`validate_model`
+    scores: both are validation images, used only to choose (alpha here, the grid there).
+    """
+    seed = task.seed if seed is None else seed
+    parts = {"forget": task.forget_val, "retain": task.retain_val}
+    if task.val_sibling is not None and len(task.val_sibling):
+        parts["sibling"] = task.val_sibling
+    return {k: _cap_per_class(task.train, v, per_class, seed) for k, v in parts.items()}
+
+
+def calibration_fn(task: Task, *, tokenizer, per_class: int = 30, device="cpu") -> Callable[[object], dict]:
+    """Return ``calib(model) -> {"forget_acc", "sibling_acc", "retain_acc"}`` on :func:`calibration_split`."""
+    split = calibration_split(task, per_class=per_class)
+
+    @torch.no_grad()
+    def calib(model) -> dict:
+        model.eval()
+        clf = metrics.build_classifier(model, tokenizer, task.classnames, task.templates, device=device)
+        return {f"{k}_acc": metrics.accuracy(model, clf, task.train, indices=idx, device=device)
+                for k, idx in split.items()}
+
+    return calib
+
+
+@torch.no_grad()
+def evaluate_coarse(model, task: Task, *, tokenizer, sets: Sequence[str] = ("forget", "sibling"), device="cpu",
+                    batch_size: int = 1024) -> dict:
+    """Return ``coarse_<set>_acc``: test accuracy of a zero-shot classifier over the *coarse* class names.
+
+    The test images are relabelled with their coarse classes
+    (``dataset.with_targets(coarse_targets, coarse_classnames)``; Fashion-MNIST: top,
+    pants, dress, shoe, bag) and classified with the task's templates over those names:
+    does a forgotten sandal still count as a shoe?
+    """
+    test = task.test
+    if getattr(test, "coarse_targets", None) is None or not getattr(test, "coarse_classnames", None):
+        raise ValueError("the task's test set has no coarse labels (coarse_targets / coarse_classnames); coarse "
+                         "accuracy needs a dataset with a class hierarchy, e.g. data.load_fashion_mnist")
+    unknown = [s for s in sets if s not in task.eval_sets]
+    if unknown:
+        raise ValueError(f"unknown test subsets {unknown}; valid: {', '.join(task.eval_sets)}")
+    coarse = test.with_targets(test.coarse_targets, test.coarse_classnames)
+    model.eval()
+    clf = metrics.build_classifier(model, tokenizer, coarse.classnames, task.templates, device=device)
+    return {f"coarse_{name}_acc": metrics.accuracy(model, clf, coarse, indices=task.eval_sets[name],
+                                                   batch_size=batch_size, device=device) for name in sets}
+
+
+def unlearning_score(metrics_: dict, original: dict) -> float | None:
+    """Return the project's aggregate score of a run against the untouched model (paper A's formula is not public).
+
+    ``2 F R / (F + R)``, the harmonic mean of forgetting ``F = clip(1 - forget_acc /
+    original forget_acc, 0, 1)`` and retention ``R`` = the mean, over ``sibling_acc``,
+    ``retain_acc`` and ``other_acc`` (those both have), of ``min(1, acc / original acc)``;
+    0 when both are 0. The untouched model scores 0, and so does a model that forgets
+    everything. None when a number is missing.
+    """
+    f, f0 = metrics_.get("forget_acc"), original.get("forget_acc")
+    kept = [min(1.0, metrics_[k] / original[k]) for k in SCORE_RETAINED
+            if metrics_.get(k) is not None and original.get(k) and math.isfinite(metrics_[k])]
+    if f is None or not f0 or not kept or not math.isfinite(f):
+        return None
+    forgetting = min(1.0, max(0.0, 1.0 - f / f0))
+    retention = max(0.0, sum(kept) / len(kept))
+    return 0.0 if forgetting + retention == 0 else 2 * forgetting * retention / (forgetting + retention)
+
+
+def pick_examples(task: Task, *, per_set: int = 4, sets: Sequence[str] = ("forget", "sibling")) -> torch.Tensor:
+    """Return test indices of a few images of the forget and sibling subsets (for before / after pictures).
+
+    Siblings are spread over their classes; the draw is fixed (the first images of each class).
+    """
+    out = []
+    for name in sets:
+        idx = task.eval_sets.get(name)
+        if idx is None or not len(idx):
+            continue
+        targets = torch.as_tensor(task.test.targets)[idx]
+        classes = targets.unique().tolist()
+        take = -(-per_set // len(classes))
+        out += [idx[targets == c][:take] for c in classes]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def _scalars(metrics_: dict) -> dict:
+    return {k: v for k, v in metrics_.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_size: int = 32,
+                    settings: dict | None = None, method: str = "three_stage", calib_per_class: int = 30,
+                    stage_metrics: bool = True, extra_metrics: Callable[[object, Task], dict] | None = None,
+                    examples: int = 0, cache: dict | None = None, device="cpu",
+                    seed: int | None = None, progress: bool = False, config: dict | None = None):
+    """Run paper A's three stages on a fresh copy of ``model`` for ``task``; return ``(model, record)``.
+
+    Forget / retain pairs: ``unlearning.make_pair_loader`` over ``task.forget_train`` /
+    ``task.retain_train`` (siblings included) with ``task.templates``, ``batch_size``.
+    ``lr`` is the forgetting stage's learning rate (what the grid searches); ``settings``:
+    other keyword arguments of ``three_stage.three_stage_unlearn`` (the ablation switches
+    among them). Alpha is chosen on :func:`calibration_fn` (validation images, largest
+    mean of sibling and retain accuracy with forget accuracy <= ``max_forget``).
+
+    The record holds the test metrics of :func:`evaluate_model` on the final model (plus
+    ``extra_metrics(model, task)``), the validation numbers of :func:`validate_model`
+    (``score``: the selection criterion), ``seconds`` (the method's time, reports left
+    out) and ``peak_mem_mb`` (``metrics.measure_run``); with ``stage_metrics`` also the test
+    metrics after forgetting and after reminding (``after_forget/<metric>``,
+    ``after_remind/<metric>``; computed once per stage, never used for a choice). The
+    record's ``three_stage`` entry keeps each stage's report: the relative-Fisher ranking
+    (``layer_scores``, ``[layer, score]`` high to low), the tuned ``layers``, the forgetting
+    stage's similarity curve, alignment and reminding losses, ``alpha_curve`` and
+    ``alpha``, per-stage ``seconds`` (``reused``: the stages taken from ``cache``; ``seconds`` counts
+    them at their original time), and with ``examples`` the predicted classes of that many
+    forget and sibling test images (:func:`pick_examples`) before and after each stage.
+    ``cache``: see ``three_stage_unlearn`` (one dict per model).
+    """
+    from . import three_stage
+    from .models import copy_frozen
+    from .unlearning import make_pair_loader
+
+    settings = dict(settings or {})
+    if "forget_lr" in settings:
+        raise ValueError("give the forgetting stage's learning rate as lr=, not settings['forget_lr']")
+    seed = task.seed if seed is None else seed
+
+    def pairs(idx, shift):
+        return make_pair_loader(task.train, tokenizer=tokenizer, templates=task.templates, indices=idx,
+                                batch_size=batch_size, seed=task.seed * 7 + shift, device=device)
+
+    def predict(m) -> list[int]:
+        clf = metrics.build_classifier(m, tokenizer, task.classnames, task.templates, device=device)
+        logits, _ = metrics.predict_logits(m, clf, task.test, indices=example_idx, device=device)
+        return logits.argmax(1).tolist()
+
+    example_idx = pick_examples(task, per_set=examples) if examples else None
+    shown = None
+    if example_idx is not None and len(example_idx):
+        shown = {"indices": example_idx.tolist(), "labels": torch.as_tensor(task.test.targets)[example_idx].tolist(),
+                 "original": predict(model)}
+
+    def stage_fn(stage: str, m) -> dict:
+        out = {}
+        if stage_metrics or stage == "restore":
+            out.update(evaluate_model(m, task, tokenizer=tokenizer, device=device))
+            if extra_metrics is not None:
+                out.update(extra_metrics(m, task))
+        if shown is not None:
+            shown[stage] = predict(m)
+        return out
+
+    calib = calibration_fn(task, tokenizer=tokenizer, per_class=calib_per_class, device=device)
+    has_siblings = task.val_sibling is not None and len(task.val_sibling) > 0  # as calibration_split
+    unlearned = copy.deepcopy(model)
+    original = copy_frozen(model)
+    with metrics.measure_run(device=device) as cost:
+        result = three_stage.three_stage_unlearn(
+            unlearned, original=original, forget_loader=pairs(task.forget_train, 0),
+            retain_loader=pairs(task.retain_train, 1), calib_fn=calib, forget_key="forget_acc",
+            retain_key=("sibling_acc", "retain_acc") if has_siblings else "retain_acc", forget_lr=lr,
+            stage_fn=stage_fn, cache=cache, device=device, seed=seed, progress=progress, **settings)
+    del original
+    # the method's own cost: stage reports left out, work reused from the cache counted at its original time
+    cost["seconds"] = max(0.0, cost["seconds"] - result.seconds.get("report", 0.0)) + result.seconds.get("reused", 0.0)
+    stages = result.stages
+    test = stages["restore"]
+    val = validate_model(unlearned, task, tokenizer=tokenizer, device=device)
+    info = result.to_dict()
+    forget = info["forget"]
+    remind = info["remind"]
+    report = {
+        "layer_scores": [[name, float(s)] for name, s in info["layer_scores"].items()],
+        "layers": info["layers"], "alpha": info["alpha"], "alpha_curve": info["alpha_curve"],
+        "forget": {"steps": forget["steps"], "stopped": forget["stopped"],
+                   "similarity": [h["similarity"] for h in forget["history"]]},
+        "alignment": info["alignment"],
+        "remind": {k: remind[k] for k in ("steps", "loss_before", "loss_after", "skipped") if k in remind},
+        "seconds": info["seconds"], "reused": info["reused"],
+    }
+    if shown is not None:
+        report["examples"] = shown
+    hparams = {k: v for k, v in info["config"].items() if k not in ("forget_lr", "seed")}
+    record = summarise_run(task, method=method,
+                           config={"lr": lr, "batch_size": batch_size, "calib_per_class": calib_per_class, **hparams,
+                                   **(config or {})},
+                           test_metrics=test, cost=cost, val=val, three_stage=report)
+    m = record["metrics"]
+    for stage in ("forget", "remind"):
+        m.update({f"after_{stage}/{k}": v for k, v in _scalars(stages.get(stage, {})).items()})
+    finite = all(math.isfinite(v) for v in (forget["similarity_after"], remind.get("loss_after", 0.0)))
+    m.update(alpha=info["alpha"], forget_steps=forget["steps"], steps=forget["steps"] + remind.get("steps", 0),
+             best_step=None, stopped_early=None if finite else "non-finite loss", failed=not finite)
+    return unlearned, record
+
+
+def _with_extras(run_fn: Callable[..., tuple], *, original: dict | None,
+                 extra_metrics: Callable[[object, Task], dict] | None, skip_extra: bool = False) -> Callable:
+    """Wrap ``run_fn(task, **candidate)``: add ``extra_metrics(model, task)`` and ``unlearning_score`` to its record."""
+    def wrapped(task, **candidate):
+        model, record = run_fn(task, **candidate)
+        if extra_metrics is not None and not skip_extra:
+            record["metrics"].update(extra_metrics(model, task))
+        if original is not None:
+            record["metrics"]["unlearning_score"] = unlearning_score(record["metrics"], original["metrics"])
+        return model, record
+    return wrapped
+
+
+def record_original(tasks: dict[str, Sequence[Task]], *, model, tokenizer, store=None,
+                    extra_metrics: Callable[[object, Task], dict] | None = None, device="cpu") -> dict[str, dict]:
+    """Return ``{target: record}`` of the untouched model (method ``original``, ``config.seed`` None) per target."""
+    out = {}
+    for target, seeded in tasks.items():
+        first = seeded[0]
+        rec = store.find(method="original", task=first.kind, forget_class=target) if store is not None else None
+        if rec is None:
+            test = evaluate_model(model, first, tokenizer=tokenizer, device=device)
+            if extra_metrics is not None:
+                test.update(extra_metrics(model, first))
+            rec = summarise_run(first, method="original", config={"seed": None}, test_metrics=test,
+                                val=validate_model(model, first, tokenizer=tokenizer, device=device))
+            rec["metrics"]["unlearning_score"] = unlearning_score(rec["metrics"], rec["metrics"])
+            if store is not None:
+                store.add(rec)
+        out[target] = rec
+    return out
+
+
+def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer, methods: Sequence[str],
+                           grids: dict[str, dict], steps: int = 30, batch_size: int = 32,
+                           three_stage: dict | None = None, lipschitz: dict | None = None,
+                           extra_metrics: Callable[[object, Task], dict] | None = None, store,
+                           cache: dict | None = None, device="cpu", progress: bool = True) -> list[dict]:
+    """Run paper A's comparison on ``tasks`` (``{target: [task per seed]}``); return every record.
+
+    The untouched model first (:func:`record_original`), then each of ``methods`` on every
+    target through :func:`run_selected` (``grids[method]`` searched on the first seed by
+    :func:`selection_score`, the other seeds rerun the chosen values):
+
+    * ``"three_stage"``: :func:`run_three_stage` (``three_stage``: its keyword arguments,
+      e.g. ``settings``, ``batch_size``, ``calib_per_class``, ``examples``);
+    * ``"lipschitz_synthetic"``: paper B on synthetic images of the forgotten *class*
+      (``lipschitz.generate_task_synthetic`` per target and seed, then
+      ``lipschitz.run_lipschitz``), selected data-free on held-out synthetic images, the
+      oracle score on real forget validation images recorded beside it (never used);
+      ``lipschitz``: ``{"generation", "forgetting", "n_train", "n_val"}``;
+    * a registered loss (``"ft"``, ``"ga"``, ``"cliperase"``, ...): :func:`run_method` with
+      ``steps`` and ``batch_size``.
+
+    Every record gets ``extra_metrics(model, task)`` and ``unlearning_score`` (against the
+    original of its target). With ``store`` records are saved as they come and finished
+    runs are skipped on resume; ``cache`` is ``run_three_stage``'s.
+    """
+    from tqdm.auto import tqdm
+
+    from .losses import LOSSES
+
+    valid = ("three_stage", "lipschitz_synthetic", *LOSSES)
+    unknown = [m for m in methods if m not in valid]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; valid: {', '.join(valid)}")
+    missing = [m for m in methods if m not in grids]
+    if missing:
+        raise ValueError(f"no grid for {missing}: give grids={{method: {{'lr': [...]}}}} for every method")
+    originals = record_original(tasks, model=model, tokenizer=tokenizer, store=store, extra_metrics=extra_metrics,
+                                device=device)
+    records = list(originals.values())
+    synthetic: dict = {}
+    three_kwargs = dict(three_stage or {})
+    lip = dict(lipschitz or {})
+
+    def synthetic_set(task):
+        from .lipschitz import generate_task_synthetic
+
+        key = (task.kind, task.target, task.seed)
+        if key not in synthetic:
+            synthetic[key] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=lip.get("n_train", 64),
+                                                     n_val=lip.get("n_val", 32), generation=lip["generation"],
+                                                     seed=task.seed, device=device)
+        return synthetic[key]
+
+    jobs = [(m, t) for t in tasks for m in methods]
+    for method, target in tqdm(jobs, desc="methods x targets", disable=not progress):
+        oracle_fn = None
+        if method == "three_stage":
+            def run_fn(task, **candidate):
+                return run_three_stage(task, model=model, tokenizer=tokenizer, cache=cache, device=device,
+                                       extra_metrics=extra_metrics, **{**three_kwargs, **candidate})
+        elif method == "lipschitz_synthetic":
+            if "generation" not in lip:
+                raise ValueError("lipschitz_synthetic needs lipschitz={'generation': {...}, 'forgetting': {...}}")
+
+            def run_fn(task, **candidate):
+                from .lipschitz import run_lipschitz
+
+                forget, val, cost = synthetic_set(task)
+                return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget,
+                                     val_forget=(val, None), data_free=True, method="lipschitz_synthetic",
+                                     config={"synthetic": dict(cost)}, device=device,
+                                     **{**lip.get("forgetting", {}), **candidate})
+
+            oracle_fn = lambda m, task: validate_model(m, task, tokenizer=tokenizer, device=device)  # noqa: E731
+        else:
+            def run_fn(task, **candidate):
+                return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
+                                  device=device, **candidate)
+        wrapped = _with_extras(run_fn, original=originals[target], extra_metrics=extra_metrics,
+                               skip_extra=method == "three_stage")  # run_three_stage adds them per stage
+        records += run_selected(method, tasks[target], run_fn=wrapped, grid=grids[method], store=store,
+                                oracle_fn=oracle_fn)
+    return records
+
+
+def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
+                             variants: dict[str, dict] = THREE_STAGE_ABLATIONS,
+                             extra_metrics: Callable[[object, Task], dict] | None = None,
+                             cache: dict | None = None, device="cpu", progress: bool = True,
+                             **three_stage_kwargs) -> list[dict]:
+    """Rerun three-stage on ``tasks`` (one target, every seed) with each ablation's switches; return the records.
+
+    ``variants``: ``{method name: switches}`` (default :data:`THREE_STAGE_ABLATIONS`); the
+    forgetting learning rate is the one ``three_stage`` selected on this target (its
+    stored record of the first seed), every other setting as in ``three_stage_kwargs``
+    (:func:`run_three_stage`'s; ``settings`` is updated with the switches; no stage metrics
+    or examples are recorded). Records have
+    task ``ablation`` and ``config.variant`` (the name after ``three_stage-``); the original
+    model (variant ``none``) and the main runs (``full``) are added as ablation rows, so
+    the table is complete from the file alone.
+    """
+    from tqdm.auto import tqdm
+
+    first = tasks[0]
+    main = store.find(method="three_stage", task=first.kind, forget_class=first.target, seed=first.seed)
+    original = store.find(method="original", task=first.kind, forget_class=first.target)
+    if main is None or original is None:
+        raise ValueError(f"run run_subgroup_benchmark with 'three_stage' on {first.target!r} ({first.kind}) first: "
+                         "it selects the learning rate")
+    lr = main["config"]["selected"]["lr"]
+    base = dict(three_stage_kwargs.pop("settings", None) or {})
+    out = [make_record(method="original", task="ablation", config={**original["config"], "variant": "none"},
+                       metrics=original["metrics"])]
+    for task in tasks:
+        rec = store.find(method="three_stage", task=task.kind, forget_class=task.target, seed=task.seed)
+        if rec is not None:
+            out.append(make_record(method="three_stage", task="ablation", config={**rec["config"], "variant": "full"},
+                                   metrics=rec["metrics"]))
+    store.add(*out)  # the reference rows first, so tables list them first
+    jobs = [(task, name) for task in tasks for name in variants]
+    for task, name in tqdm(jobs, desc="ablations", disable=not progress):
+        variant = name.split("-", 1)[1] if name.startswith("three_stage-") else name
+        done = store.find(method=name, task="ablation", forget_class=task.target, seed=task.seed, variant=variant)
+        if done is None:
+            _, done = run_three_stage(task, model=model, tokenizer=tokenizer, lr=lr, method=name,
+                                      settings={**base, **variants[name]}, extra_metrics=extra_metrics, cache=cache,
+                                      device=device, config={"variant": variant, "selected_on_seed": first.seed},
+                                      **{**three_stage_kwargs, "stage_metrics": False, "examples": 0})
+            done["task"] = "ablation"
+            done["metrics"]["unlearning_score"] = unlearning_score(done["metrics"], original["metrics"])
+            store.add(done)
+        out.append(done)
+    return out
+
+
+def stage_records(records: Sequence[dict], *, task: str, method: str = "three_stage") -> list[dict]:
+    """Return ``method``'s runs on ``task`` stage by stage, as records whose ``method`` is the stage.
+
+    The untouched model (``original``), then one record per run and stage: "after
+    forgetting" and "after reminding" from the ``after_<stage>/<metric>`` test metrics,
+    "after restoring" = the run's own metrics; each gets ``unlearning_score`` against the
+    original. For ``report.summarise`` and ``plots.plot_method_bars`` (derived, not saved).
+    """
+    chosen = [r for r in records if r.get("task") == task]
+    originals = [r for r in chosen if r["method"] == "original"]
+    runs = [r for r in chosen if r["method"] == method and not r["metrics"].get("failed")]
+    if not runs:
+        raise ValueError(f"no {method!r} records of task {task!r}; tasks present: "
+                         + ", ".join(sorted({str(r.get('task')) for r in records})))
+    by_target = {r["config"].get("forget_class"): r["metrics"] for r in originals}
+    out = [dict(r) for r in originals]
+    for stage, label in STAGE_LABELS.items():
+        for r in runs:
+            if stage == "restore":
+                m = {k: v for k, v in r["metrics"].items() if "/" not in k}
+            else:
+                prefix = f"after_{stage}/"
+                m = {k[len(prefix):]: v for k, v in r["metrics"].items() if k.startswith(prefix)}
+                if not m:
+                    continue
+            original = by_target.get(r["config"].get("forget_class"))
+            if original is not None:
+                m["unlearning_score"] = unlearning_score(m, original)
+            out.append(make_record(method=label, task=task, config={**r["config"], "stage": stage}, metrics=m))
+    return out
+
+
+#: Paper A's reported quantities -> ours (the settings differ: ImageNet monkeys vs Fashion-MNIST shoes).
+PAPER_A_COLUMNS = {"target": "forget_acc", "retain (siblings)": "sibling_acc", "all classes": "retain_acc",
+                   "transfer": "other_acc", "score": "unlearning_score"}
+#: Paper A's transfer columns that ``transfer`` averages (ObjectNet is not a registered dataset here).
+PAPER_A_TRANSFER = ("cifar10", "food101", "stl10")
+PAPER_A_METHODS = {"original": "original", "ga": "ga", "lip": "lipschitz_synthetic", "three_stage": "three_stage",
+                   "emmn": None}
+
+
+def paper_a_table(records: Sequence[dict], *, reported: dict, task: str = "forget-subgroup",
+                  target: str = "marmoset", backbone: str = "RN50"):
+    """Return a DataFrame of paper A's reported numbers (``reported[target][backbone]``) beside ours on ``task``.
+
+    Rows: the paper's methods (EMMN has no counterpart here: ours empty); columns
+    ``(quantity, "paper" | "ours")`` per :data:`PAPER_A_COLUMNS`: target -> ``forget_acc``;
+    retain, the paper's other subgroups of the group -> ``sibling_acc``; ImageNet-all ->
+    ``retain_acc`` (the other classes); transfer, the mean of the paper's CIFAR-10 /
+    Food-101 / STL-10 zero-shot accuracies -> ``other_acc`` (other styles in the mini
+    world, those datasets in the paper profile); Score -> ``unlearning_score`` (our formula,
+    the paper's is not public). Ours: mean ± sd over seeds. The settings do not really
+    correspond; the table puts the shapes side by side.
+    """
+    import pandas as pd
+
+    from .report import format_mean_std, mean_std
+
+    if target not in reported or backbone not in reported[target]:
+        raise ValueError(f"no reported numbers for {target!r} / {backbone!r}; targets: "
+                         + ", ".join(k for k, v in reported.items() if isinstance(v, dict) and backbone in v))
+    rows, index = [], []
+    for name, values in reported[target][backbone].items():
+        ours_method = PAPER_A_METHODS.get(name, name)
+        group = [r for r in records if r.get("task") == task and r["method"] == ours_method
+                 and not r["metrics"].get("failed")] if ours_method else []
+        transfer = [values[k] for k in PAPER_A_TRANSFER if values.get(k) is not None]
+        theirs = {"target": values.get("target"), "retain (siblings)": values.get("retain"),
+                  "all classes": values.get("imagenet"), "score": values.get("score"),
+                  "transfer": sum(transfer) / len(transfer) if transfer else None}
+        row = {}
+        for col, metric in PAPER_A_COLUMNS.items():
+            row[(col, "paper")] = "" if theirs[col] is None else f"{theirs[col]:.3f}"
+            mean, std, _ = mean_std(group, metric)
+            row[(col, "ours")] = format_mean_std(mean, std)
+        rows.append(row)
+        index.append(f"{name} ({ours_method or 'not run'})")
+    frame = pd.DataFrame(rows, index=pd.Index(index, name="method (ours)"))
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame

@@ -501,6 +501,36 @@ def plot_tradeoff(records: list[dict], *, task: str | None = "forget-class", met
 # --------------------------------------------------------------------------- #
 # Figures from tensors (also used by the registry with stored lists)
 # --------------------------------------------------------------------------- #
+def plot_benchmark_heatmap(records: list[dict], *, tasks: Sequence[str], methods: Sequence[str] | None = None,
+                           metric: str = "unlearning_score"):
+    """Methods x tasks heat map of ``metric`` (mean over seeds, annotated "mean\n± sd"); the original is left out."""
+    import numpy as np
+
+    present = [r for r in records if r["task"] in tasks and r["method"] != "original"
+               and get_metric(r, metric) is not None]
+    if not present:
+        raise NoDataError(f"no record of the tasks {list(tasks)} has {metric}")
+    order = [m for m in order_methods([r["method"] for r in present], methods) if m != "original"]
+    values = np.full((len(order), len(tasks)), np.nan)
+    labels = [["" for _ in tasks] for _ in order]
+    for i, method in enumerate(order):
+        for j, task in enumerate(tasks):
+            mean, std, n = mean_std([r for r in present if r["method"] == method and r["task"] == task], metric)
+            if mean is not None:
+                values[i, j] = mean
+                labels[i][j] = f"{mean:.2f}" + (f"\n± {std:.2f}" if std is not None and n > 1 else "")
+    plt = _pyplot()
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.9 * len(tasks) + 2.2, 0.5 * len(order) + 1.4))
+    sns.heatmap(values, annot=np.array(labels, dtype=object), fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax,
+                xticklabels=list(tasks), yticklabels=[method_label(m) for m in order], annot_kws={"fontsize": 7},
+                cbar_kws={"label": metric_label(metric)})
+    ax.set_title(f"{metric_label(metric)} (1 = forgets the target, keeps everything else)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, path) -> Path:
     """Save ``fig`` as PNG (150 dpi, tight) and return the path."""
     path = Path(path)
@@ -695,10 +725,230 @@ def figures_synthetic_lipschitz(records: list[dict]) -> dict:
     return figures_unlearning(records, prefix="20")
 
 
+# --------------------------------------------------------------------------- #
+# Paper A (notebook 30): subgroup forgetting in three stages
+# --------------------------------------------------------------------------- #
+SUBGROUP_TASKS = ("forget-subgroup", "forget-style-subgroup")
+
+
+def _three_stage_runs(records: list[dict], task: str, method: str, key: str) -> list[dict]:
+    runs = [r for r in _chosen(records, task, method=method)
+            if isinstance(r.get("three_stage"), dict) and r["three_stage"].get(key)]
+    if not runs:
+        raise NoDataError(f"no {method!r} record of task {task!r} has three_stage.{key}")
+    return runs
+
+
+def plot_layer_ranking(records: list[dict], *, task: str = "forget-subgroup", method: str = "three_stage",
+                       top: int = 12):
+    """Paper A's relative Fisher score per layer (log scale), the ``top`` layers by mean over seeds, one
+    dot per seed; the layers the forgetting stage tuned are red. One panel per forget class; from
+    ``three_stage.layer_scores`` / ``three_stage.layers``."""
+    runs = _three_stage_runs(records, task, method, "layer_scores")
+    classes = list(dict.fromkeys(get_forget_class(r) for r in runs))
+    fig, axes = _grid(len(classes), max_cols=2, cell=(5.6, 0.32 * top + 1.4))
+    for ax, cls in zip(axes, classes):
+        group = [r for r in runs if get_forget_class(r) == cls]
+        scores: dict[str, list[float]] = {}
+        for r in group:
+            for name, value in r["three_stage"]["layer_scores"]:
+                scores.setdefault(name, []).append(float(value))
+        tuned = {name for r in group for name in r["three_stage"].get("layers", [])}
+        ranked = sorted(scores, key=lambda n: -np.mean(scores[n]))[:top][::-1]
+        ys = np.arange(len(ranked))
+        ax.barh(ys, [np.mean(scores[n]) for n in ranked], color=["crimson" if n in tuned else "C0" for n in ranked],
+                edgecolor="black", linewidth=0.4)
+        for y, name in zip(ys, ranked):
+            ax.scatter(scores[name], [y] * len(scores[name]), s=8, color="black", zorder=3)
+        ax.set_yticks(ys, ranked, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("relative Fisher  E_Df[g^2] / E_Dr[g^2]")
+        ax.set_title(f"{cls}: layer ranking (red: tuned; {len(group)} seed{'s' * (len(group) != 1)})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha_curve(records: list[dict], *, task: str = "forget-subgroup", method: str = "three_stage",
+                     keys: Sequence[str] = ("forget_acc", "sibling_acc", "retain_acc")):
+    """Restoring stage: calibration accuracy against the soup weight alpha (0: original, 1: unlearned
+    model), mean +- std over seeds, and the chosen alpha of each seed (dotted lines). One panel per
+    forget class; from ``three_stage.alpha_curve`` / ``three_stage.alpha``."""
+    runs = _three_stage_runs(records, task, method, "alpha_curve")
+    classes = list(dict.fromkeys(get_forget_class(r) for r in runs))
+    fig, axes = _grid(len(classes), max_cols=2, cell=(4.6, 3.4))
+    for ax, cls in zip(axes, classes):
+        group = [r for r in runs if get_forget_class(r) == cls]
+        for k, key in enumerate(keys):
+            points: dict[float, list[float]] = {}
+            for r in group:
+                for row in r["three_stage"]["alpha_curve"]:
+                    if row.get(key) is not None:
+                        points.setdefault(float(row["alpha"]), []).append(float(row[key]))
+            if not points:
+                continue
+            alphas = sorted(points)
+            stats = [_stats(points[a]) for a in alphas]
+            means, stds = np.array([m for m, _ in stats]), np.array([sd for _, sd in stats])
+            ax.plot(alphas, means, marker="o", markersize=3, color=f"C{k}", label=f"calibration {key}")
+            if len(group) > 1:
+                ax.fill_between(alphas, means - stds, means + stds, color=f"C{k}", alpha=0.2, linewidth=0)
+        for i, alpha in enumerate(sorted({float(r["three_stage"]["alpha"]) for r in group})):
+            ax.axvline(alpha, color="black", linestyle=":", linewidth=1, label="chosen alpha" if i == 0 else None)
+        ax.set_xlabel("alpha (weight of the unlearned model)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{cls}: souping on the calibration images", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stages(records: list[dict], *, task: str = "forget-subgroup", method: str = "three_stage",
+                metrics: Sequence[str] = ("forget_acc", "sibling_acc", "retain_acc", "other_acc")):
+    """Test metrics stage by stage (original, after forgetting, after reminding, after restoring), mean
+    +- std over seeds; from the ``after_<stage>/<metric>`` metrics of the three-stage records."""
+    from .experiment import STAGE_LABELS, stage_records
+
+    try:
+        staged = stage_records(records, task=task, method=method)
+    except ValueError as err:
+        raise NoDataError(str(err)) from err
+    if not any(r["method"] in list(STAGE_LABELS.values())[:2] for r in staged):
+        raise NoDataError(f"the {method!r} records of {task!r} have no after_<stage>/ metrics")
+    return plot_method_bars(staged, task=task, metrics=metrics, methods=list(STAGE_LABELS.values()),
+                            title=f"{method_label(method)} stage by stage, {task} ({_seeds_note(staged)})")
+
+
+def plot_prediction_grid(images: torch.Tensor, *, labels: Sequence[int], predictions: dict, classnames: Sequence[str],
+                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), cell: float = 1.0):
+    """Images ``[N, 3, H, W]`` in columns, one row per model in ``predictions`` (``{row label: [class index per
+    image]}``, e.g. before and after each stage); each cell is titled with the predicted class, green when
+    it is the true class (``labels``), red otherwise; the true class under the last row."""
+    plt = _pyplot()
+    rows = list(predictions)
+    n = len(images)
+    pixels = (images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
+    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n, (cell + 0.25) * len(rows) + 0.3), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(pixels[j].permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            pred = int(predictions[row][j])
+            ax.set_title(classnames[pred], fontsize=6, color="green" if pred == int(labels[j]) else "crimson")
+            if j == 0:
+                ax.set_ylabel(row, fontsize=7)
+            if i == len(rows) - 1:
+                ax.set_xlabel(f"true: {classnames[int(labels[j])]}", fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_three_stage_ablation(records: list[dict], *, task: str = "ablation", variants_key: str = "variant",
+                              metrics: Sequence[str] = ("forget_acc", "sibling_acc", "retain_acc", "unlearning_score"),
+                              paper: dict | None = None, paper_metric: str = "unlearning_score",
+                              paper_label: str = "paper A Score (ImageNet, RN50)"):
+    """One group of bars per variant (``config.variant``), one bar per metric (mean +- std over seeds),
+    and, with ``paper = {variant: {paper_metric: value}}``, the paper's value as a hatched bar beside
+    them. Variants in the paper's order, then as they come."""
+    chosen = [r for r in _chosen(records, task) if get_value(r, variants_key) is not None]
+    if not chosen:
+        raise NoDataError(f"no {task} record has config.{variants_key}")
+    metrics = [m for m in metrics if any(get_metric(r, m) is not None for r in chosen)]
+    if not metrics:
+        raise NoDataError(f"the {task} records have none of the metrics")
+    paper = paper or {}
+    present = list(dict.fromkeys(str(get_value(r, variants_key)) for r in chosen))
+    variants = [v for v in paper if v in present] + [v for v in present if v not in paper]
+    has_paper = any(isinstance(paper.get(v), dict) and paper[v].get(paper_metric) is not None for v in variants)
+    n_bars = len(metrics) + has_paper
+    width = 0.8 / n_bars
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.95 * len(variants) + 1.8), 3.8))
+    xs = np.arange(len(variants))
+    for j, metric in enumerate(metrics):
+        stats = [mean_std([r for r in chosen if str(get_value(r, variants_key)) == v], metric)[:2] for v in variants]
+        keep = [i for i, (m, _) in enumerate(stats) if m is not None]
+        pos = xs[keep] + (j - (n_bars - 1) / 2) * width
+        means = [stats[i][0] for i in keep]
+        stds = [_spread(stats[i][1]) for i in keep]
+        ax.bar(pos, means, width=width, yerr=stds, capsize=2, color=f"C{j}", edgecolor="black", linewidth=0.4,
+               label=metric_label(metric), error_kw={"elinewidth": 0.7})
+        _annotate_bars(ax, pos, _tops(means, stds), means, metric, fontsize=6, rotation=90)
+    if has_paper:
+        keep = [i for i, v in enumerate(variants)
+                if isinstance(paper.get(v), dict) and paper[v].get(paper_metric) is not None]
+        pos = xs[keep] + (n_bars - 1 - (n_bars - 1) / 2) * width
+        values = [paper[variants[i]][paper_metric] for i in keep]
+        ax.bar(pos, values, width=width, facecolor="white", edgecolor="C3", hatch="///", linewidth=0.8,
+               label=paper_label)
+        _annotate_bars(ax, pos, values, values, paper_metric, fontsize=6, rotation=90)
+    ax.set_xticks(xs, variants, rotation=20, ha="right")
+    ax.set_ylim(0, 1.35)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(5, n_bars), loc="upper left")
+    ax.set_title(f"ablations ({_seeds_note(chosen)})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reported_three_stage_ablation() -> dict:
+    """Paper A's ablation Scores as ``{variant: {"unlearning_score": value}}`` in our variant names (the
+    paper's "without relative Fisher" does not say how layers were picked: shown at both of ours)."""
+    from .configs import load_paper_config
+
+    scores = load_paper_config("paper_a")["reported"]["ablation_score"]
+    names = {"none": None, "full": "full", "no_fisher_all": "without_relative_fisher",
+             "no_fisher_random": "without_relative_fisher", "no_align": "without_alignment", "no_distill": None,
+             "no_soup": "without_souping", "no_lora": "without_lora"}
+    return {ours: ({"unlearning_score": scores[theirs]} if theirs in scores else {}) for ours, theirs in names.items()}
+
+
+def figures_subgroup_forgetting(records: list[dict]) -> dict:
+    """Notebook 30's record figures: the shared ones (method bars, per class, confusion, curves, tradeoff,
+    selection), the ablation with paper A's Scores beside ours, and per subgroup task the Fisher layer
+    ranking, the souping alpha curve and the stage-by-stage bars."""
+    figures = figures_unlearning([r for r in records if r.get("task") != "ablation"], prefix="30")
+    tasks = {r.get("task") for r in records}
+    if "ablation" in tasks:
+        try:
+            figures["30_ablation.png"] = plot_three_stage_ablation(records, paper=reported_three_stage_ablation())
+        except NoDataError:
+            pass
+    for task in SUBGROUP_TASKS:
+        if task not in tasks:
+            continue
+        tag = _slug(task)
+        for name, fn in (("layer_ranking", plot_layer_ranking), ("alpha_curve", plot_alpha_curve),
+                         ("stages", plot_stages)):
+            try:
+                figures[f"30_{name}_{tag}.png"] = fn(records, task=task)
+            except NoDataError:
+                pass
+    return figures
+
+
+def figures_benchmark(records: list[dict]) -> dict:
+    """The cross-paper benchmark's figures: the heat map of unlearning scores and a trade-off plot per task."""
+    tasks = [t for t in ("forget-class", "forget-subgroup", "forget-style-subgroup")
+             if any(r["task"] == t for r in records)]
+    out = {}
+    if any(get_metric(r, "unlearning_score") is not None for r in records):
+        out["40_heatmap.png"] = plot_benchmark_heatmap(records, tasks=tasks)
+    for task in tasks:
+        out[f"40_tradeoff_{task}.png"] = plot_tradeoff(records, task=task)
+    return out
+
+
 FIGURES: dict[str, Callable[[list[dict]], dict]] = {
     "00_setup_and_baseline": figures_setup_and_baseline,
     "10_cliperase": figures_cliperase,
     "20_synthetic_lipschitz": figures_synthetic_lipschitz,
+    "30_subgroup_forgetting": figures_subgroup_forgetting,
+    "40_benchmark": figures_benchmark,
 }
 
 

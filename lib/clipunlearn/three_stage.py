@@ -23,6 +23,7 @@ model stays in eval mode throughout: BatchNorm running statistics are never upda
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import time
@@ -43,7 +44,7 @@ from .unlearning import _cycle
 __all__ = [
     "LAYER_CHOICES", "ThreeStageResult", "candidate_layers", "choose_layers", "pair_similarities", "forget_stage",
     "batchnorm_layers", "alignment_loss", "align_images", "distillation_loss", "remind_loss", "remind_stage",
-    "restore_stage", "three_stage_unlearn",
+    "restore_stage", "three_stage_unlearn", "content_key", "loader_key",
 ]
 
 LAYER_CHOICES = ("fisher", "all", "random")
@@ -75,6 +76,19 @@ def _layer_tensors(model, names: Sequence[str]) -> list[str]:
         for sub, _ in model.get_submodule(name).named_parameters():
             out.append(f"{name}.{sub}")
     return out
+
+
+def content_key(*parts) -> str:
+    """Return a SHA-1 of tensors (shape, dtype and bytes) and plain values: a cache key for data-only results."""
+    h = hashlib.sha1()
+    for part in parts:
+        if torch.is_tensor(part):
+            t = part.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
 
 
 def _read_tensor(model, key: str) -> torch.Tensor:
@@ -392,6 +406,8 @@ class ThreeStageResult:
     alpha_curve: list = field(default_factory=list)  # [{"alpha", **calib_fn(model)}]
     alpha: float = 1.0  # weight of the unlearned model in the final soup
     metrics: dict = field(default_factory=dict)  # calib_fn of the final model (empty without calib_fn)
+    stages: dict = field(default_factory=dict)  # stage_fn after each stage: {"forget", "remind", "restore"}
+    reused: list = field(default_factory=list)  # what came from the cache: "fisher", "forget", "align", "remind"
     seconds: dict = field(default_factory=dict)  # per stage: fisher, forget, align, remind, restore, total
     config: dict = field(default_factory=dict)  # the hyper-parameters of the run
 
@@ -408,9 +424,10 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
                         retain_key: str | Sequence[str] = "retain_acc", rank: int = 4,
                         lora_alpha: float | None = None, forget_lr: float = 1e-3, forget_steps: int = 100,
                         margin: float = -0.2, retain_weight: float = 0.0, align_eps: float = 8 / 255,
-                        align_steps: int = 3, align_lr: float = 2 / 255, remind_lr: float = 1e-4,
+                        align_steps: int = 3, align_lr: float = 2 / 255, remind_lr: float = 3e-3,
                         remind_steps: int = 30, kd_weight: float = 1.0, kd_temperature: float = 1.0,
-                        ema_decay: float = 0.9, device="cpu", seed: int = 0,
+                        ema_decay: float = 0.9, stage_fn: Callable[[str, torch.nn.Module], dict] | None = None,
+                        cache: dict | None = None, device="cpu", seed: int = 0,
                         progress: bool = False) -> ThreeStageResult:
     """Unlearn a subgroup with paper A's three stages, in place; return a :class:`ThreeStageResult`.
 
@@ -432,16 +449,29 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
     * restoring: with ``soup``, :func:`restore_stage` over ``alphas`` with ``calib_fn``
       (keys ``forget_key`` / ``retain_key``, criterion ``souping.select_alpha`` with
       ``max_forget``); without it the final model is the reminded one (alpha 1).
+    * ``stage_fn(stage, model) -> dict``, when given, reports on the model after each
+      stage (``"forget"``, ``"remind"``, ``"restore"``) into ``result.stages``; it must not
+      change the model, and its time is left out of ``result.seconds``.
+    * ``cache``: a dict kept across runs that start from the same model (one dict per
+      starting model), holding what depends only on that model, the data and the
+      settings: the relative Fisher scores of the same scoring batches, the aligned
+      images of the same retain batches, and the tuned layers' weights after the
+      forgetting and the reminding stage of the same settings (keys are content hashes of
+      the loaders, batches and settings, so anything else misses). Reused work is exact
+      (the stages are deterministic; reminding reseeds with ``seed + 1``); its original
+      time is ``result.seconds["reused"]`` and its stages ``result.reused``.
 
     The model ends in eval mode with its ``requires_grad`` flags as they were; no
     stage updates BatchNorm running statistics. Default hyper-parameters: chosen on
     held-out training images of the mini model (forget "sandal", keep "sneaker" and
-    "ankle boot"); a real CLIP may need others.
+    "ankle boot"; ``remind_lr`` also on "sketch:sneaker", where forgetting through the
+    image stem erases every sneaker and reminding must bring the photos back: the LoRA
+    ``B`` starts at zero, and at 1e-4 thirty steps hardly move it); a real CLIP may need others.
     """
     if soup and calib_fn is None:
         raise ValueError("soup=True needs calib_fn(model) -> {forget_key: ..., retain_key: ...} to choose alpha")
     config = {k: v for k, v in locals().items() if k not in ("model", "original", "forget_loader", "retain_loader",
-                                                              "calib_fn", "device", "progress")}
+                                                              "calib_fn", "stage_fn", "cache", "device", "progress")}
     config["encoders"], config["alphas"] = list(encoders), [float(a) for a in alphas]
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -449,6 +479,14 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
     original = copy_frozen(model) if original is None else original.eval()
     result = ThreeStageResult(config=config)
     seconds = result.seconds
+    seconds["report"] = 0.0
+
+    def report(stage: str) -> None:
+        if stage_fn is not None:
+            t0 = time.perf_counter()
+            result.stages[stage] = stage_fn(stage, model)
+            model.eval()
+            seconds["report"] += time.perf_counter() - t0
 
     # stage 1: which layers, then forget
     t = time.perf_counter()
@@ -457,47 +495,75 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
         names = _layer_tensors(model, candidates)
         forget_batches = [_to_device(b, device) for b in itertools.islice(_cycle(forget_loader), fisher_batches)]
         retain_batches = [_to_device(b, device) for b in itertools.islice(_cycle(retain_loader), fisher_batches)]
-        result.layer_scores = layer_scores.relative_fisher_scores(model, forget_batches, retain_batches, names=names,
-                                                                  per="layer", device=device, progress=progress)
+        key = ("fisher", content_key(*(b[k] for b in forget_batches + retain_batches for k in ("images", "texts")),
+                                     names))
+        result.layer_scores = dict(_cached(cache, key, result, "fisher", lambda: layer_scores.relative_fisher_scores(
+            model, forget_batches, retain_batches, names=names, per="layer", device=device, progress=progress)))
     result.layers = choose_layers(result.layer_scores or None, candidates, n_layers=n_layers,
                                   layer_choice=layer_choice, seed=seed)
     seconds["fisher"] = time.perf_counter() - t
     t = time.perf_counter()
-    result.forget = forget_stage(model, forget_loader=forget_loader, retain_loader=retain_loader, layers=result.layers,
-                                 margin=margin, lr=forget_lr, max_steps=forget_steps, use_lora=use_lora, rank=rank,
-                                 lora_alpha=lora_alpha, retain_weight=retain_weight, device=device, progress=progress)
+    tuned = _layer_tensors(model, result.layers)
+    forget_cache_key = ("forget", loader_key(forget_loader), loader_key(retain_loader) if retain_weight else None,
+                  content_key(result.layers, margin, forget_lr, forget_steps, use_lora, rank, lora_alpha, retain_weight,
+                              seed))
+
+    def run_forget():
+        report_ = forget_stage(model, forget_loader=forget_loader, retain_loader=retain_loader, layers=result.layers,
+                               margin=margin, lr=forget_lr, max_steps=forget_steps, use_lora=use_lora, rank=rank,
+                               lora_alpha=lora_alpha, retain_weight=retain_weight, device=device, progress=progress)
+        return report_, {k: _read_tensor(model, k).detach().to("cpu", copy=True) for k in tuned}
+
+    result.forget, weights = _cached(cache, forget_cache_key, result, "forget", run_forget)
+    _load_tensors(model, weights)
     seconds["forget"] = time.perf_counter() - t
+    report("forget")
 
     # stage 2: align (lazily, per retain batch) and remind
+    torch.manual_seed(seed + 1)  # the same draws whether or not the forgetting stage came from the cache
     align_fn, align_logs = None, []
     seconds["align"] = 0.0
     if not align:
-        result.alignment = {"skipped": "align=False"}
+        alignment = {"skipped": "align=False"}
     elif not batchnorm_layers(original):
-        result.alignment = {"skipped": "the image tower has no BatchNorm running statistics (ViT): not aligned"}
+        alignment = {"skipped": "the image tower has no BatchNorm running statistics (ViT): not aligned"}
     else:
+        alignment = {}
+
         def align_fn(images):
             t0 = time.perf_counter()
-            aligned, logs = align_images(original, images, eps=align_eps, steps=align_steps, lr=align_lr,
-                                         device=device)
+            key = ("align", content_key(images, align_eps, align_steps, align_lr))
+            aligned, logs = _cached(cache, key, result, "align", lambda: _on_cpu(align_images(
+                original, images, eps=align_eps, steps=align_steps, lr=align_lr, device=device)))
             align_logs.append(logs)
             seconds["align"] += time.perf_counter() - t0
-            return aligned
+            return aligned.to(device)
     t = time.perf_counter()
-    if remind_steps > 0:
-        result.remind = remind_stage(model, original=original, retain_loader=retain_loader, layers=result.layers,
-                                     lr=remind_lr, steps=remind_steps, kd_weight=kd_weight if distill else 0.0,
-                                     kd_temperature=kd_temperature, ema_decay=ema_decay, use_lora=use_lora, rank=rank,
-                                     lora_alpha=lora_alpha, align_fn=align_fn, device=device, progress=progress)
-    else:
-        result.remind = {"skipped": "remind_steps=0"}
+    kd = kd_weight if distill else 0.0
+    remind_cache_key = ("remind", forget_cache_key, loader_key(retain_loader),
+                  content_key(remind_lr, remind_steps, kd, kd_temperature, ema_decay, use_lora, rank, lora_alpha,
+                              align_fn is not None, align_eps, align_steps, align_lr, seed))
+
+    def run_remind():
+        if remind_steps > 0:
+            report_ = remind_stage(model, original=original, retain_loader=retain_loader, layers=result.layers,
+                                   lr=remind_lr, steps=remind_steps, kd_weight=kd, kd_temperature=kd_temperature,
+                                   ema_decay=ema_decay, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha,
+                                   align_fn=align_fn, device=device, progress=progress)
+        else:
+            report_ = {"skipped": "remind_steps=0"}
+        if align_logs:
+            aligned = {"loss_before": sum(a["loss_before"] for a in align_logs) / len(align_logs),
+                       "loss_after": sum(a["loss_after"] for a in align_logs) / len(align_logs),
+                       "batches": len(align_logs)}
+        else:
+            aligned = alignment or {"skipped": "no retain batches were reminded (remind_steps=0)"}
+        return report_, aligned, {k: _read_tensor(model, k).detach().to("cpu", copy=True) for k in tuned}
+
+    result.remind, result.alignment, weights = _cached(cache, remind_cache_key, result, "remind", run_remind)
+    _load_tensors(model, weights)
     seconds["remind"] = time.perf_counter() - t - seconds["align"]
-    if align_logs:
-        result.alignment = {"loss_before": sum(a["loss_before"] for a in align_logs) / len(align_logs),
-                            "loss_after": sum(a["loss_after"] for a in align_logs) / len(align_logs),
-                            "batches": len(align_logs)}
-    elif "skipped" not in result.alignment:
-        result.alignment = {"skipped": "no retain batches were reminded (remind_steps=0)"}
+    report("remind")
 
     # stage 3: restore by souping
     t = time.perf_counter()
@@ -511,6 +577,46 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
     elif calib_fn is not None:
         result.metrics = {"alpha": 1.0, **calib_fn(model)}
     seconds["restore"] = time.perf_counter() - t
-    seconds["total"] = time.perf_counter() - start
     model.eval()
+    report("restore")
+    seconds["total"] = time.perf_counter() - start - seconds["report"]
     return result
+
+
+def loader_key(loader) -> str:
+    """Return a content key of what ``loader`` yields (a ``PairLoader``'s indices, seed, batch size and captions;
+    every batch of a list of batches; else its first batch)."""
+    if all(hasattr(loader, a) for a in ("indices", "seed", "batch_size", "tokens")):
+        return content_key(loader.indices, loader.seed, loader.batch_size, getattr(loader, "shuffle", None),
+                           getattr(loader, "drop_last", None), loader.tokens)
+    batches = list(loader) if isinstance(loader, (list, tuple)) else [next(iter(_cycle(loader)))]
+    return content_key(*(b[k] for b in batches for k in sorted(b) if torch.is_tensor(b[k])))
+
+
+def _cached(cache: dict | None, key, result: ThreeStageResult, stage: str, compute: Callable):
+    """Return ``compute()``, or its value stored in ``cache`` under ``key``. The time the stored work took
+    (its own reuse included) is added to ``result.seconds["reused"]`` and ``stage`` to ``result.reused``, so a
+    run's reported cost can be what it would cost on its own."""
+    seconds = result.seconds
+    if cache is not None and key in cache:
+        value, took = cache[key]
+        seconds["reused"] = seconds.get("reused", 0.0) + took
+        if stage not in result.reused:
+            result.reused.append(stage)
+        return value
+    t0, reused0 = time.perf_counter(), seconds.get("reused", 0.0)
+    value = compute()
+    if cache is not None:
+        cache[key] = (value, time.perf_counter() - t0 + seconds.get("reused", 0.0) - reused0)
+    return value
+
+
+def _on_cpu(pair: tuple) -> tuple:
+    images, logs = pair
+    return images.detach().to("cpu", copy=True), logs
+
+
+@torch.no_grad()
+def _load_tensors(model, tensors: dict) -> None:
+    for k, v in tensors.items():
+        _read_tensor(model, k).copy_(v)
