@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 from .experiment import SCORE_RETAINED
 from .results import load_records
 
-__all__ = ["KEPT_METRICS", "MINI_SETTINGS", "add_scores", "collect_records", "missing_pairs",
+__all__ = ["KEPT_METRICS", "add_scores", "collect_records", "missing_pairs",
            "summary_table"]
 
 #: Accuracies a method should keep: the forgotten class's siblings, the other classes, the other styles.
@@ -112,21 +112,3 @@ def summary_table(records: Sequence[dict], *, tasks: Sequence[str], methods: Seq
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["task", ""])
     return frame
 
-
-#: The mini profile's settings of the methods that are not plain registered losses (the same as notebooks 20
-#: and 30) and every method's grid, for the runs the benchmark notebook adds.
-MINI_SETTINGS = dict(
-    grids={**{m: {"lr": [1e-5, 1e-4, 1e-3]} for m in ("ft", "ga", "graddiff", "neggrad_plus", "random_labels",
-                                                      "cliperase")},
-           "lipschitz_synthetic": {"lr": [5e-3, 1e-2, 2e-2]}, "three_stage": {"lr": [3e-4, 1e-3, 3e-3]}},
-    three_stage=dict(batch_size=32, calib_per_class=20, examples=0,
-                     settings=dict(n_layers=2, rank=4, margin=-0.2, forget_steps=100, align_steps=3,
-                                   remind_lr=3e-3, remind_steps=30, kd_weight=1.0, ema_decay=0.9)),
-    lipschitz=dict(
-        generation=dict(image_size=32, steps=600, step_size=3.5, jitter=2, blur_every=10, blur_sigma=0.5,
-                        norm_weight=1e-3, thresholds=0.99, threshold_decay=0.025, min_threshold=0.45,
-                        patience=60, logit_scale="model", grayscale=True, batch_size=96),
-        forgetting=dict(n_samples=25, threshold=0.1, max_epochs=30, betas=(0.9, 0.98), eps=1e-6,
-                        weight_decay=0.2, batch_size=64),
-        n_train=64, n_val=32),
-)
