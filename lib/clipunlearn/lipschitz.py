@@ -49,12 +49,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import layers, metrics
+from . import data, layers, metrics, models
+from .configs import load_paper_config, mini_settings
 from .models import is_resnet  # re-exported: lipschitz.is_resnet
+from .paths import check_profile, get_data_dir
 
 __all__ = ["SIGMA_SCHEDULE", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
            "stop_accuracy", "forget_lipschitz", "lipschitz_loss", "evaluate_class_forgetting", "compute_avg_gain",
-           "authors_classnames", "is_resnet"]
+           "authors_classnames", "is_resnet", "paper_b_settings", "paper_b_generation", "load_paper_b_tasks"]
 
 #: Noise standard deviations tried in turn (paper B, ``std_scheduler``).
 SIGMA_SCHEDULE = (0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
@@ -695,3 +697,225 @@ def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting
             out.append(done)
     store.add(*[r for r in out if r["config"].get("reference")])
     return out
+
+
+# --------------------------------------------------------------------------- #
+# Paper B's settings, models and tasks per profile (notebook 20)
+# --------------------------------------------------------------------------- #
+def _split_names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_seeds(seeds) -> list[int]:
+    items = _split_names(seeds) if isinstance(seeds, str) else list(seeds)
+    try:
+        parsed = [int(s) for s in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers, comma-separated (e.g. '0,1,2'); got {seeds!r}") from None
+    if not parsed:
+        raise ValueError(f"no seed in {seeds!r}: give at least one, e.g. '0'")
+    return parsed
+
+
+def _profile_settings(profile: str, *, precision: str) -> dict:
+    """The full-size settings of ``profile``: mini from ``configs.mini_settings()``, paper from ``paper_b.json``."""
+    if profile == "mini":
+        mini = mini_settings()  # the method settings shared with notebooks 30 and 40
+        return dict(
+            backbones={"mini": None}, forget={"fashion-mnist": ["sneaker", "shirt", "trouser"]},
+            generation=mini["lipschitz"]["generation"], forgetting=mini["lipschitz"]["forgetting"],
+            grid=mini["grids"]["lipschitz_synthetic"], n_train=mini["lipschitz"]["n_train"],
+            n_val=mini["lipschitz"]["n_val"], n_real=64,
+            task=dict(retain_per_class=300, eval_per_class=300),
+            ablations={"n_samples": [1, 5], "sigma": [0.5, 2.0], "k": [1, 15], "layers": ["all"]},
+        )
+    paper = load_paper_config("paper_b")
+    gen, forget = paper["generation"], paper["forgetting"]
+    return dict(
+        backbones=dict(paper["backbones"]), forget=paper["forget_classes"],
+        generation=dict(image_size=gen["image_size"], steps=gen["steps"], step_size=gen["step_size"],
+                        jitter=gen["jitter"], blur_every=gen["blur_every"], blur_sigma=gen["blur_sigma"],
+                        norm_weight=gen["norm_weight"], threshold_decay=gen["threshold_decay"],
+                        min_threshold=gen["min_threshold"], logit_scale="model", stop_logit_scale=gen["logit_scale"],
+                        grayscale=False, batch_size=64, parametrisation="authors",
+                        restart=gen["restart_after_failure"], max_attempts=20, precision=precision),
+        forgetting=dict(n_samples=forget["n_samples"], threshold=forget["stop_accuracy"],
+                        max_epochs=forget["max_epochs"], betas=tuple(forget["betas"]), eps=forget["eps"],
+                        weight_decay=forget["weight_decay"], batch_size=forget["batch_size"],
+                        caption_templates=(paper["loss_caption"],), **AUTHORS_OPTIONS, precision=precision),
+        grid={"lr": [2e-5, forget["lr"], 1e-4]}, n_train=gen["n_per_class"], n_val=32, n_real=None,
+        task=dict(retain_per_class=None, eval_per_class=None),
+        ablations={"n_samples": [1, 5], "sigma": [0.5, 2.0], "k": [1, 50], "layers": ["all"]},
+    )
+
+
+def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbone: str = "", model: str = "",
+                     pretrained: str = "", dataset: str = "", other_datasets: str = "", forget_classes: str = "",
+                     precision: str = "fp32") -> dict:
+    """Return notebook 20's settings of paper B for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
+
+    Keys: ``backbones`` (``{name: pretrained}``), ``forget`` (``{dataset: [class, ...]}``),
+    ``generation`` / ``forgetting`` (keyword arguments of :func:`generate_task_synthetic` /
+    :func:`run_lipschitz`), ``grid``, ``n_train``, ``n_val``, ``n_real``, ``task`` (sizes for
+    ``experiment.build_task``), ``ablations``, ``seeds`` (list of ints) and ``others``
+    (``{dataset: [other datasets scored with their own prompts]}``, paper profile only).
+    The mini settings come from ``configs.mini_settings()``; the paper's from ``paper_b.json``.
+    The string arguments are the notebook's parameters: ``seeds`` and the lists comma-separated;
+    ``backbone`` keeps one backbone; ``model`` / ``pretrained`` / ``dataset`` / ``other_datasets`` /
+    ``precision`` are for the paper profile (``model`` / ``pretrained`` are refused by mini,
+    the others ignored). ``quick``: one class, one seed, two learning rates, short
+    generation and small evaluation sets (the CI smoke test).
+    """
+    check_profile(profile)
+    if precision not in metrics.PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(metrics.PRECISIONS)}")
+    settings = _profile_settings(profile, precision=precision)
+    seed_list = _parse_seeds(seeds)
+    backbones = settings["backbones"]
+    if backbone:
+        if backbone not in backbones:
+            raise ValueError(f"unknown backbone {backbone!r} for the {profile} profile; valid: {', '.join(backbones)}"
+                             " (other architectures: model=)")
+        backbones = {backbone: backbones[backbone]}
+    if model and profile == "paper":  # other architectures (e.g. tiny test models with pretrained="random")
+        backbones, model = {m: "openai" for m in _split_names(model)}, ""
+    # parses pretrained; the mini profile refuses model and pretrained
+    settings["backbones"] = models.override_backbones(backbones, profile=profile, model=model, pretrained=pretrained)
+    dataset = dataset if profile == "paper" else ""
+    for name in ([dataset] if dataset else []) + (_split_names(other_datasets) if profile == "paper" else []):
+        data.get_dataset_spec(name)  # an unknown name lists the registered ones
+    if dataset:  # one dataset, any registered one (its classes: forget_classes)
+        settings["forget"] = {dataset: settings["forget"].get(dataset, [])}
+    if forget_classes:
+        wanted = _split_names(forget_classes)
+        if profile == "mini":
+            data.check_classnames(wanted, data.FASHION_MNIST_CLASSES)  # an unknown class lists the valid ones
+            settings["forget"] = {ds: wanted for ds in settings["forget"]}
+        elif dataset:  # any class of that dataset (checked when it is loaded)
+            settings["forget"] = {dataset: wanted}
+        else:  # the paper's classes: each to its dataset; datasets with none are dropped
+            every = [c for classes in settings["forget"].values() for c in classes]
+            unknown = [c for c in wanted if c not in every]
+            if unknown:
+                raise ValueError(f"unknown forget class(es) {unknown}; valid: {', '.join(every)} (another "
+                                 "dataset's classes: dataset=)")
+            settings["forget"] = {ds: [c for c in wanted if c in classes]
+                                  for ds, classes in settings["forget"].items() if set(wanted) & set(classes)}
+    if not any(settings["forget"].values()):
+        raise ValueError(f"no forget class for {', '.join(settings['forget'])}: name them in forget_classes")
+    # paper B's "other" datasets: every other dataset of the run (or other_datasets), scored with their own prompts
+    settings["others"] = {}
+    if profile == "paper":
+        pool = _split_names(other_datasets) or list(load_paper_config("paper_b")["forget_classes"])
+        settings["others"] = {ds: [o for o in pool if o != ds] for ds in settings["forget"]}
+    if quick:  # CI smoke test: one class, one seed, two grid values, short generation, small evaluation sets
+        seed_list = seed_list[:1]
+        settings["forget"] = {ds: classes[:1] for ds, classes in list(settings["forget"].items())[:1]}
+        settings["generation"].update(steps=min(200, settings["generation"]["steps"]))
+        if profile == "paper":
+            settings["generation"].update(max_attempts=2)
+        settings["forgetting"].update(max_epochs=10, n_samples=10)
+        settings.update(grid={"lr": settings["grid"]["lr"][1:]}, n_train=16, n_val=16, n_real=16,
+                        task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
+                                                                                       "layers": ["all"]})
+    settings["seeds"] = seed_list
+    return settings
+
+
+def paper_b_generation(generation: dict, *, profile: str, backbone: str, classes: Sequence[str], model) -> dict:
+    """Return ``generation`` (``paper_b_settings(...)["generation"]``) for one backbone's ``classes``.
+
+    The paper profile adds the authors' per-backbone, per-class starting thresholds
+    (``paper_b.json``; 0.8, their default, for a class it does not list), no threshold decay
+    for the classes they generated without it, and ``model``'s image size. Mini: a copy.
+    """
+    generation = dict(generation)
+    if check_profile(profile) == "paper":
+        paper = load_paper_config("paper_b")
+        generation["thresholds"] = {c: paper["thresholds"].get(backbone, {}).get(c, 0.8) for c in classes}
+        generation["threshold_decay"] = {c: 0.0 if c in paper["no_threshold_decay"].get(backbone, []) else
+                                         generation["threshold_decay"] for c in classes}
+        generation["image_size"] = models.get_image_size(model)
+    return generation
+
+
+def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_files: dict, device, workers: int):
+    """One split of a paper-profile dataset, decoded once and then kept in memory (``metrics.CachedImages``).
+
+    The authors' CoOp split file when it is in ``<data_dir>/<dataset>/`` (their splits and class
+    names), else the registered loader with the authors' class names (:func:`authors_classnames`).
+    """
+    split_file = get_data_dir(data_dir) / dataset / split_files.get(dataset, "none")
+    if split_file.is_file():
+        ds = data.load_dataset(dataset, split=split, transform=preprocess, split_file=split_file)
+    else:
+        ds = data.load_dataset(dataset, split=split, transform=preprocess, data_dir=data_dir)
+        ds.classnames = authors_classnames(dataset, ds.classnames)
+    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    return metrics.CachedImages(ds, dtype=dtype, device=device, num_workers=workers)
+
+
+def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], others: dict | None = None,
+                       retain_per_class: int | None = 300, eval_per_class: int | None = 300, device="cpu",
+                       data_dir=None, workers: int = 8) -> tuple[dict, dict]:
+    """Load paper B's models, datasets and ``forget-class`` tasks; return ``(tasks, worlds)``.
+
+    ``tasks[(backbone, dataset)]`` is ``{class: [experiment.Task per seed]}`` and
+    ``worlds[(backbone, dataset)]`` is ``{"model", "tokenizer"}`` (one model per backbone,
+    shared by its datasets; runs copy it). ``backbones``: ``{name: pretrained}``
+    (``models.load_clip``); ``forget``: ``{dataset: [class, ...]}``; ``others``: ``{dataset:
+    [other datasets]}`` whose test sets (``eval_per_class`` images per class) every task
+    scores as ``extra_sets``. Fashion-MNIST is the mini world (every style, the mini model's
+    ``n_seen``); other datasets are decoded once and cached on ``device``
+    (``metrics.CachedImages``, ``workers`` DataLoader workers), from the authors' CoOp split
+    file when it is in ``<data_dir>/<dataset>/``. ``data_dir``: empty for
+    ``$CLIPUNLEARN_DATA`` or the cache.
+    """
+    from . import experiment
+
+    data_dir = data_dir or None
+    others = others or {}
+    split_files = load_paper_config("paper_b")["split_files"]
+    loaded = {}  # one model per backbone and one cached split per (backbone, dataset, split)
+
+    def load_model(backbone):
+        if backbone not in loaded:
+            loaded[backbone] = models.load_clip(backbone, backbones[backbone], device=device)
+        return loaded[backbone]
+
+    def load_split(backbone, dataset, split):
+        key = (backbone, dataset, split)
+        if key not in loaded:
+            loaded[key] = _load_split(dataset, split, preprocess=load_model(backbone)[1], data_dir=data_dir,
+                                      split_files=split_files, device=device, workers=workers)
+        return loaded[key]
+
+    tasks, worlds = {}, {}
+    for backbone in backbones:
+        for dataset, classes in forget.items():
+            model, _, tokenizer = load_model(backbone)
+            extra = {}
+            if dataset == "fashion-mnist":
+                train = data.load_fashion_mnist("train", styles=data.STYLES, data_dir=data_dir)
+                test = data.load_fashion_mnist("test", styles=data.STYLES, data_dir=data_dir)
+                templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
+            else:
+                for other in others.get(dataset, []):
+                    ds = load_split(backbone, other, "test")
+                    extra[other] = dict(dataset=ds, classnames=ds.classnames, templates=data.get_templates(other),
+                                        indices=data.select_indices(ds, limit_per_class=eval_per_class))
+                train, test = load_split(backbone, dataset, "train"), load_split(backbone, dataset, "test")
+                templates, n_seen = data.get_templates(dataset), None
+            unknown = [c for c in classes if c not in train.classnames]
+            if unknown:
+                raise ValueError(f"unknown forget class(es) {unknown} of {dataset}; valid: "
+                                 f"{', '.join(train.classnames)}")
+            worlds[(backbone, dataset)] = dict(model=model, tokenizer=tokenizer)
+            tasks[(backbone, dataset)] = {
+                c: [experiment.build_task(train, test, kind="forget-class", target=c, seed=s, templates=templates,
+                                          n_seen=n_seen, retain_per_class=retain_per_class,
+                                          eval_per_class=eval_per_class) for s in seeds] for c in classes}
+            for seeded in tasks[(backbone, dataset)].values():
+                for task in seeded:
+                    task.extra_sets.update(extra)
+    return tasks, worlds
