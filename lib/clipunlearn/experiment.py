@@ -41,8 +41,8 @@ from .results import make_record
 __all__ = ["CRITERION", "MINI_LR_GRID", "TASK_KINDS", "Task", "build_task", "evaluate_model", "validate_model",
            "selection_score", "class_prompts", "run_method", "run_grid", "run_selected", "run_forget_benchmark",
            "run_ablation", "run_forget_ratio", "pick_classes", "summarise_run", "ResultStore",
-           "THREE_STAGE_ABLATIONS", "calibration_split", "calibration_fn", "evaluate_coarse", "unlearning_score",
-           "pick_examples", "run_three_stage", "record_original", "run_subgroup_benchmark",
+           "THREE_STAGE_ABLATIONS", "THREE_STAGE_PAPER_ABLATIONS", "calibration_split", "calibration_fn",
+           "evaluate_coarse", "unlearning_score", "pick_examples", "run_three_stage", "record_original", "run_subgroup_benchmark",
            "run_three_stage_ablation", "stage_records", "paper_a_table"]
 
 #: Name of the one selection criterion (see :func:`selection_score`).
@@ -676,7 +676,13 @@ THREE_STAGE_ABLATIONS = {
     "three_stage-no_distill": {"distill": False},
     "three_stage-no_soup": {"soup": False},
     "three_stage-no_lora": {"use_lora": False},
+    "three_stage-image_only": {"encoders": ("image",)},
+    "three_stage-text_only": {"encoders": ("text",)},
 }
+#: Paper A's ablation table (relative Fisher, alignment, distillation, souping, LoRA); the other variants of
+#: :data:`THREE_STAGE_ABLATIONS` change which encoders' layers may be tuned (a project's choice, both by default).
+THREE_STAGE_PAPER_ABLATIONS = ("three_stage-no_fisher_all", "three_stage-no_fisher_random", "three_stage-no_align",
+                               "three_stage-no_distill", "three_stage-no_soup", "three_stage-no_lora")
 #: Three-stage records keep the test metrics after the first two stages as ``after_<stage>/<metric>``.
 STAGE_LABELS = {"forget": "after forgetting", "remind": "after reminding", "restore": "after restoring"}
 #: What :func:`unlearning_score` counts as retained accuracy.
@@ -1001,22 +1007,31 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
 
 
 def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
-                             variants: dict[str, dict] = THREE_STAGE_ABLATIONS,
+                             variants: dict[str, dict] | Sequence[str] = THREE_STAGE_PAPER_ABLATIONS,
+                             record_task: str = "ablation",
                              extra_metrics: Callable[[object, Task], dict] | None = None,
                              cache: dict | None = None, device="cpu", progress: bool = True,
                              **three_stage_kwargs) -> list[dict]:
     """Rerun three-stage on ``tasks`` (one target, every seed) with each ablation's switches; return the records.
 
-    ``variants``: ``{method name: switches}`` (default :data:`THREE_STAGE_ABLATIONS`); the
+    ``variants``: ``{method name: switches}``, or names of :data:`THREE_STAGE_ABLATIONS`
+    (default: paper A's table, :data:`THREE_STAGE_PAPER_ABLATIONS`); the
     forgetting learning rate is the one ``three_stage`` selected on this target (its
     stored record of the first seed), every other setting as in ``three_stage_kwargs``
     (:func:`run_three_stage`'s; ``settings`` is updated with the switches; no stage metrics
     or examples are recorded). Records have
-    task ``ablation`` and ``config.variant`` (the name after ``three_stage-``); the original
+    task ``record_task`` (default ``ablation``; one name per target when several targets are
+    ablated in one file) and ``config.variant`` (the name after ``three_stage-``); the original
     model (variant ``none``) and the main runs (``full``) are added as ablation rows, so
     the table is complete from the file alone.
     """
     from tqdm.auto import tqdm
+
+    if not isinstance(variants, dict):
+        unknown = [n for n in variants if n not in THREE_STAGE_ABLATIONS]
+        if unknown:
+            raise ValueError(f"unknown three-stage variants {unknown}; valid: {', '.join(THREE_STAGE_ABLATIONS)}")
+        variants = {n: THREE_STAGE_ABLATIONS[n] for n in variants}
 
     first = tasks[0]
     main = store.find(method="three_stage", task=first.kind, forget_class=first.target, seed=first.seed)
@@ -1026,24 +1041,24 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
                          "it selects the learning rate")
     lr = main["config"]["selected"]["lr"]
     base = dict(three_stage_kwargs.pop("settings", None) or {})
-    out = [make_record(method="original", task="ablation", config={**original["config"], "variant": "none"},
+    out = [make_record(method="original", task=record_task, config={**original["config"], "variant": "none"},
                        metrics=original["metrics"])]
     for task in tasks:
         rec = store.find(method="three_stage", task=task.kind, forget_class=task.target, seed=task.seed)
         if rec is not None:
-            out.append(make_record(method="three_stage", task="ablation", config={**rec["config"], "variant": "full"},
-                                   metrics=rec["metrics"]))
+            out.append(make_record(method="three_stage", task=record_task,
+                                   config={**rec["config"], "variant": "full"}, metrics=rec["metrics"]))
     store.add(*out)  # the reference rows first, so tables list them first
     jobs = [(task, name) for task in tasks for name in variants]
     for task, name in tqdm(jobs, desc="ablations", disable=not progress):
         variant = name.split("-", 1)[1] if name.startswith("three_stage-") else name
-        done = store.find(method=name, task="ablation", forget_class=task.target, seed=task.seed, variant=variant)
+        done = store.find(method=name, task=record_task, forget_class=task.target, seed=task.seed, variant=variant)
         if done is None:
             _, done = run_three_stage(task, model=model, tokenizer=tokenizer, lr=lr, method=name,
                                       settings={**base, **variants[name]}, extra_metrics=extra_metrics, cache=cache,
                                       device=device, config={"variant": variant, "selected_on_seed": first.seed},
                                       **{**three_stage_kwargs, "stage_metrics": False, "examples": 0})
-            done["task"] = "ablation"
+            done["task"] = record_task
             done["metrics"]["unlearning_score"] = unlearning_score(done["metrics"], original["metrics"])
             store.add(done)
         out.append(done)
