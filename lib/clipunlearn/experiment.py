@@ -42,8 +42,8 @@ __all__ = ["CRITERION", "MINI_LR_GRID", "TASK_KINDS", "Task", "build_task", "eva
            "selection_score", "class_prompts", "run_method", "run_grid", "run_selected", "run_forget_benchmark",
            "run_ablation", "run_forget_ratio", "pick_classes", "summarise_run", "ResultStore",
            "THREE_STAGE_ABLATIONS", "THREE_STAGE_PAPER_ABLATIONS", "calibration_split", "calibration_fn",
-           "evaluate_coarse", "unlearning_score", "pick_examples", "run_three_stage", "record_original", "run_subgroup_benchmark",
-           "run_three_stage_ablation", "stage_records", "paper_a_table"]
+           "evaluate_coarse", "unlearning_score", "pick_examples", "run_three_stage", "record_original",
+           "run_subgroup_benchmark", "run_three_stage_ablation", "stage_records", "paper_a_table"]
 
 #: Name of the one selection criterion (see :func:`selection_score`).
 CRITERION = "retain_minus_forget"
