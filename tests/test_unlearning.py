@@ -219,3 +219,26 @@ def test_max_steps_wins_over_epochs(tiny_clip, monkeypatch):
     result = unlearn(model, method="spy_steps", forget_loader=forget, epochs=1, max_steps=5, lr=1e-3, progress=False)
     assert result.steps == len(seen) == 5 and len(forget) == 2
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5]
+
+
+def test_bf16_autocast_runs_the_loss_in_bf16_and_keeps_float32_weights(tiny_clip, monkeypatch):
+    model, tokenizer = tiny_clip.model, tiny_clip.tokenizer
+    forget, retain = loaders(tokenizer)
+    dtypes = []
+
+    def spy(model, original, fb, rb):
+        loss = losses.forgetting_loss(model, fb)
+        dtypes.append(model.encode_image(fb["images"]).dtype)
+        return loss, {}
+
+    monkeypatch.setitem(losses.LOSSES, "spy_amp", spy)
+    first = None
+    for _ in range(2):  # the same forget batches twice: their similarity falls
+        result = unlearn(model, method="spy_amp", forget_loader=forget, epochs=1, lr=1e-2, precision="bf16",
+                         progress=False)
+        first = result.history[0]["loss"] if first is None else first
+    assert set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert result.history[-1]["loss"] < first
+    with pytest.raises(ValueError, match="valid: fp32, bf16"):
+        unlearn(model, method="spy_amp", forget_loader=forget, epochs=1, precision="fp16", progress=False)

@@ -275,7 +275,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             trainable: Callable | Collection[str] | None = None, eval_fn: Callable | None = None,
             eval_every: int | None = None, eval_at_start: bool = False, select_fn: Callable | None = None,
             stop_fn: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 50, device=None,
-            seed: int = 0, progress: bool = True, resume: str = "auto") -> UnlearnResult:
+            precision: str = "fp32", seed: int = 0, progress: bool = True, resume: str = "auto") -> UnlearnResult:
     """Unlearn in place with method ``method``; return an ``UnlearnResult``.
 
     Steps: ``max_steps`` when given (the loaders cycle through as many epochs as
@@ -297,9 +297,15 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     betas, eps, loss_kwargs, epochs, max_steps, seed, trainable tensors) match, returns
     a finished run as it ended, and raises a ValueError when the settings differ or
     the saved run failed; ``resume="restart"`` deletes it and starts afresh. The model
-    stays in eval mode (BatchNorm statistics of the original are kept).
+    stays in eval mode (BatchNorm statistics of the original are kept). ``precision="bf16"``
+    computes the loss under bf16 autocast (``metrics.autocast``; weights, gradients and AdamW
+    state stay float32), for GPUs; the default ``"fp32"`` changes nothing.
     """
+    from .metrics import autocast
+
     loss_fn = get_loss(method)
+    amp_device = device if device is not None else next(model.parameters()).device
+    autocast(amp_device, precision)  # an unknown precision fails here, before any work
     loss_kwargs = dict(loss_kwargs or {})
     driver = forget_loader if forget_loader is not None else retain_loader
     if driver is None:
@@ -313,6 +319,8 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
                 "betas": [float(b) for b in betas], "eps": float(eps), "loss_kwargs": _describe(loss_kwargs),
                 "epochs": int(epochs), "max_steps": max_steps, "seed": int(seed),
                 "trainable": sorted(n for n, _ in chosen)}
+    if precision != "fp32":  # fp32 checkpoints of earlier versions still resume
+        settings["precision"] = precision
     checkpoint = _Checkpoint(checkpoint_dir, settings=settings, resume=resume)
     optimizer = make_adamw([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     result = UnlearnResult()
@@ -332,7 +340,9 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             forget_batch = _to_device(next(forget_iter), device) if forget_iter else None
             retain_batch = _to_device(next(retain_iter), device) if retain_iter else None
             torch.manual_seed(seed * 1_000_003 + step)  # stochastic losses repeat on resume
-            loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
+            with autocast(amp_device, precision):
+                loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
+            loss = loss.float()
             if not torch.isfinite(loss):
                 warnings.warn(f"{method}: non-finite loss at step {step}; restoring the last good state")
                 model.load_state_dict(tracker.good_state)
