@@ -97,6 +97,23 @@ def test_evaluate_model_and_validation(world, tiny_resnet_clip):
     assert val["score"] == pytest.approx(val["val_retain_acc"] - val["val_forget_acc"])
 
 
+def test_style_subgroup_reports_accuracy_per_kept_style(world, tiny_resnet_clip):
+    train, test = world
+    model, tokenizer = tiny_resnet_clip
+    task = experiment.build_task(train, test, kind="forget-style-subgroup", target="sketch:sneaker", seed=0)
+    out = experiment.evaluate_model(model, task, tokenizer=tokenizer)
+    # the siblings are the photo and negative sneakers; the other classes are seen in sketch and negative
+    assert {k for k in out if "@" in k} == {"sibling_acc@photo", "sibling_acc@negative", "other_acc@sketch",
+                                            "other_acc@negative"}
+    for name in ("sibling", "other"):
+        idx = task.eval_sets[name]
+        counts = {s: int((test.styles[idx] == data.STYLES.index(s)).sum()) for s in data.STYLES}
+        weighted = sum(out.get(f"{name}_acc@{s}", 0.0) * n for s, n in counts.items()) / len(idx)
+        assert weighted == pytest.approx(out[f"{name}_acc"])  # the per-style parts add up to the whole
+    class_task = experiment.build_task(train, test, target="bag", seed=0)
+    assert not any("@" in k for k in experiment.evaluate_model(model, class_task, tokenizer=tokenizer))
+
+
 def test_selection_score_prefers_forgetting_and_keeping():
     good = {"val_forget_acc": 0.0, "val_retain_acc": 0.9}
     keeps_all = {"val_forget_acc": 0.9, "val_retain_acc": 0.9}

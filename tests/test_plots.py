@@ -202,3 +202,27 @@ def test_registry_draws_what_the_records_support():
     assert set(figures) == expected
     lean = forget_class_records(per_class=False, confusion=False, history_points=0)
     assert set(plots.FIGURES["20_synthetic_lipschitz"](lean)) == {"20_main.png", "20_tradeoff.png"}
+
+
+def test_stages_by_style_one_bar_group_per_stage_and_style():
+    from clipunlearn.results import make_record
+
+    def run(seed, **m):
+        return make_record(method="three_stage", task="forget-style-subgroup",
+                           config={"forget_class": "sketch:sneaker", "seed": seed}, metrics=m)
+
+    styled = {"forget_acc": 0.0, "sibling_acc": 0.5, "sibling_acc@photo": 0.9, "sibling_acc@negative": 0.1,
+              "retain_acc": 0.8, "other_acc@sketch": 0.3}
+    after = {f"after_{s}/{k}": v for s in ("forget", "remind") for k, v in styled.items()}
+    records = [make_record(method="original", task="forget-style-subgroup", config={"forget_class": "sketch:sneaker"},
+                           metrics={"forget_acc": 1.0, "sibling_acc": 0.9, "sibling_acc@photo": 0.9,
+                                    "sibling_acc@negative": 0.9, "retain_acc": 0.9, "other_acc@sketch": 0.9}),
+               run(0, **styled, **after), run(1, **styled, **after)]
+    fig = plots.plot_stages_by_style(records)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    # the forgotten subgroup first, then the kept styles of its class, then the other classes by style
+    assert [t.split("\n")[0] for t in titles][:5] == ["Df acc", "sibling acc (negative)", "sibling acc (photo)",
+                                                      "other acc (sketch)", "Dr acc"]
+    with pytest.raises(plots.NoDataError):
+        plots.plot_stages_by_style([r for r in records if r["method"] == "original"] +
+                                   [run(0, forget_acc=0.0, sibling_acc=0.5)])

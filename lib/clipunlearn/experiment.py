@@ -265,7 +265,8 @@ def evaluate_model(model, task: Task, *, tokenizer, device="cpu", classifier: to
     """Return every test metric of ``model`` on ``task`` (the one evaluation of the project).
 
     ``{subset}_acc`` for each test subset (``forget``, ``retain``, ``sibling``, ``other``,
-    ``other_forget``), ``per_class_acc`` (``forget`` + ``sibling`` + ``retain`` images, by
+    ``other_forget``; for a style subgroup also ``sibling_acc@<style>`` and ``other_acc@<style>``
+    per style of those subsets), ``per_class_acc``  (``forget`` + ``sibling`` + ``retain`` images, by
     class), ``forget_confusion`` (fraction of the forget images predicted as each class)
     and ``mia`` (AUC of a loss-threshold attack separating the forget training images
     the model saw from unseen forget test images; 0.5 = indistinguishable). The
@@ -283,6 +284,16 @@ def evaluate_model(model, task: Task, *, tokenizer, device="cpu", classifier: to
         lg, y = metrics.predict_logits(model, clf, task.test, indices=idx, batch_size=batch_size, device=device)
         logits[name] = (lg, y)
         out[f"{name}_acc"] = float((lg.argmax(1) == y).float().mean()) if len(y) else float("nan")
+    styles = getattr(task.test, "styles", None)
+    if task.kind == "forget-style-subgroup" and styles is not None:  # which styles keep or lose the class
+        styles = torch.as_tensor(styles)
+        for name in ("sibling", "other"):
+            if name in logits:
+                lg, y = logits[name]
+                s = styles[task.eval_sets[name]]
+                hit = (lg.argmax(1) == y).float()
+                for k in s.unique().tolist():
+                    out[f"{name}_acc@{task.test.stylenames[k]}"] = float(hit[s == k].mean())
     others = {}
     for name, spec in task.extra_sets.items():
         extra_clf = metrics.build_classifier(model, tokenizer, spec["classnames"], spec["templates"], device=device)
@@ -353,7 +364,8 @@ def _release() -> None:
 
 def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int = 32,
                eval_every: int | None = None, loss_kwargs: dict | None = None, trainable=None,
-               device="cpu", progress: bool = False, evaluate: bool = True, config: dict | None = None):
+               device="cpu", precision: str = "fp32", progress: bool = False, evaluate: bool = True,
+               config: dict | None = None):
     """Unlearn a fresh copy of ``model`` on ``task`` with registered loss ``method``; return ``(model, record)``.
 
     The copy is trained for ``steps`` steps of ``batch_size`` forget and retain pairs
@@ -362,7 +374,8 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     is kept. The record holds the test metrics (:func:`evaluate_model`, skipped with
     ``evaluate=False``), the validation numbers at the kept step, the wall time and
     the rise of peak memory of the run, and the validation history. A run stopped by
-    a non-finite loss is recorded with ``metrics.failed = True``.
+    a non-finite loss is recorded with ``metrics.failed = True``. ``precision="bf16"``:
+    the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept in the config.
     """
     from .models import copy_frozen
     from .unlearning import make_pair_loader, unlearn
@@ -385,8 +398,8 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
                           steps / max(1, len(pairs(task.forget_train, 0)))) or 1, max_steps=steps, lr=lr,
                       loss_kwargs=kwargs, trainable=trainable,
                       eval_fn=lambda m: validate_model(m, task, tokenizer=tokenizer, device=device),
-                      eval_every=eval_every, select_fn=selection_score, device=device, seed=task.seed,
-                      progress=progress)
+                      eval_every=eval_every, select_fn=selection_score, device=device, precision=precision,
+                      seed=task.seed, progress=progress)
     del original
     evals = run.evals
     best = next((e for e in evals if e["step"] == run.best_step), evals[-1] if evals else {})
@@ -397,7 +410,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     record = summarise_run(
         task, method=method,
         config={"lr": lr, "steps": steps, "batch_size": batch_size, "eval_every": eval_every, **hparams,
-                **(config or {})},
+                **({"precision": precision} if precision != "fp32" else {}), **(config or {})},
         test_metrics=test, cost=cost, val=val,
         history=[{"step": e["step"], **{k: e[k] for k in ("val_forget_acc", "val_retain_acc", "score") if k in e}}
                  for e in evals])
@@ -555,7 +568,7 @@ def _identity(record: dict) -> tuple:
 
 def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]], *, model, tokenizer,
                          grid: dict[str, Sequence], steps: int, batch_size: int = 32, eval_every: int | None = None,
-                         store=None, device="cpu", progress: bool = True) -> list[dict]:
+                         store=None, device="cpu", precision: str = "fp32", progress: bool = True) -> list[dict]:
     """Run every registered loss in ``methods`` on every target of ``tasks`` (``{target: [task per seed]}``).
 
     Records the untouched model once per target (method ``original``, ``config.seed``
@@ -579,13 +592,13 @@ def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]
     for method, target in tqdm(jobs, desc="methods x targets", disable=not progress):
         def run_fn(task, **candidate):
             return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                              eval_every=eval_every, device=device, **candidate)
+                              eval_every=eval_every, device=device, precision=precision, **candidate)
         records += run_selected(method, tasks[target], run_fn=run_fn, grid=grid, store=store)
     return records
 
 
 def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict], model, tokenizer, steps: int,
-                 batch_size: int = 32, store, device="cpu", full_variant: str = "full",
+                 batch_size: int = 32, store, device="cpu", precision: str = "fp32", full_variant: str = "full",
                  none_variant: str = "none") -> list[dict]:
     """Rerun ``method`` on ``tasks`` (one target, every seed) with each variant's loss kwargs; return the records.
 
@@ -612,7 +625,7 @@ def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict
                               variant=variant)
             if done is None:
                 _, done = run_method(method, task, model=model, tokenizer=tokenizer, lr=lr, steps=steps,
-                                     batch_size=batch_size, loss_kwargs=kwargs, device=device,
+                                     batch_size=batch_size, loss_kwargs=kwargs, device=device, precision=precision,
                                      config={"variant": variant})
                 done["task"] = "ablation"
                 store.add(done)
@@ -630,7 +643,7 @@ def pick_classes(classnames: Sequence[str], *, seed: int = 0) -> list[str]:
 
 def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], classes: Sequence[str], train, test, model,
                      tokenizer, templates, seed: int = 0, steps: int, batch_size: int = 32, n_seen: int | None = None,
-                     store, device="cpu", task_kwargs: dict | None = None) -> list[dict]:
+                     store, device="cpu", precision: str = "fp32", task_kwargs: dict | None = None) -> list[dict]:
     """Forget the first ``round(ratio * C)`` of ``classes`` at once, for each ratio and method; return the records.
 
     Each method runs at the learning rate it selected on ``classes[0]`` (its stored
@@ -656,7 +669,7 @@ def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], classes
                 else:
                     _, rec = run_method(method, task, model=model, tokenizer=tokenizer,
                                         lr=main["config"]["selected"]["lr"], steps=steps, batch_size=batch_size,
-                                        device=device)
+                                        device=device, precision=precision)
                     rec["task"] = "forget-ratio"
                     _release()
                 rec["config"].update(forget_ratio=ratio, forget_classes=classes[:k])

@@ -821,6 +821,17 @@ def plot_stages(records: list[dict], *, task: str = "forget-subgroup", method: s
                             title=f"{method_label(method)} stage by stage, {task} ({_seeds_note(staged)})")
 
 
+def plot_stages_by_style(records: list[dict], *, task: str = "forget-style-subgroup", method: str = "three_stage"):
+    """:func:`plot_stages` with each style apart: the forgotten subgroup, then the kept styles of its class
+    (``sibling_acc@<style>``) and the other classes in the other styles (``other_acc@<style>``)."""
+    chosen = [r for r in records if r.get("task") == task and r["method"] == method]
+    styled = sorted({k.split("/", 1)[-1] for r in chosen for k in r["metrics"] if "@" in k},
+                    key=lambda k: (not k.startswith("sibling"), k))
+    if not styled:
+        raise NoDataError(f"the {method!r} records of {task!r} have no per-style metrics (<set>_acc@<style>)")
+    return plot_stages(records, task=task, method=method, metrics=("forget_acc", *styled, "retain_acc"))
+
+
 def plot_prediction_grid(images: torch.Tensor, *, labels: Sequence[int], predictions: dict, classnames: Sequence[str],
                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), cell: float = 1.0):
     """Images ``[N, 3, H, W]`` in columns, one row per model in ``predictions`` (``{row label: [class index per
@@ -911,11 +922,12 @@ def figures_subgroup_forgetting(records: list[dict]) -> dict:
     """Notebook 30's record figures: the shared ones (method bars, per class, confusion, curves, tradeoff,
     selection), the ablation with paper A's Scores beside ours, and per subgroup task the Fisher layer
     ranking, the souping alpha curve and the stage-by-stage bars."""
-    figures = figures_unlearning([r for r in records if r.get("task") != "ablation"], prefix="30")
+    figures = figures_unlearning([r for r in records if not str(r.get("task")).startswith("ablation")], prefix="30")
     tasks = {r.get("task") for r in records}
-    if "ablation" in tasks:
+    for task in sorted(t for t in tasks if str(t).startswith("ablation")):  # "ablation" (paper A's), "ablation-<tag>"
         try:
-            figures["30_ablation.png"] = plot_three_stage_ablation(records, paper=reported_three_stage_ablation())
+            figures[f"30_{_slug(task)}.png"] = plot_three_stage_ablation(
+                records, task=task, paper=reported_three_stage_ablation() if task == "ablation" else None)
         except NoDataError:
             pass
     for task in SUBGROUP_TASKS:
@@ -923,7 +935,7 @@ def figures_subgroup_forgetting(records: list[dict]) -> dict:
             continue
         tag = _slug(task)
         for name, fn in (("layer_ranking", plot_layer_ranking), ("alpha_curve", plot_alpha_curve),
-                         ("stages", plot_stages)):
+                         ("stages", plot_stages), ("stages_by_style", plot_stages_by_style)):
             try:
                 figures[f"30_{name}_{tag}.png"] = fn(records, task=task)
             except NoDataError:

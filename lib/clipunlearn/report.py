@@ -65,7 +65,11 @@ def method_label(method: str) -> str:
 
 
 def metric_label(metric: str) -> str:
-    """Return the short table header of ``metric`` (``"forget_acc"`` -> ``"Df acc"``)."""
+    """Return the short table header of ``metric`` (``"forget_acc"`` -> ``"Df acc"``; a per-style metric
+    ``"sibling_acc@photo"`` -> the label of ``sibling_acc`` with ``(photo)``)."""
+    if metric not in METRIC_LABELS and "@" in metric:
+        base, style = metric.split("@", 1)
+        return f"{METRIC_LABELS.get(base, base)} ({style})"
     return METRIC_LABELS.get(metric, metric)
 
 
