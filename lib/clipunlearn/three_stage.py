@@ -19,6 +19,9 @@ every detail it had to choose as the "project's choice", always as a keyword arg
 
 :func:`three_stage_unlearn` runs all three with the paper's ablation switches. The
 model stays in eval mode throughout: BatchNorm running statistics are never updated.
+
+Notebook 30's settings per profile and its model, data and tasks: :func:`paper_a_settings`,
+:func:`load_paper_a_tasks`.
 """
 
 from __future__ import annotations
@@ -34,17 +37,22 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import data, models
 from . import layers as layer_scores
+from .configs import load_paper_config, mini_settings
+from .lipschitz import _parse_seeds, _split_names
 from .losses import contrastive_loss, encode_pairs, lipschitz_bounds, pair_positives
 from .lora import add_lora, has_lora, lora_parameters, lora_targets, merge_lora
 from .models import copy_frozen, get_normalization, make_adamw
+from .paths import check_profile
 from .souping import interpolate_state_dicts, select_alpha
 from .unlearning import _cycle
 
 __all__ = [
     "LAYER_CHOICES", "ThreeStageResult", "candidate_layers", "choose_layers", "pair_similarities", "forget_stage",
     "batchnorm_layers", "alignment_loss", "align_images", "distillation_loss", "remind_loss", "remind_stage",
-    "restore_stage", "three_stage_unlearn", "content_key", "loader_key",
+    "restore_stage", "three_stage_unlearn", "content_key", "loader_key", "PAPER_A_BASELINES",
+    "MINI_STYLE_ABLATIONS", "parse_subgroups", "paper_a_settings", "load_paper_a_tasks",
 ]
 
 LAYER_CHOICES = ("fisher", "all", "random")
@@ -620,3 +628,178 @@ def _on_cpu(pair: tuple) -> tuple:
 def _load_tensors(model, tensors: dict) -> None:
     for k, v in tensors.items():
         _read_tensor(model, k).copy_(v)
+
+
+# --------------------------------------------------------------------------- #
+# Paper A's settings and tasks per profile (notebook 30)
+# --------------------------------------------------------------------------- #
+#: The baselines beside three-stage and paper B's Lipschitz forgetting (``lipschitz_synthetic``).
+PAPER_A_BASELINES = ("ft", "ga", "cliperase")
+#: The mini profile's ablations for the style subgroup: every candidate layer, or only one encoder's layers.
+MINI_STYLE_ABLATIONS = ("three_stage-no_fisher_all", "three_stage-image_only", "three_stage-text_only")
+
+
+def parse_subgroups(text: str) -> dict[str, list[str]]:
+    """Parse ``"TARGET:CLASS+CLASS+...;..."`` (notebook 30's ``SUBGROUPS``) into ``{target: classes of its group}``.
+
+    Each group lists its target and at least one sibling class (the classes to keep).
+    """
+    groups = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        target, colon, classes = (s.strip() for s in part.partition(":"))
+        names = [c.strip() for c in classes.split("+")]
+        if not colon or not target or not all(names):
+            raise ValueError(f"subgroup {part!r}: write TARGET:CLASS+CLASS+... (e.g. "
+                             "'automobile:automobile+truck+airplane'), several joined by ';'")
+        if target not in names or len(set(names)) < 2:
+            raise ValueError(f"subgroup {part!r}: its group must list the target {target!r} and at least one sibling "
+                             f"class to keep (e.g. '{target}:{target}+OTHER')")
+        groups[target] = names
+    if not groups:
+        raise ValueError(f"no subgroup in {text!r}: write TARGET:CLASS+CLASS+..., several joined by ';'")
+    return groups
+
+
+def _paper_a_profile(profile: str) -> dict:
+    """The full-size settings of ``profile``: mini from ``configs.mini_settings()``, paper from the paper configs."""
+    from . import experiment
+
+    if profile == "mini":
+        mini = mini_settings()  # the method settings shared with notebooks 20 and 40
+        return dict(
+            model="mini", pretrained=None,
+            targets={"sandal": "forget-subgroup", "sketch:sneaker": "forget-style-subgroup"},
+            task=dict(retain_per_class=300, eval_per_class=150, val_per_class=50),
+            baselines=list(PAPER_A_BASELINES), steps=30, batch_size=32, grid={"lr": list(experiment.MINI_LR_GRID)},
+            three_stage={**mini["three_stage"], "examples": 6}, three_stage_grid=mini["grids"]["three_stage"],
+            lipschitz=mini["lipschitz"], lipschitz_grid=mini["grids"]["lipschitz_synthetic"],
+            ablations=list(experiment.THREE_STAGE_PAPER_ABLATIONS), style_ablations=list(MINI_STYLE_ABLATIONS),
+            dataset="fashion-mnist", transfer=[], hierarchy=None,  # the Fashion-MNIST hierarchy
+        )
+    paper, paper_b = load_paper_config("paper_a"), load_paper_config("paper_b")
+    gen, forget = paper_b["generation"], paper_b["forgetting"]  # LIP: paper B's method as paper B runs it
+    [(model, pretrained)] = list(paper["backbones"].items())[:1]  # RN50 (RN101: model=)
+    return dict(
+        model=model, pretrained=pretrained,
+        targets={t: "forget-subgroup" for t in paper["subgroup_tasks"]},
+        task=dict(retain_per_class=5, eval_per_class=None),
+        transfer=[d for d in paper["datasets"]["transfer"] if d in data.DATASETS],  # ObjectNet is not registered
+        baselines=list(PAPER_A_BASELINES), steps=100, batch_size=32, grid={"lr": [1e-6, 1e-5, 1e-4]},
+        three_stage=dict(batch_size=32, calib_per_class=10, examples=6, settings=dict(n_layers=2, rank=4)),
+        three_stage_grid={"lr": [1e-4, 3e-4, 1e-3]},
+        lipschitz=dict(
+            generation=dict(image_size=gen["image_size"], steps=gen["steps"], step_size=gen["step_size"],
+                            jitter=gen["jitter"], blur_every=gen["blur_every"], blur_sigma=gen["blur_sigma"],
+                            norm_weight=gen["norm_weight"], thresholds=0.6, threshold_decay=gen["threshold_decay"],
+                            min_threshold=gen["min_threshold"], patience=300, logit_scale="model", grayscale=False,
+                            batch_size=64),
+            forgetting=dict(n_samples=forget["n_samples"], threshold=forget["stop_accuracy"],
+                            max_epochs=forget["max_epochs"], betas=tuple(forget["betas"]), eps=forget["eps"],
+                            weight_decay=forget["weight_decay"], batch_size=forget["batch_size"]),
+            n_train=gen["n_per_class"], n_val=32),
+        lipschitz_grid={"lr": [2e-5, forget["lr"], 1e-4]},
+        ablations=list(experiment.THREE_STAGE_PAPER_ABLATIONS), style_ablations=[],
+        dataset=paper["datasets"]["forget"],
+        hierarchy={t["group"]: t["classes"] for t in paper["subgroup_tasks"].values()},
+    )
+
+
+def paper_a_settings(profile: str, *, quick: bool = False, seeds="0,1,2", model: str = "", pretrained: str = "",
+                     dataset: str = "", subgroups: str = "", transfer: str = "") -> dict:
+    """Return notebook 30's settings of paper A for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
+
+    Keys: ``model`` / ``pretrained`` (``models.load_clip``), ``targets`` (``{target: task kind}``),
+    ``task`` (sizes for ``experiment.build_task``), ``dataset``, ``transfer`` (zero-shot
+    transfer datasets), ``groups`` (``{target: classes of its group}`` from ``subgroups``, else
+    None) and ``hierarchy`` (``build_task``'s; None: Fashion-MNIST's), ``baselines``, ``steps``,
+    ``batch_size``, the grids ``grid`` (baselines), ``three_stage_grid``, ``lipschitz_grid``
+    and ``grids`` (``{method: grid}``) of the ``methods``, ``three_stage`` / ``lipschitz``
+    (the method settings), ``ablations`` (paper A's table), ``style_ablations`` (more
+    three-stage variants) and ``seeds`` (list of ints). Mini settings come from
+    ``configs.mini_settings()``; the paper's from ``paper_a.json`` (backbone, subgroups,
+    datasets) and ``paper_b.json`` (LIP). The string arguments are the notebook's
+    parameters: ``seeds`` comma-separated; ``model`` / ``pretrained`` (refused by mini)
+    replace the backbone; ``dataset``, ``subgroups`` (``TARGET:CLASS+CLASS+...``, several
+    joined by ``;``, see :func:`parse_subgroups`) and ``transfer`` (comma-separated) are for
+    the paper profile (ignored by mini). ``quick``: the first task, one seed, one grid
+    value, few steps, small sets and two ablations (the CI smoke test).
+    """
+    check_profile(profile)
+    settings = _paper_a_profile(profile)
+    seed_list = _parse_seeds(seeds)
+    [(settings["model"], settings["pretrained"])] = models.override_backbones(
+        {settings["model"]: settings["pretrained"]}, profile=profile, model=model, pretrained=pretrained).items()
+    groups = None
+    if profile == "paper":
+        if dataset:
+            data.get_dataset_spec(dataset)  # an unknown name lists the registered ones
+            if dataset != settings["dataset"] and not subgroups:
+                raise ValueError(f"the paper's subgroups are {settings['dataset']} classes: name {dataset}'s in "
+                                 "subgroups (TARGET:CLASS+CLASS+..., e.g. 'automobile:automobile+truck+airplane')")
+            settings["dataset"] = dataset
+        if subgroups:
+            groups = parse_subgroups(subgroups)
+            settings["targets"] = {t: "forget-subgroup" for t in groups}
+            settings["hierarchy"] = {f"{t} group": classes for t, classes in groups.items()}
+        if transfer:
+            settings["transfer"] = _split_names(transfer)
+            for name in settings["transfer"]:
+                data.get_dataset_spec(name)
+    settings["groups"] = groups
+    if quick:  # CI: the first task, one seed, one grid value, few steps, small sets, two ablations
+        seed_list = seed_list[:1]
+        settings.update(targets=dict(list(settings["targets"].items())[:1]), steps=10, grid={"lr": [1e-4]},
+                        three_stage_grid={"lr": [1e-3]}, lipschitz_grid={"lr": [1e-2]},
+                        task=dict(retain_per_class=50, eval_per_class=50, val_per_class=20),
+                        ablations=["three_stage-no_fisher_all", "three_stage-no_soup"], style_ablations=[])
+        settings["three_stage"]["settings"].update(remind_steps=10, forget_steps=50)
+        settings["lipschitz"].update(n_train=16, n_val=8)
+        settings["lipschitz"]["forgetting"].update(max_epochs=5, n_samples=10)
+        settings["lipschitz"]["generation"].update(steps=min(50, settings["lipschitz"]["generation"]["steps"]),
+                                                   patience=10)
+    settings["seeds"] = seed_list
+    settings["methods"] = ["three_stage", *settings["baselines"], "lipschitz_synthetic"]
+    settings["grids"] = {"three_stage": settings["three_stage_grid"], "lipschitz_synthetic": settings["lipschitz_grid"],
+                         **{m: settings["grid"] for m in settings["baselines"]}}
+    return settings
+
+
+def load_paper_a_tasks(*, model: str, pretrained: str | None, dataset: str, targets: dict, seeds: Sequence[int],
+                       hierarchy: dict | None = None, transfer: Sequence[str] = (), retain_per_class: int | None = 300,
+                       eval_per_class: int | None = 300, val_per_class: int = 100, device="cpu", data_dir=None):
+    """Load paper A's model, dataset and subgroup tasks; return ``(model, preprocess, tokenizer, train, test, tasks)``.
+
+    ``tasks`` is ``{target: [experiment.Task per seed]}`` (``targets``: ``{target: task kind}``,
+    ``hierarchy``: ``{group: [class names]}`` naming each subgroup's siblings; None:
+    Fashion-MNIST's). Fashion-MNIST is the mini world (every style, the mini model's
+    ``n_seen``); another registered ``dataset`` is loaded with the model's ``preprocess``.
+    Every task scores the test sets of the ``transfer`` datasets with their own prompts
+    (``Task.extra_sets``). ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache.
+    """
+    from . import experiment
+
+    data_dir = data_dir or None
+    base, preprocess, tokenizer = models.load_clip(model, pretrained, device=device)
+    if dataset == "fashion-mnist":
+        train = data.load_fashion_mnist("train", styles=data.STYLES, data_dir=data_dir)
+        test = data.load_fashion_mnist("test", styles=data.STYLES, data_dir=data_dir)
+        templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
+    else:
+        train, test = (data.load_dataset(dataset, split=s, transform=preprocess, data_dir=data_dir)
+                       for s in ("train", "test"))
+        templates, n_seen = data.get_templates(dataset), None
+    extra = {}
+    for name in transfer:
+        ds = data.load_dataset(name, split="test", transform=preprocess, data_dir=data_dir)
+        extra[name] = dict(dataset=ds, classnames=ds.classnames, templates=data.get_templates(name))
+    tasks = {target: [experiment.build_task(train, test, kind=kind, target=target, seed=s, templates=templates,
+                                            n_seen=n_seen, hierarchy=hierarchy, retain_per_class=retain_per_class,
+                                            eval_per_class=eval_per_class, val_per_class=val_per_class)
+                      for s in seeds]
+             for target, kind in targets.items()}
+    for seeded in tasks.values():
+        for task in seeded:
+            task.extra_sets.update(extra)
+    return base, preprocess, tokenizer, train, test, tasks
