@@ -37,8 +37,8 @@ def test_mini_settings_come_from_the_shared_mini_settings():
 def test_ablations_are_paper_a_table_and_registered(profile):
     full = settings(profile)
     assert full["ablations"] == list(experiment.THREE_STAGE_PAPER_ABLATIONS)
-    assert full["style_ablations"] == (["three_stage-no_fisher_all", "three_stage-image_only",
-                                        "three_stage-text_only"] if profile == "mini" else [])
+    assert full["style_ablations"] == (["three_stage-text_only", "three_stage-long_remind"]
+                                       if profile == "mini" else [])
     assert all(name in experiment.THREE_STAGE_ABLATIONS for name in full["ablations"] + full["style_ablations"])
 
 

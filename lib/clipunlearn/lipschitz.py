@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import data, layers, metrics, models
-from .configs import load_paper_config, mini_settings
+from .configs import load_paper_config, mini_settings, parse_seeds, split_names
 from .models import is_resnet  # re-exported: lipschitz.is_resnet
 from .paths import check_profile, get_data_dir
 
@@ -702,21 +702,6 @@ def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting
 # --------------------------------------------------------------------------- #
 # Paper B's settings, models and tasks per profile (notebook 20)
 # --------------------------------------------------------------------------- #
-def _split_names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _parse_seeds(seeds) -> list[int]:
-    items = _split_names(seeds) if isinstance(seeds, str) else list(seeds)
-    try:
-        parsed = [int(s) for s in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"seeds must be integers, comma-separated (e.g. '0,1,2'); got {seeds!r}") from None
-    if not parsed:
-        raise ValueError(f"no seed in {seeds!r}: give at least one, e.g. '0'")
-    return parsed
-
-
 def _profile_settings(profile: str, *, precision: str) -> dict:
     """The full-size settings of ``profile``: mini from ``configs.mini_settings()``, paper from ``paper_b.json``."""
     if profile == "mini":
@@ -770,7 +755,7 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
     if precision not in metrics.PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(metrics.PRECISIONS)}")
     settings = _profile_settings(profile, precision=precision)
-    seed_list = _parse_seeds(seeds)
+    seed_list = parse_seeds(seeds)
     backbones = settings["backbones"]
     if backbone:
         if backbone not in backbones:
@@ -778,16 +763,16 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
                              " (other architectures: model=)")
         backbones = {backbone: backbones[backbone]}
     if model and profile == "paper":  # other architectures (e.g. tiny test models with pretrained="random")
-        backbones, model = {m: "openai" for m in _split_names(model)}, ""
+        backbones, model = {m: "openai" for m in split_names(model)}, ""
     # parses pretrained; the mini profile refuses model and pretrained
     settings["backbones"] = models.override_backbones(backbones, profile=profile, model=model, pretrained=pretrained)
     dataset = dataset if profile == "paper" else ""
-    for name in ([dataset] if dataset else []) + (_split_names(other_datasets) if profile == "paper" else []):
+    for name in ([dataset] if dataset else []) + (split_names(other_datasets) if profile == "paper" else []):
         data.get_dataset_spec(name)  # an unknown name lists the registered ones
     if dataset:  # one dataset, any registered one (its classes: forget_classes)
         settings["forget"] = {dataset: settings["forget"].get(dataset, [])}
     if forget_classes:
-        wanted = _split_names(forget_classes)
+        wanted = split_names(forget_classes)
         if profile == "mini":
             data.check_classnames(wanted, data.FASHION_MNIST_CLASSES)  # an unknown class lists the valid ones
             settings["forget"] = {ds: wanted for ds in settings["forget"]}
@@ -806,7 +791,7 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
     # paper B's "other" datasets: every other dataset of the run (or other_datasets), scored with their own prompts
     settings["others"] = {}
     if profile == "paper":
-        pool = _split_names(other_datasets) or list(load_paper_config("paper_b")["forget_classes"])
+        pool = split_names(other_datasets) or list(load_paper_config("paper_b")["forget_classes"])
         settings["others"] = {ds: [o for o in pool if o != ds] for ds in settings["forget"]}
     if quick:  # CI smoke test: one class, one seed, two grid values, short generation, small evaluation sets
         seed_list = seed_list[:1]

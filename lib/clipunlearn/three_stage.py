@@ -39,8 +39,7 @@ from tqdm.auto import tqdm
 
 from . import data, models
 from . import layers as layer_scores
-from .configs import load_paper_config, mini_settings
-from .lipschitz import _parse_seeds, _split_names
+from .configs import load_paper_config, mini_settings, parse_seeds, split_names
 from .losses import contrastive_loss, encode_pairs, lipschitz_bounds, pair_positives
 from .lora import add_lora, has_lora, lora_parameters, lora_targets, merge_lora
 from .models import copy_frozen, get_normalization, make_adamw
@@ -636,7 +635,7 @@ def _load_tensors(model, tensors: dict) -> None:
 #: The baselines beside three-stage and paper B's Lipschitz forgetting (``lipschitz_synthetic``).
 PAPER_A_BASELINES = ("ft", "ga", "cliperase")
 #: The mini profile's ablations for the style subgroup: every candidate layer, or only one encoder's layers.
-MINI_STYLE_ABLATIONS = ("three_stage-no_fisher_all", "three_stage-image_only", "three_stage-text_only")
+MINI_STYLE_ABLATIONS = ("three_stage-text_only", "three_stage-long_remind")
 
 
 def parse_subgroups(text: str) -> dict[str, list[str]]:
@@ -728,7 +727,7 @@ def paper_a_settings(profile: str, *, quick: bool = False, seeds="0,1,2", model:
     """
     check_profile(profile)
     settings = _paper_a_profile(profile)
-    seed_list = _parse_seeds(seeds)
+    seed_list = parse_seeds(seeds)
     [(settings["model"], settings["pretrained"])] = models.override_backbones(
         {settings["model"]: settings["pretrained"]}, profile=profile, model=model, pretrained=pretrained).items()
     groups = None
@@ -744,7 +743,7 @@ def paper_a_settings(profile: str, *, quick: bool = False, seeds="0,1,2", model:
             settings["targets"] = {t: "forget-subgroup" for t in groups}
             settings["hierarchy"] = {f"{t} group": classes for t, classes in groups.items()}
         if transfer:
-            settings["transfer"] = _split_names(transfer)
+            settings["transfer"] = split_names(transfer)
             for name in settings["transfer"]:
                 data.get_dataset_spec(name)
     settings["groups"] = groups

@@ -31,6 +31,23 @@ def load_paper_config(name: str) -> dict:
     return json.loads((CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
+def split_names(text: str) -> list[str]:
+    """Return the comma-separated names of a notebook parameter (``"a, b,"`` -> ``["a", "b"]``)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_seeds(seeds) -> list[int]:
+    """Return the seeds of a notebook's ``SEEDS`` parameter (``"0,1,2"`` or a sequence) as ints."""
+    items = split_names(seeds) if isinstance(seeds, str) else list(seeds)
+    try:
+        parsed = [int(s) for s in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers, comma-separated (e.g. '0,1,2'); got {seeds!r}") from None
+    if not parsed:
+        raise ValueError(f"no seed in {seeds!r}: give at least one, e.g. '0'")
+    return parsed
+
+
 def get_config_value(config: dict, key: str):
     """Return the value at dotted ``key`` (e.g. ``"hyperparameters.lr"``) of a paper config."""
     value = config
