@@ -901,7 +901,9 @@ def plot_three_stage_ablation(records: list[dict], *, task: str = "ablation", va
     ax.set_ylim(0, 1.35)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=min(5, n_bars), loc="upper left")
-    ax.set_title(f"ablations ({_seeds_note(chosen)})", fontsize=10)
+    targets = ", ".join(dict.fromkeys(str(get_value(r, "forget_class")) for r in chosen
+                                      if get_value(r, "forget_class") is not None))
+    ax.set_title(f"ablations{f' on {targets}' if targets else ''} ({_seeds_note(chosen)})", fontsize=10)
     fig.tight_layout()
     return fig
 
