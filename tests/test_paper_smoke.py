@@ -26,7 +26,10 @@ def test_parameters_are_the_declared_standard_ones_then_the_notebooks_own(smoke,
     assert nb20["MODEL"] == "tiny-rn" and nb20["DATA_DIR"] == str(tmp_path)  # ResNet here, ViT in notebook 10
     nb10 = smoke.notebook_parameters(repo_root / "notebooks" / "10_cliperase.ipynb", data_dir=tmp_path,
                                      extra={"PRECISION": "bf16"})
-    assert nb10["MODEL"] == "tiny-vit" and "PRECISION" not in nb10 and "OTHER_DATASETS" not in nb10
+    assert nb10["MODEL"] == "tiny-vit" and nb10["PRECISION"] == "bf16" and "OTHER_DATASETS" not in nb10
+    nb30 = smoke.notebook_parameters(repo_root / "notebooks" / "30_subgroup_forgetting.ipynb", data_dir=tmp_path,
+                                     extra={"PRECISION": "bf16"})
+    assert "PRECISION" not in nb30  # passed only where the notebook declares it
 
 
 def test_notebooks_without_a_paper_branch_or_skipped_take_no_part(smoke, tmp_path):
