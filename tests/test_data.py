@@ -327,3 +327,17 @@ def test_coco_captions_match_torchvision(tmp_path):
     ours = data.load_coco_captions(folder, annotation_file)
     theirs = CocoCaptions(str(folder), str(annotation_file))
     assert [theirs[i][1] for i in range(len(theirs))] == [ours[i][1] for i in range(len(ours))]
+
+
+def test_objectnet_loads_from_its_images_folder_with_imagenet_prompts(tmp_path):
+    from PIL import Image
+
+    for name in ("air_freshener", "banana"):
+        folder = tmp_path / "objectnet" / "images" / name
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "0.png")
+    ds = data.load_dataset("objectnet", data_dir=tmp_path)
+    assert ds.classnames == ["air freshener", "banana"] and len(ds) == 2
+    assert len(data.get_templates("objectnet")) == 80  # open_clip's ImageNet templates
+    with pytest.raises(FileNotFoundError, match="download it yourself"):
+        data.load_dataset("objectnet", data_dir=tmp_path / "none")

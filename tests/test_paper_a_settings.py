@@ -57,7 +57,7 @@ def test_paper_settings_are_read_from_the_paper_configs(monkeypatch):
     assert (paper["model"], paper["pretrained"]) == ("RN50", paper_a["backbones"]["RN50"])
     assert paper["targets"] == {"marmoset": "forget-subgroup", "box turtle": "forget-subgroup"}
     assert paper["dataset"] == paper_a["datasets"]["forget"] == "imagenet"
-    assert paper["transfer"] == ["cifar10", "food101", "stl10"]  # the paper's, less ObjectNet (not registered)
+    assert paper["transfer"] == ["cifar10", "food101", "stl10", "objectnet"]  # the paper's columns
     assert paper["hierarchy"] == {"monkey": paper_a["subgroup_tasks"]["marmoset"]["classes"],
                                   "turtle": paper_a["subgroup_tasks"]["box turtle"]["classes"]}
     gen, forget = paper["lipschitz"]["generation"], paper["lipschitz"]["forgetting"]
@@ -72,7 +72,7 @@ def test_paper_settings_are_read_from_the_paper_configs(monkeypatch):
         out = configs.load_paper_config(name)
         if name == "paper_a":
             out["subgroup_tasks"] = {"tabby": {"group": "cat", "classes": ["tabby", "tiger cat"]}}
-            out["datasets"]["transfer"] = ["stl10", "objectnet"]
+            out["datasets"]["transfer"] = ["stl10"]
         else:
             out["generation"]["steps"], out["forgetting"]["max_epochs"] = 1234, 7
         return out
@@ -161,7 +161,7 @@ def test_bad_subgroups_say_how_to_write_them(subgroups, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(profile="paper", dataset="imagenet-r"), "unknown dataset 'imagenet-r'; valid: fashion-mnist"),
-    (dict(profile="paper", transfer="cifar10,objectnet"), "unknown dataset 'objectnet'; valid: fashion-mnist"),
+    (dict(profile="paper", transfer="cifar10,objectnet2"), "unknown dataset 'objectnet2'; valid: fashion-mnist"),
     (dict(profile="paper", dataset="cifar10"), "the paper's subgroups are imagenet classes: name cifar10's in "),
     (dict(profile="mini", model="tiny-rn"), "MODEL is for the paper profile only"),
     (dict(profile="mini", pretrained="random"), "PRETRAINED is for the paper profile only"),

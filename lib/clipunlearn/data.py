@@ -768,6 +768,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagenet": DatasetSpec("imagenet", (), _load_folder_dataset(
         "imagenet", subdir=lambda split: "val" if split == "test" else split, classnames=_imagenet_classnames),
         "ImageFolder <root>/<split>/<wnid>/ with the 1000 classes; open_clip's templates"),
+    "objectnet": DatasetSpec("objectnet", (), _load_folder_dataset("objectnet", subdir=lambda split: "images"),
+                             "ObjectNet <root>/images/<class>/ (download it yourself; keep the 113 classes that "
+                             "overlap ImageNet for CLIP's usual protocol); open_clip's ImageNet templates"),
     "pacs": DatasetSpec("pacs", PHOTO_TEMPLATES, _load_pacs,
                         "PACS <root>/<domain>/<class>/; seeded 80/20 train/test per domain and class, or all",
                         default_split="all"),
@@ -813,7 +816,7 @@ def load_dataset(name: str, *, split: str | None = None, transform=None, data_di
 
 def get_templates(name: str) -> tuple:
     """Return the prompt templates (format strings or callables) of registered dataset ``name``."""
-    if name == "imagenet":
+    if name in ("imagenet", "objectnet"):
         from open_clip import OPENAI_IMAGENET_TEMPLATES
 
         return tuple(OPENAI_IMAGENET_TEMPLATES)
