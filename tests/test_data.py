@@ -341,3 +341,10 @@ def test_objectnet_loads_from_its_images_folder_with_imagenet_prompts(tmp_path):
     assert len(data.get_templates("objectnet")) == 80  # open_clip's ImageNet templates
     with pytest.raises(FileNotFoundError, match="download it yourself"):
         data.load_dataset("objectnet", data_dir=tmp_path / "none")
+
+
+def test_mini_world_is_both_splits_in_every_style(fmnist_test):
+    train, test = data.load_mini_world()
+    assert (len(train), len(test)) == (3 * 60_000, 3 * 10_000)
+    assert train.stylenames == test.stylenames == list(data.STYLES)
+    assert torch.equal(test.targets, fmnist_test.targets) and torch.equal(test.styles, fmnist_test.styles)

@@ -270,6 +270,11 @@ def select_indices(dataset, *, classes: Sequence[int] | None = None, exclude_cla
     return idx
 
 
+def load_mini_world(*, data_dir=None, root=None) -> tuple[StyledImages, StyledImages]:
+    """Return the mini world's ``(train, test)``: Fashion-MNIST in every style of :data:`STYLES`."""
+    return tuple(load_fashion_mnist(split, styles=STYLES, data_dir=data_dir, root=root) for split in ("train", "test"))
+
+
 def split_indices(indices: torch.Tensor, fractions: Sequence[float], *, seed: int = 0) -> list[torch.Tensor]:
     """Split ``indices`` at random into parts of the given fractions (the last takes the rest)."""
     g = torch.Generator().manual_seed(seed)

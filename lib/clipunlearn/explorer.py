@@ -173,8 +173,7 @@ def load_world(*, device="cpu", data_dir=None, model_name: str = "mini", progres
     from . import models
 
     model, _, tokenizer, _ = models.get_mini_clip(model_name, device=device, progress=progress, data_dir=data_dir)
-    train = data.load_fashion_mnist("train", styles=data.STYLES, data_dir=data_dir)
-    test = data.load_fashion_mnist("test", styles=data.STYLES, data_dir=data_dir)
+    train, test = data.load_mini_world(data_dir=data_dir)
     return World(model=model, tokenizer=tokenizer, train=train, test=test, templates=data.FASHION_MNIST_TEMPLATES,
                  n_seen=models.MINI_SEEN_IMAGES, device=str(device))
 

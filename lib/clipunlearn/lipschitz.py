@@ -881,8 +881,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
             model, _, tokenizer = load_model(backbone)
             extra = {}
             if dataset == "fashion-mnist":
-                train = data.load_fashion_mnist("train", styles=data.STYLES, data_dir=data_dir)
-                test = data.load_fashion_mnist("test", styles=data.STYLES, data_dir=data_dir)
+                train, test = data.load_mini_world(data_dir=data_dir)
                 templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
             else:
                 for other in others.get(dataset, []):

@@ -783,8 +783,7 @@ def load_paper_a_tasks(*, model: str, pretrained: str | None, dataset: str, targ
     data_dir = data_dir or None
     base, preprocess, tokenizer = models.load_clip(model, pretrained, device=device)
     if dataset == "fashion-mnist":
-        train = data.load_fashion_mnist("train", styles=data.STYLES, data_dir=data_dir)
-        test = data.load_fashion_mnist("test", styles=data.STYLES, data_dir=data_dir)
+        train, test = data.load_mini_world(data_dir=data_dir)
         templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
     else:
         train, test = (data.load_dataset(dataset, split=s, transform=preprocess, data_dir=data_dir)
