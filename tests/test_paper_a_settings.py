@@ -226,3 +226,30 @@ def test_unknown_class_lists_the_dataset_classes(image_folders):
 def test_missing_data_says_where_to_put_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="place an ImageFolder export"):
         load(tmp_path)
+
+
+# --------------------------------------------------------------------------- #
+# the project's targets and the notebook's statements, checked on records
+# --------------------------------------------------------------------------- #
+def test_targets_and_findings_on_the_committed_mini_records(repo_root):
+    import copy
+
+    from clipunlearn.results import load_records
+
+    records = load_records(repo_root / "results" / "mini" / "30_subgroup_forgetting.json")
+    findings = three_stage.check_paper_a_findings(records)
+    assert len(findings) == 17 and all(findings.values())
+    targets = three_stage.paper_a_targets(records)
+    assert [k.split(":")[0] for k in targets] == ["forget-subgroup"] * 3 + ["forget-style-subgroup"] * 2
+    assert all(v for k, v in targets.items() if k.startswith("forget-subgroup"))
+    # a sandal run that did not forget breaks the first statement and the first target
+    broken = copy.deepcopy(records)
+    for r in broken:
+        if r["task"] == "forget-subgroup" and r["method"] == "three_stage":
+            r["metrics"]["forget_acc"] = 0.9
+    assert not three_stage.check_paper_a_findings(broken)["1. sandal forgotten (forget_acc <= 0.05)"]
+    assert not next(iter(three_stage.paper_a_targets(broken).values()))
+    # quick mode: the sandal statements only, at looser bars
+    sandal = [r for r in records if r["task"] == "forget-subgroup"]
+    quick = three_stage.check_paper_a_findings(sandal, quick=True)
+    assert "1. sandal forgotten (forget_acc <= 0.3)" in quick and not any(k.startswith(("2.", "3.")) for k in quick)

@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 
 from clipunlearn import plots  # noqa: E402
@@ -226,3 +227,25 @@ def test_stages_by_style_one_bar_group_per_stage_and_style():
     with pytest.raises(plots.NoDataError):
         plots.plot_stages_by_style([r for r in records if r["method"] == "original"] +
                                    [run(0, forget_acc=0.0, sibling_acc=0.5)])
+
+
+def test_three_stage_examples_one_row_per_model_and_stage():
+    from clipunlearn.results import make_record
+
+    class Images:
+        classnames = ["sandal", "sneaker"]
+
+        def __getitem__(self, i):
+            return torch.full((3, 8, 8), float(i)), i % 2
+
+    shown = {"indices": [0, 1], "labels": [0, 1], "original": [0, 1], "forget": [1, 1], "remind": [1, 1],
+             "restore": [1, 0]}
+    record = make_record(method="three_stage", task="forget-subgroup", config={"forget_class": "sandal", "seed": 0},
+                         metrics={})
+    record["three_stage"] = {"examples": shown}
+    fig = plots.plot_three_stage_examples(record, dataset=Images())
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert rows == ["original", "after forgetting", "after reminding", "after restoring"]
+    assert [ax.get_title() for ax in fig.axes[-2:]] == ["sneaker", "sandal"]  # after restoring: swapped
+    with pytest.raises(plots.NoDataError):
+        plots.plot_three_stage_examples({**record, "three_stage": {}}, dataset=Images())

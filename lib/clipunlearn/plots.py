@@ -23,7 +23,7 @@ import torch
 
 from .paths import REPO_ROOT, check_profile
 from .report import (METHOD_LABELS, check_task, class_means, get_forget_class, get_metric, get_value, mean_std,
-                     method_label, metric_label, order_methods, select_records)
+                     method_label, metric_label, order_methods, select_records, style_metrics)
 
 ORIGINAL_COLOUR = "#9a9a9a"
 ORACLE_LABEL = "oracle (peeks at real forget images)"
@@ -824,12 +824,29 @@ def plot_stages(records: list[dict], *, task: str = "forget-subgroup", method: s
 def plot_stages_by_style(records: list[dict], *, task: str = "forget-style-subgroup", method: str = "three_stage"):
     """:func:`plot_stages` with each style apart: the forgotten subgroup, then the kept styles of its class
     (``sibling_acc@<style>``) and the other classes in the other styles (``other_acc@<style>``)."""
-    chosen = [r for r in records if r.get("task") == task and r["method"] == method]
-    styled = sorted({k.split("/", 1)[-1] for r in chosen for k in r["metrics"] if "@" in k},
-                    key=lambda k: (not k.startswith("sibling"), k))
+    styled = style_metrics(r for r in records if r.get("task") == task and r["method"] == method)
     if not styled:
         raise NoDataError(f"the {method!r} records of {task!r} have no per-style metrics (<set>_acc@<style>)")
     return plot_stages(records, task=task, method=method, metrics=("forget_acc", *styled, "retain_acc"))
+
+
+def plot_three_stage_examples(record: dict, *, dataset, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    """The test images a three-stage record kept as examples (``run_three_stage(examples=...)``, indices into
+    ``dataset``) with the class predicted by the original model and after each stage
+    (:func:`plot_prediction_grid`)."""
+    from .experiment import STAGE_LABELS
+
+    shown = record.get("three_stage", {}).get("examples")
+    if not shown:
+        raise NoDataError("the record has no three_stage examples (run_three_stage with examples > 0)")
+    images = torch.stack([dataset[i][0] for i in shown["indices"]])
+    rows = {"original": shown["original"], **{label: shown[stage] for stage, label in STAGE_LABELS.items()}}
+    fig = plot_prediction_grid(images, labels=shown["labels"], predictions=rows, classnames=dataset.classnames,
+                               mean=mean, std=std)
+    config = record["config"]
+    fig.suptitle(f"forget {config.get('forget_class')!r} (seed {config.get('seed')}): predictions before and after "
+                 "each stage", fontsize=9, y=1.02)
+    return fig
 
 
 def plot_prediction_grid(images: torch.Tensor, *, labels: Sequence[int], predictions: dict, classnames: Sequence[str],

@@ -111,6 +111,12 @@ def get_value(record: dict, key: str):
     return None
 
 
+def style_metrics(records: Iterable[dict]) -> list[str]:
+    """Return the per-style metrics (``<set>_acc@<style>``, stage prefixes dropped) the records hold, siblings first."""
+    names = {k.split("/", 1)[-1] for r in records for k in r.get("metrics", {}) if "@" in k}
+    return sorted(names, key=lambda k: (not k.startswith("sibling"), k))
+
+
 def get_metric(record: dict, metric: str) -> float | None:
     """Return ``metrics[metric]`` as a finite float, or None when absent, null, non-numeric or not finite."""
     value = record.get("metrics", {}).get(metric)
