@@ -29,8 +29,17 @@ Options:
   --force            re-run notebooks even if up to date
   --quick            smoke-test mode: -p QUICK True (results go to
                      results/quick-<profile>/, not committed)
+  --retrained-mini SEED
+                     mini profile: use a mini CLIP retrained here with training
+                     seed SEED (trained on first use, ~4 min; cached) instead of
+                     the shipped one; results and figures go to
+                     results/mini-seedSEED/ and figures/mini-seedSEED/
   -p NAME VALUE      extra papermill parameter (repeatable)
   -h, --help         show this help and exit
+
+Every run uses the same number of CPU threads (OMP_NUM_THREADS and
+MKL_NUM_THREADS; default 2, CLIPUNLEARN_THREADS=N changes it): torch sums in
+an order that depends on it, and the committed results ran with 2.
 
 Environment: CLIPUNLEARN_NO_VENV=1 uses the current python instead of .venv
 (Colab, conda); see scripts/setup_env.sh.
@@ -40,7 +49,7 @@ EOF
 die() { echo "run_all.sh: $*" >&2; exit 2; }
 
 # --- arguments (parsed before any set-up, so errors are instant) ------------
-profile=mini; force=0; quick=0; only=(); extra=()
+profile=mini; force=0; quick=0; only=(); extra=(); mini_seed="${CLIPUNLEARN_MINI_SEED:-}"
 while (($#)); do
     case "$1" in
         --profile)   (($# >= 2)) || die "--profile needs a value"; profile="$2"; shift 2 ;;
@@ -49,6 +58,8 @@ while (($#)); do
         --only=*)    only+=("${1#*=}"); shift ;;
         --force)     force=1; shift ;;
         --quick)     quick=1; shift ;;
+        --retrained-mini) (($# >= 2)) || die "--retrained-mini needs a training seed"; mini_seed="$2"; shift 2 ;;
+        --retrained-mini=*) mini_seed="${1#*=}"; shift ;;
         -p)          (($# >= 3)) || die "-p needs NAME VALUE"; extra+=(-p "$2" "$3"); shift 3 ;;
         -h|--help)   usage; exit 0 ;;
         *)           die "unknown option '$1' (see --help)" ;;
@@ -56,6 +67,12 @@ while (($#)); do
 done
 [[ " ${PROFILES[*]} " == *" $profile "* ]] \
     || die "unknown profile '$profile'; valid profiles: ${PROFILES[*]}"
+[[ -z "$mini_seed" || "$mini_seed" == shipped || "$mini_seed" =~ ^[0-9]+$ ]] \
+    || die "--retrained-mini needs a training seed (an integer >= 0), not '$mini_seed'"
+[[ "$mini_seed" == shipped ]] && mini_seed=""
+[[ -n "$mini_seed" && "$profile" != mini ]] && die "--retrained-mini is for the mini profile only"
+threads="${CLIPUNLEARN_THREADS:-2}"
+[[ "$threads" =~ ^[1-9][0-9]*$ ]] || die "CLIPUNLEARN_THREADS must be a positive integer, not '$threads'"
 
 # --- notebooks to run --------------------------------------------------------
 matches() {  # stem matches one of the --only patterns (or there are none)
@@ -80,11 +97,14 @@ fi
 # shellcheck source=scripts/setup_env.sh
 source "$ROOT/scripts/setup_env.sh"
 
-run_name="$profile"; ((quick)) && run_name="quick-$profile"
+# the same thread count for every notebook: results depend on it in their last bits
+export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+if [[ -n "$mini_seed" ]]; then export CLIPUNLEARN_MINI_SEED="$mini_seed"; else unset CLIPUNLEARN_MINI_SEED; fi
+run_name="$profile${mini_seed:+-seed$mini_seed}"; ((quick)) && run_name="quick-$run_name"
 out_dir="$ROOT/runs/$run_name"
 mkdir -p "$out_dir/logs"
 params=(-p PROFILE "$profile" -p QUICK "$( ((quick)) && echo True || echo False)" "${extra[@]}")
-params_hash="$(printf '%s\n' "${params[@]}" | sha256sum | cut -d' ' -f1)"
+params_hash="$(printf '%s\n' "${params[@]}" "threads=$threads" "mini_seed=$mini_seed" | sha256sum | cut -d' ' -f1)"
 
 # Up to date = executed copy exists, stamp has the same parameters, and the
 # stamp's mtime (= when that run started) is newer than the source notebook
@@ -97,7 +117,9 @@ up_to_date() {  # source_nb output_nb stamp
 
 fmt_time() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
-echo "run_all: profile=$run_name, ${#notebooks[@]} notebook(s) -> ${out_dir#"$ROOT"/}/"
+model_note="shipped mini CLIP"; [[ -n "$mini_seed" ]] && model_note="mini CLIP retrained with seed $mini_seed"
+[[ "$profile" == mini ]] || model_note="paper weights"
+echo "run_all: profile=$run_name ($model_note, $threads CPU threads), ${#notebooks[@]} notebook(s) -> ${out_dir#"$ROOT"/}/"
 total_start=$SECONDS
 for i in "${!notebooks[@]}"; do
     src="${notebooks[$i]}"

@@ -234,11 +234,12 @@ def test_missing_data_says_where_to_put_it(tmp_path):
 def test_targets_and_findings_on_the_committed_mini_records(repo_root):
     import copy
 
+    from clipunlearn import findings
     from clipunlearn.results import load_records
 
     records = load_records(repo_root / "results" / "mini" / "30_subgroup_forgetting.json")
-    findings = three_stage.check_paper_a_findings(records)
-    assert len(findings) == 17 and all(findings.values())
+    checked = findings.check_subgroup_forgetting(records)
+    assert len(checked) == 15 and all(f.holds for f in checked)
     targets = three_stage.paper_a_targets(records)
     assert [k.split(":")[0] for k in targets] == ["forget-subgroup"] * 3 + ["forget-style-subgroup"] * 2
     assert all(v for k, v in targets.items() if k.startswith("forget-subgroup"))
@@ -246,10 +247,12 @@ def test_targets_and_findings_on_the_committed_mini_records(repo_root):
     broken = copy.deepcopy(records)
     for r in broken:
         if r["task"] == "forget-subgroup" and r["method"] == "three_stage":
-            r["metrics"]["forget_acc"] = 0.9
-    assert not three_stage.check_paper_a_findings(broken)["1. sandal forgotten (forget_acc <= 0.05)"]
+            r["metrics"]["forget_acc"] = 0.99  # above the original's 0.96
+    by_statement = {f.statement: f.holds for f in findings.check_subgroup_forgetting(broken)}
+    assert not by_statement["three-stage lowers the sandal's accuracy"]
     assert not next(iter(three_stage.paper_a_targets(broken).values()))
     # quick mode: the sandal statements only, at looser bars
     sandal = [r for r in records if r["task"] == "forget-subgroup"]
-    quick = three_stage.check_paper_a_findings(sandal, quick=True)
-    assert "1. sandal forgotten (forget_acc <= 0.3)" in quick and not any(k.startswith(("2.", "3.")) for k in quick)
+    quick = findings.check_subgroup_forgetting(sandal, quick=True)
+    assert "sandal forgotten (forget accuracy <= 0.3)" in {f.statement for f in quick}
+    assert not any(f.key in ("2", "3") for f in quick)

@@ -41,6 +41,21 @@ def test_bad_arguments_are_rejected(repo_root, args):
     assert "run_all.sh:" in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [(("--retrained-mini", "x"), "training seed"),
+                                           (("--retrained-mini",), "needs a training seed"),
+                                           (("--retrained-mini", "1", "--profile", "paper"), "mini profile only")])
+def test_retrained_mini_option_is_checked(repo_root, args, message):
+    proc = run_script(repo_root, "run_all.sh", *args)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_thread_count_is_checked_and_documented(repo_root):
+    proc = subprocess.run(["bash", str(repo_root / "run_all.sh"), "--only", "00"], capture_output=True, text=True,
+                          timeout=30, cwd=repo_root, env={"PATH": "/usr/bin:/bin", "CLIPUNLEARN_THREADS": "two"})
+    assert proc.returncode == 2 and "CLIPUNLEARN_THREADS" in proc.stderr
+    assert "OMP_NUM_THREADS" in run_script(repo_root, "run_all.sh", "--help").stdout
+
+
 def test_profiles_match_library(repo_root):
     """run_all.sh hard-codes the profiles so it can reject bad ones before set-up."""
     text = (repo_root / "run_all.sh").read_text()

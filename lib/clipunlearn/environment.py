@@ -122,3 +122,19 @@ def describe_environment() -> dict:
     except Exception as err:  # torchvision is optional for the mini world
         info["torchvision"] = f"unavailable ({err.__class__.__name__})"
     return info
+
+
+def describe_machine() -> dict:
+    """Return the CPU model, core count and torch's CPU kernel level: what decides a trained model's last bits."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}

@@ -59,11 +59,14 @@ NEEDS_CLASS_TEXTS = ("ga", "graddiff", "neggrad_plus", "random_labels")
 def selection_score(metrics_: dict) -> float:
     """Return the one selection criterion: ``val_retain_acc - val_forget_acc`` (higher is better).
 
+    Rounded to ``metrics.SCORE_DECIMALS`` decimals so that float noise decides no choice;
+    ties go to the earlier evaluated step and the first grid candidate (smaller lr).
+
     A candidate that forgets by destroying the model loses on retain accuracy; one
     that keeps everything loses on forget accuracy. For subgroup tasks the retain
     side is the mean of the sibling and retain validation accuracies.
     """
-    return float(metrics_["val_retain_acc"] - metrics_["val_forget_acc"])
+    return metrics.round_score(metrics_["val_retain_acc"] - metrics_["val_forget_acc"])
 
 
 # --------------------------------------------------------------------------- #
@@ -441,6 +444,7 @@ def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_k
         model, record = run_fn(**candidate)
         m = record["metrics"]
         score = -math.inf if m.get("failed") else float(m.get(score_key, -math.inf))
+        score = score if math.isinf(score) else metrics.round_score(score)  # ties: the earlier candidate
         row = {**candidate, "score": score, "val_forget_acc": m.get("val_forget_acc"),
                "val_retain_acc": m.get("val_retain_acc"), "failed": bool(m.get("failed")), "record": record}
         if oracle_fn is not None:

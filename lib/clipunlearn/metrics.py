@@ -25,6 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+#: Decimals every selection score is rounded to before comparing candidates (learning rates, steps,
+#: souping alphas): differences below 1e-4 are float noise of one CPU's summation order (a tie of
+#: two equal accuracies once differed by 3e-8), and a choice must not depend on them. Ties then go
+#: to the first candidate in the grid's order (grids list the gentlest value first: the smaller
+#: learning rate), then to the earlier step.
+SCORE_DECIMALS = 4
+
+
+def round_score(value: float) -> float:
+    """Return ``value`` rounded to :data:`SCORE_DECIMALS` decimals (what selection compares)."""
+    return round(float(value), SCORE_DECIMALS)
+
 
 PRECISIONS = ("fp32", "bf16")
 

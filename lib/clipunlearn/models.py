@@ -27,16 +27,19 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import data
+from . import checkpoints, data
+from .checkpoints import load_checkpoint, save_checkpoint
 from .losses import contrastive_loss
-from .paths import get_cache_dir
-from .results import save_torch_atomic, write_json_atomic
+from .environment import describe_machine
+from .paths import get_cache_dir, get_mini_seed
+from .results import write_json_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 #: Project model names -> open_clip config names in ``model_configs/``.
@@ -213,20 +216,6 @@ def override_backbones(backbones: dict, *, profile: str, model: str = "", pretra
             raise ValueError(f"MODEL replaces the only backbone; this run has {', '.join(backbones)}")
         backbones = {model: next(iter(backbones.values()))}
     return {**backbones, **parse_pretrained(pretrained, backbones=backbones)}
-
-
-def load_checkpoint(path) -> dict:
-    """Load a state dict saved by this project (``weights_only=True``; accepts ``{"state_dict": ...}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
-
-
-def save_checkpoint(state_dict: dict, path) -> Path:
-    """Save a state dict atomically (``results.write_atomic``: temp file in the same folder, then rename)."""
-    return save_torch_atomic(state_dict, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -433,40 +422,77 @@ def style_view(dataset: "data.StyledImages") -> "data.StyledImages":
     return dataset.with_targets(dataset.styles, dataset.stylenames)
 
 
-def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, force: bool = False, progress: bool = True,
-                  data_dir=None, **training):
-    """Return the cached mini model ``(model, preprocess, tokenizer, info)``, training it on first use.
+def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int | None = None, force: bool = False,
+                  progress: bool = True, data_dir=None, **training):
+    """Return a mini model ``(model, preprocess, tokenizer, info)``: the shipped one, or one trained here.
 
-    The cache key holds the model config, the training recipe and ``MINI_VERSION``,
-    so a changed recipe trains a new model; ``force=True`` retrains anyway.
+    With ``seed=None``, no ``training`` overrides and ``force=False``, the training seed
+    comes from ``$CLIPUNLEARN_MINI_SEED`` (``paths.get_mini_seed``); when that is unset too,
+    ``name`` loads the **shipped** weights (``checkpoints.verify_shipped``: the file the
+    committed results come from, its sha256 checked; ``info`` is its training record).
+    Otherwise the model trained here with the recipe ``MINI_TRAINING`` (plus ``seed`` and
+    ``training`` overrides) is loaded from the cache, training it on first use (minutes on
+    2 cores); the cache key holds the model config, the recipe and ``MINI_VERSION``, and
+    ``force=True`` retrains anyway. CPUs of other kinds train slightly different weights
+    from the same seed, which is why the results use the shipped file.
     """
-    settings = {**MINI_TRAINING, **training}
+    if seed is None and not training and not force:
+        seed = get_mini_seed()
+        if seed is None and name in checkpoints.SHIPPED:
+            weights, info = checkpoints.verify_shipped(name)
+            model, preprocess, tokenizer = create_mini_model(name, device=device)
+            model.load_state_dict(load_checkpoint(weights))
+            return model.eval(), preprocess, tokenizer, {**info, "source": "shipped", "path": str(weights)}
+    settings = {**MINI_TRAINING, **training, **({} if seed is None else {"seed": seed})}
     folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, settings)
     weights, info_path = folder / "model.pt", folder / "info.json"
     model, preprocess, tokenizer = create_mini_model(name, device=device)
     if weights.exists() and info_path.exists() and not force:
         model.load_state_dict(load_checkpoint(weights))
-        return model.eval(), preprocess, tokenizer, json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        return model.eval(), preprocess, tokenizer, {**info, "source": "trained", "path": str(weights)}
     trained, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)
     info["eval"] = evaluate_mini_clip(trained, tokenizer, data_dir=data_dir, device=device)
     save_checkpoint(trained.state_dict(), weights)
     write_json_atomic(info_path, info)
-    return trained.eval(), preprocess, tokenizer, info
+    return trained.eval(), preprocess, tokenizer, {**info, "source": "trained", "path": str(weights)}
 
 
 def main(argv=None) -> int:
-    """``python -m clipunlearn models --train-mini``: train (or load) the mini model and print its accuracy."""
+    """``python -m clipunlearn models --train-mini [--seed N]``: train (or load) a mini model and print its accuracy.
+
+    ``--verify`` checks the shipped weights against their sha256. ``--ship`` (maintainers)
+    writes the trained model over the shipped one: the committed results must then be
+    regenerated (``./run_all.sh --force``).
+    """
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m clipunlearn models", description=main.__doc__)
-    parser.add_argument("--train-mini", action="store_true", help="train or load the cached mini model")
+    parser = argparse.ArgumentParser(prog="python -m clipunlearn models", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-mini", action="store_true", help="train the mini model here (cached; loaded if there)")
+    parser.add_argument("--verify", action="store_true", help="check the shipped weights' sha256 and print their record")
     parser.add_argument("--name", default="mini", choices=sorted(MINI_MODELS))
+    parser.add_argument("--seed", type=int, default=MINI_TRAINING["seed"],
+                        help=f"training seed (default {MINI_TRAINING['seed']}, the shipped model's)")
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
+    parser.add_argument("--ship", action="store_true", help="write the trained model over the shipped weights")
     args = parser.parse_args(argv)
+    if args.verify:
+        try:
+            path, info = checkpoints.verify_shipped(args.name)
+        except checkpoints.CheckpointError as err:
+            print(err, file=sys.stderr)
+            return 1
+        print(json.dumps({"path": str(path), "sha256": info["sha256"], **info.get("eval", {})}, indent=1))
+        return 0
     if not args.train_mini:
         parser.print_help()
         return 0
-    _, _, _, info = get_mini_clip(args.name, force=args.force)
+    model, _, _, info = get_mini_clip(args.name, seed=args.seed, force=args.force)
+    if args.ship:
+        keep = {k: v for k, v in info.items() if k not in ("source", "path")}
+        path, info = checkpoints.write_shipped(model.state_dict(), {**keep, "machine": describe_machine()},
+                                               name=args.name)
+        print(f"wrote {path} (sha256 {info['sha256']}); regenerate the results: ./run_all.sh --force")
     print(json.dumps({"train_seconds": round(info["train_seconds"], 1), **info.get("eval", {})}, indent=1))
     return 0
-

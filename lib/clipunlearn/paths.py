@@ -7,6 +7,13 @@ Environment overrides:
     CLIPUNLEARN_CACHE  cache folder for trained models and downloads
                        (default ``~/.cache/clipunlearn``)
     CLIPUNLEARN_DATA   data folder for datasets (default ``<cache>/data``)
+    CLIPUNLEARN_MINI_SEED
+                       unset (or ``shipped``): the mini profile uses the shipped mini CLIP
+                       (``lib/clipunlearn/model_weights/``); an integer N: a mini CLIP
+                       retrained here with training seed N (cached; trained on first use),
+                       whose results and figures go to ``results/mini-seedN/`` and
+                       ``figures/mini-seedN/`` so the shipped model's records are never mixed
+                       with another model's (``./run_all.sh --retrained-mini N``)
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ("mini", "paper")
+#: Environment variable choosing the mini model (see the module docstring).
+MINI_SEED_ENV = "CLIPUNLEARN_MINI_SEED"
 
 
 def get_cache_dir() -> Path:
@@ -39,18 +48,42 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def _run_name(profile: str, quick: bool) -> str:
+def get_mini_seed() -> int | None:
+    """Return the training seed of the retrained mini model in use, or None for the shipped one.
+
+    Read from ``$CLIPUNLEARN_MINI_SEED`` (unset, empty or ``shipped``: the shipped model).
+    """
+    value = os.environ.get(MINI_SEED_ENV, "").strip()
+    if value in ("", "shipped"):
+        return None
+    try:
+        seed = int(value)
+    except ValueError:
+        raise ValueError(f"{MINI_SEED_ENV}={value!r}: give a training seed (an integer, e.g. 1) for a retrained "
+                         "mini model, or leave it unset (or 'shipped') for the shipped one") from None
+    if seed < 0:
+        raise ValueError(f"{MINI_SEED_ENV}={value!r}: the training seed must be >= 0")
+    return seed
+
+
+def get_run_name(profile: str, *, quick: bool = False) -> str:
+    """Return the folder name of a run under ``results/`` and ``figures/``: ``[quick-]<profile>[-seed<N>]``."""
     check_profile(profile)
-    return f"quick-{profile}" if quick else profile
+    seed = get_mini_seed() if profile == "mini" else None
+    name = profile if seed is None else f"{profile}-seed{seed}"
+    return f"quick-{name}" if quick else name
 
 
 def get_results_path(profile: str, stem: str, *, quick: bool = False) -> Path:
-    """Return ``results/<profile>/<stem>.json`` (``results/quick-<profile>/`` in quick mode)."""
-    return REPO_ROOT / "results" / _run_name(profile, quick) / f"{stem}.json"
+    """Return ``results/<profile>/<stem>.json`` (``results/quick-<profile>/`` in quick mode).
+
+    With a retrained mini model (:func:`get_mini_seed`) the folder is ``results/mini-seed<N>/``.
+    """
+    return REPO_ROOT / "results" / get_run_name(profile, quick=quick) / f"{stem}.json"
 
 
 def get_figures_dir(profile: str, *, quick: bool = False) -> Path:
     """Return ``figures/<profile>/`` (``figures/quick-<profile>/`` in quick mode), created."""
-    path = REPO_ROOT / "figures" / _run_name(profile, quick)
+    path = REPO_ROOT / "figures" / get_run_name(profile, quick=quick)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .paths import REPO_ROOT, check_profile
+from .paths import REPO_ROOT, check_profile, get_run_name
 from .report import (METHOD_LABELS, check_task, class_means, get_forget_class, get_metric, get_value, mean_std,
                      method_label, metric_label, order_methods, select_records, style_metrics)
 
@@ -991,7 +991,7 @@ def draw_figures(*, profile: str = "mini", quick: bool = False, only: str | None
     from .results import load_records
 
     check_profile(profile)
-    run = f"quick-{profile}" if quick else profile
+    run = get_run_name(profile, quick=quick)
     results = Path(results_dir or REPO_ROOT / "results") / run
     out = Path(figures_dir or REPO_ROOT / "figures") / run
     stems = [s for s in FIGURES if only is None or s == only or s.startswith(only)]

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .comparison import compare_dirs, format_comparison
+from .metrics import round_score
 from .paths import REPO_ROOT, check_profile
 
 # Display order and labels: the untouched model first, then the baselines and the papers' methods
@@ -289,7 +291,7 @@ def oracle_table(records: list[dict], *, method: str, task: str = "selection"):
         scored = [r for r in group if r["metrics"].get("oracle_score") is not None]
         if picked is None or not scored:
             continue
-        oracle = max(scored, key=lambda r: r["metrics"]["oracle_score"])
+        oracle = max(scored, key=lambda r: round_score(r["metrics"]["oracle_score"]))  # ties: the first candidate
         rows.append({"forget_class": cls, "seed": seed, "lr (criterion)": picked["config"].get("lr"),
                      "lr (oracle)": oracle["config"].get("lr"),
                      "forget_acc (criterion)": picked["metrics"].get("forget_acc"),
@@ -393,7 +395,10 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    """``python -m clipunlearn report --readme README.md [--check]``: render the README's results tables."""
+    """``python -m clipunlearn report --readme README.md [--check]``: render the README's results tables.
+
+    ``--compare DIR``: check a run's records against the committed ones (``comparison``).
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m clipunlearn report", description=main.__doc__)
@@ -402,7 +407,20 @@ def main(argv=None) -> int:
                         help="folder holding <profile>/<notebook>.json (default: the repository's results/)")
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if the file is not up to date with the results")
+    parser.add_argument("--compare", metavar="DIR", default=None,
+                        help="instead: compare every metric of every record of DIR (a run's results folder, e.g. "
+                             "a fresh clone's results/mini) with the committed ones to 3 decimals; exit 1 if any differ")
+    parser.add_argument("--against", metavar="DIR", default=str(REPO_ROOT / "results" / "mini"),
+                        help="the committed records --compare checks against (default results/mini)")
     args = parser.parse_args(argv)
+    if args.compare:
+        try:
+            result = compare_dirs(args.against, args.compare)
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
+        print(format_comparison(result))
+        return 1 if any(r["differences"] for r in result.values()) else 0
     path = Path(args.readme)
     if not path.exists():
         print(f"no file {path}; pass --readme PATH", file=sys.stderr)

@@ -10,6 +10,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from .metrics import round_score
+
 
 def check_same_keys(*state_dicts: Mapping[str, torch.Tensor]) -> None:
     """Raise a ValueError naming the differing keys or shapes unless all state dicts match."""
@@ -62,7 +64,7 @@ def search_alpha(model, theta_original, theta_unlearned, *, score_fn: Callable[[
     for alpha in alphas:
         model.load_state_dict(interpolate_state_dicts(theta_original, theta_unlearned, alpha))
         trials.append({"alpha": float(alpha), "score": float(score_fn(model))})
-    best = max(trials, key=lambda t: t["score"])["alpha"]
+    best = max(trials, key=lambda t: round_score(t["score"]))["alpha"]  # ties: the first (smaller) alpha
     model.load_state_dict(interpolate_state_dicts(theta_original, theta_unlearned, best))
     return best, trials
 
@@ -76,7 +78,8 @@ def select_alpha(trials: Sequence[Mapping], *, forget_key: str = "forget_acc",
     with the largest retained accuracy (``retain_key``, or the mean of several keys, e.g.
     ``("sibling_acc", "retain_acc")``); ties go to the lower forget accuracy, then to the
     larger alpha. When no trial forgets enough, the one with the lowest forget accuracy
-    (ties: larger retained accuracy, then larger alpha).
+    (ties: larger retained accuracy, then larger alpha). Accuracies are compared after
+    rounding to ``metrics.SCORE_DECIMALS`` decimals, so float noise breaks no tie.
     """
     if not trials:
         raise ValueError("no trials to choose alpha from: score at least one alpha")
@@ -84,10 +87,11 @@ def select_alpha(trials: Sequence[Mapping], *, forget_key: str = "forget_acc",
     missing = {k for t in trials for k in ("alpha", forget_key, *keys) if k not in t}
     if missing:
         raise ValueError(f"trials lack the keys {sorted(missing)}; each needs alpha, {forget_key} and {keys}")
-    retained = lambda t: sum(float(t[k]) for k in keys) / len(keys)
-    ok = [t for t in trials if float(t[forget_key]) <= max_forget]
+    retained = lambda t: round_score(sum(float(t[k]) for k in keys) / len(keys))
+    forget = lambda t: round_score(t[forget_key])
+    ok = [t for t in trials if forget(t) <= max_forget]
     if ok:
-        best = max(ok, key=lambda t: (retained(t), -float(t[forget_key]), float(t["alpha"])))
+        best = max(ok, key=lambda t: (retained(t), -forget(t), float(t["alpha"])))
     else:
-        best = max(trials, key=lambda t: (-float(t[forget_key]), retained(t), float(t["alpha"])))
+        best = max(trials, key=lambda t: (-forget(t), retained(t), float(t["alpha"])))
     return float(best["alpha"])

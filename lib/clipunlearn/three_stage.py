@@ -52,7 +52,6 @@ __all__ = [
     "batchnorm_layers", "alignment_loss", "align_images", "distillation_loss", "remind_loss", "remind_stage",
     "restore_stage", "three_stage_unlearn", "content_key", "loader_key", "PAPER_A_BASELINES",
     "MINI_STYLE_ABLATIONS", "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets",
-    "check_paper_a_findings",
 ]
 
 LAYER_CHOICES = ("fisher", "all", "random")
@@ -828,53 +827,3 @@ def paper_a_targets(records: list[dict]) -> dict[str, bool]:
                 bool(original[metric] - ours[metric] <= drop)
     return out
 
-
-def check_paper_a_findings(records: list[dict], *, quick: bool = False) -> dict[str, bool]:
-    """Return the statements of notebook 30's "What this shows" (mini profile), each checked on its records.
-
-    ``quick``: the CI run (one seed, tiny settings, the sandal task only): looser bars for
-    the sandal task and none of the full-mode statements (style subgroup, LIP, ablations).
-    """
-    from .report import summarise
-
-    def frame(task, metrics, by=("method",)):
-        return summarise(records, task=task, numeric=True, metrics=metrics, by=by)
-
-    sub = frame("forget-subgroup", ["forget_acc", "sibling_acc", "retain_acc", "coarse_forget_acc"])
-    ours, original = sub.loc["three_stage"], sub.loc["original"]
-    forget_bar, keep_drop = (0.30, 0.10) if quick else (0.05, 0.03)
-    runs = [r for r in records if "three_stage" in r]
-    checks = {
-        "every souped three-stage run chose alpha on its calibration images":
-            bool(runs) and all(r["three_stage"]["alpha_curve"] for r in runs if r["config"]["soup"]),
-        f"1. sandal forgotten (forget_acc <= {forget_bar})": ours.forget_acc <= forget_bar,
-        f"1. sandal's siblings kept (within {keep_drop})": original.sibling_acc - ours.sibling_acc <= keep_drop,
-        f"1. other classes kept (within {keep_drop})": original.retain_acc - ours.retain_acc <= keep_drop,
-        "1. a forgotten sandal is still a shoe to the coarse prompts": ours.coarse_forget_acc >= 0.5,
-        "4. GA lowers the sandal's accuracy": sub.loc["ga", "forget_acc"] < original.forget_acc,
-        "4. CLIPErase lowers the sandal's accuracy": sub.loc["cliperase", "forget_acc"] < original.forget_acc,
-    }
-    if any(r.get("task") == "forget-style-subgroup" for r in records):
-        style = frame("forget-style-subgroup", ["forget_acc", "sibling_acc", "sibling_acc@photo",
-                                                "sibling_acc@negative"])
-        checks["3. three-stage lowers the sketches' accuracy"] = (
-            style.loc["three_stage", "forget_acc"] < style.loc["original", "forget_acc"])
-    if not quick:
-        variants = frame("ablation-style", ["forget_acc", "sibling_acc"], by=("variant",))
-        full, text, remind = (variants.loc[v] for v in ("full", "text_only", "long_remind"))
-        abl = frame("ablation", ["unlearning_score"]).drop(index="original", errors="ignore")
-        checks.update({
-            "3. the siblings lost are the negative sneakers; the photos mostly stay":
-                style.loc["three_stage", "sibling_acc@negative"] < style.loc["three_stage", "sibling_acc@photo"] - 0.3,
-            "3. three-stage keeps fewer siblings than CLIPErase":
-                style.loc["three_stage", "sibling_acc"] < style.loc["cliperase", "sibling_acc"] - 0.2,
-            "3. longer reminding brings the siblings back": remind.sibling_acc > full.sibling_acc + 0.3,
-            "3. ... and the forgotten sketches with them": remind.forget_acc > 0.5,
-            "3. the text tower alone keeps more siblings": text.sibling_acc > full.sibling_acc + 0.2,
-            "3. ... but forgets less": text.forget_acc > full.forget_acc,
-            "3. CLIPErase forgets the sketches": style.loc["cliperase", "forget_acc"] <= 0.10,
-            "4. LIP leaves the sandal photos recognised": sub.loc["lipschitz_synthetic", "forget_acc"] > 0.5,
-            "2. random layers is the ablation that costs the most":
-                abl["unlearning_score"].idxmin() == "three_stage-no_fisher_random",
-        })
-    return {k: bool(v) for k, v in checks.items()}

@@ -19,6 +19,7 @@ from typing import Any, Callable, Collection, Sequence
 import torch
 
 from .losses import get_loss
+from .metrics import round_score
 from .models import copy_frozen, load_checkpoint, make_adamw, save_checkpoint
 
 
@@ -194,8 +195,8 @@ class _Tracker:
         self.result.history.append({"step": step, "eval": out})
         self.good_state, self.last_eval = _cpu_state(self.model), out
         if self.select_fn is not None and step > 0:
-            score = float(self.select_fn(out))
-            if score > self.best_score:
+            score = round_score(self.select_fn(out))  # metrics.SCORE_DECIMALS: noise breaks no tie
+            if score > self.best_score:  # ties: the earlier step
                 self.best_score, self.best_state, self.result.best_step = score, self.good_state, step
         return out
 

@@ -1,0 +1,278 @@
+"""The statements of the notebooks' "What this shows", each checked on a notebook's records.
+
+One function per notebook (:data:`CHECKS`), called by the notebook's assert cell and by
+``benchmarks/robustness.py`` on the records of independently retrained mini models, so a
+notebook asserts exactly what the robustness table reports. Each returns a list of
+:class:`Finding`: the statement, whether it holds, and the numbers it compared. The
+statements are about the mini profile; ``quick`` (the CI run: one seed, tiny settings)
+checks looser bars and skips the full-mode statements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .benchmark import summary_table
+from .report import oracle_table, summarise
+from .results import load_records
+
+__all__ = ["Finding", "CHECKS", "check_notebook", "check_results_dir", "assert_findings", "findings_frame"]
+
+
+@dataclass
+class Finding:
+    """One checked statement: ``key`` (its number in the notebook), ``statement``, ``holds`` and ``values``."""
+
+    key: str
+    statement: str
+    holds: bool
+    values: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else round(float(value), 4)
+
+
+def _add(out: list, key: str, statement: str, holds, **values) -> None:
+    out.append(Finding(key, statement, bool(holds), {k: _num(v) if not isinstance(v, str) else v
+                                                    for k, v in values.items()}))
+
+
+def _frame(records, task, metrics, by=("method",)):
+    return summarise(records, task=task, numeric=True, metrics=metrics, by=by)
+
+
+# --------------------------------------------------------------------------- #
+# One function per notebook
+# --------------------------------------------------------------------------- #
+def check_cliperase(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
+    """Notebook 10: CLIPErase and the baselines on forget-one-class, the forget ratio, the module ablation."""
+    out: list[Finding] = []
+    frame = _frame(records, "forget-class", ["forget_acc", "retain_acc", "other_acc", "other_forget_acc", "mia"])
+    original, ours = frame.loc["original"], frame.loc["cliperase"]
+    forget_bar, retain_drop = (0.30, 0.10) if quick else (0.01, 0.02)
+    _add(out, "1", f"CLIPErase forgets the class (forget accuracy <= {forget_bar})", ours.forget_acc <= forget_bar,
+         cliperase=ours.forget_acc, original=original.forget_acc)
+    _add(out, "1", f"CLIPErase keeps retain accuracy within {retain_drop:.2f} of the original's",
+         original.retain_acc - ours.retain_acc <= retain_drop, cliperase=ours.retain_acc,
+         original=original.retain_acc)
+    baselines = [m for m in ("ga", "graddiff", "neggrad_plus", "random_labels") if m in frame.index]
+    _add(out, "1", "every baseline with a forget term lowers forget accuracy below the original's",
+         all(frame.loc[m, "forget_acc"] < original.forget_acc for m in baselines),
+         **{m: frame.loc[m, "forget_acc"] for m in baselines}, original=original.forget_acc)
+    if quick:
+        return out
+    forgetting = [m for m in frame.index if m != "original" and frame.loc[m, "forget_acc"] <= 0.01]
+    best = max(forgetting, key=lambda m: frame.loc[m, "retain_acc"]) if forgetting else ""
+    _add(out, "2", "among the methods that forget (forget accuracy <= 0.01), CLIPErase keeps the most retain "
+         "accuracy", best == "cliperase", best=best, **{m: frame.loc[m, "retain_acc"] for m in forgetting})
+    _add(out, "3", "FT (retain photos only) loses more than 0.3 of the other styles' accuracy",
+         frame.loc["ft", "other_acc"] < original.other_acc - 0.3, ft=frame.loc["ft", "other_acc"],
+         original=original.other_acc)
+    _add(out, "3", "GA leaves at least 0.1 more of the forgotten class recognisable in the other styles than "
+         "CLIPErase (other_forget_acc)", frame.loc["ga", "other_forget_acc"] > ours.other_forget_acc + 0.1,
+         ga=frame.loc["ga", "other_forget_acc"], cliperase=ours.other_forget_acc)
+    ratio = _frame(records, "forget-ratio", ["forget_acc", "retain_acc"], by=("forget_ratio", "method"))
+    top = max(r for r, _ in ratio.index)
+    _add(out, "4", f"with {top:.0%} of the classes forgotten at once, CLIPErase still forgets (forget accuracy "
+         "<= 0.05)", ratio.loc[(top, "cliperase"), "forget_acc"] <= 0.05,
+         cliperase=ratio.loc[(top, "cliperase"), "forget_acc"])
+    kept = ratio.loc[(top, "cliperase"), "retain_acc"]
+    _add(out, "4", "... and GA and GradDiff each keep at least 0.1 less retain accuracy than CLIPErase",
+         all(ratio.loc[(top, m), "retain_acc"] < kept - 0.1 for m in ("ga", "graddiff")),
+         ga=ratio.loc[(top, "ga"), "retain_acc"], graddiff=ratio.loc[(top, "graddiff"), "retain_acc"], cliperase=kept)
+    abl = _frame(records, "ablation", ["forget_acc", "retain_acc"], by=("variant",))
+    _add(out, "5", "FM alone already forgets (forget accuracy <= 0.01)", abl.loc["FM", "forget_acc"] <= 0.01,
+         fm=abl.loc["FM", "forget_acc"])
+    _add(out, "5", "each module adds retain accuracy (FM < FM+RM < FM+RM+CM)",
+         abl.loc["FM", "retain_acc"] < abl.loc["FM+RM", "retain_acc"] < abl.loc["FM+RM+CM", "retain_acc"],
+         **{v: abl.loc[v, "retain_acc"] for v in ("FM", "FM+RM", "FM+RM+CM")})
+    mia = frame["mia"]
+    _add(out, "6", "membership inference stays near chance (between 0.45 and 0.55) for every method and the original",
+         mia.between(0.45, 0.55).all(), lowest=mia.min(), highest=mia.max())
+    return out
+
+
+def check_synthetic_lipschitz(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
+    """Notebook 20: paper B's data-free forgetting, its selection and the oracle."""
+    out: list[Finding] = []
+    frame = _frame(records, "forget-class", ["forget_acc", "retain_acc", "stop_acc"])
+    original, ours = frame.loc["original"], frame.loc["lipschitz_synthetic"]
+    drop = 0.10 if quick else 0.05
+    stops = [r["metrics"]["stop_acc"] for r in records
+             if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class"]
+    met = sum(v <= 0.1 + 1e-6 for v in stops)
+    _add(out, "1", "the synthetic forget set is forgotten (synthetic accuracy <= 0.1, the stop rule) in all runs "
+         "but at most one", met >= len(stops) - 1, met=f"{met}/{len(stops)}", worst=max(stops, default=math.nan))
+    _add(out, "1", f"the other classes keep their accuracy (within {drop:.2f})",
+         original.retain_acc - ours.retain_acc <= drop, synthetic=ours.retain_acc, original=original.retain_acc)
+    _add(out, "1", "no record of the data-free method was selected with real forget images",
+         all(r["config"].get("data_free") for r in records
+             if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class"))
+    if quick:
+        return out
+    _add(out, "2", "with synthetic images only, the real class is mostly not forgotten (forget accuracy > 0.3)",
+         ours.forget_acc > 0.3, synthetic=ours.forget_acc, original=original.forget_acc)
+    oracle = oracle_table(list(records), method="lipschitz_synthetic")
+    grid = next(r["config"]["grid"]["lr"] for r in records
+                if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class")
+    smaller = int((oracle["lr (criterion)"] < oracle["lr (oracle)"]).sum())
+    _add(out, "3", "the data-free selection never picks a larger learning rate than an oracle on real forget "
+         "images, and a smaller one for at least two of the three classes",
+         (oracle["lr (criterion)"] <= oracle["lr (oracle)"]).all() and smaller >= 2,
+         smaller=f"{smaller}/{len(oracle)}", smallest_in_grid=min(grid))
+    _add(out, "3", "... and forget the class (forget accuracy <= 0.05)", (oracle["forget_acc (oracle)"] <= 0.05).all(),
+         worst=oracle["forget_acc (oracle)"].max())
+    real = frame.loc["lipschitz_real"]
+    _add(out, "4", "the same procedure on real images forgets the class (forget accuracy <= 0.05) at a cost in "
+         "retain accuracy", real.forget_acc <= 0.05 and real.retain_acc < ours.retain_acc,
+         real_forget=real.forget_acc, real_retain=real.retain_acc, synthetic_retain=ours.retain_acc)
+    abl = [r for r in records if r["task"] == "ablation" and r["method"] == "lipschitz_synthetic"]
+    sel = [r["metrics"]["forget_acc"] for r in abl if r["config"]["selective"]]
+    every = [r["metrics"]["retain_acc"] for r in abl if not r["config"]["selective"]]
+    _add(out, "5", "every selective ablation leaves the real class mostly recognised (forget accuracy > 0.3)",
+         bool(sel) and min(sel) > 0.3, lowest=min(sel, default=math.nan))
+    _add(out, "5", "updating every tensor instead of the top-k collapses the model (retain accuracy < 0.3)",
+         bool(every) and max(every) < 0.3, retain=max(every, default=math.nan))
+    return out
+
+
+def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
+    """Notebook 30: paper A's three stages on the sandal and the sketch-sneaker subgroups."""
+    out: list[Finding] = []
+    sub = _frame(records, "forget-subgroup", ["forget_acc", "sibling_acc", "retain_acc", "coarse_forget_acc"])
+    ours, original = sub.loc["three_stage"], sub.loc["original"]
+    keep_drop = 0.10 if quick else 0.03
+    runs = [r for r in records if "three_stage" in r]
+    _add(out, "0", "every souped three-stage run chose alpha on its calibration images",
+         bool(runs) and all(r["three_stage"]["alpha_curve"] for r in runs if r["config"]["soup"]))
+    _add(out, "1", "three-stage lowers the sandal's accuracy", ours.forget_acc < original.forget_acc,
+         three_stage=ours.forget_acc, original=original.forget_acc)
+    if quick:  # the CI smoke run (shipped model, one seed): the target is met
+        _add(out, "1", "sandal forgotten (forget accuracy <= 0.3)", ours.forget_acc <= 0.3, three_stage=ours.forget_acc)
+        _add(out, "1", f"sandal's siblings kept (within {keep_drop})",
+             original.sibling_acc - ours.sibling_acc <= keep_drop,
+             three_stage=ours.sibling_acc, original=original.sibling_acc)
+    _add(out, "1", f"other classes kept (within {keep_drop})", original.retain_acc - ours.retain_acc <= keep_drop,
+         three_stage=ours.retain_acc, original=original.retain_acc)
+    _add(out, "1", "a forgotten sandal is still a shoe to the coarse prompts (coarse accuracy >= 0.5)",
+         ours.coarse_forget_acc >= 0.5, three_stage=ours.coarse_forget_acc)
+    for method, label in (("ga", "GA"), ("cliperase", "CLIPErase")):
+        _add(out, "4", f"{label} lowers the sandal's accuracy", sub.loc[method, "forget_acc"] < original.forget_acc,
+             **{method: sub.loc[method, "forget_acc"]}, original=original.forget_acc)
+    if any(r.get("task") == "forget-style-subgroup" for r in records):
+        style = _frame(records, "forget-style-subgroup",
+                       ["forget_acc", "sibling_acc", "sibling_acc@photo", "sibling_acc@negative"])
+        _add(out, "3", "three-stage lowers the sketches' accuracy",
+             style.loc["three_stage", "forget_acc"] < style.loc["original", "forget_acc"],
+             three_stage=style.loc["three_stage", "forget_acc"], original=style.loc["original", "forget_acc"])
+    if quick:
+        return out
+    variants = _frame(records, "ablation-style", ["forget_acc", "sibling_acc"], by=("variant",))
+    full, text = (variants.loc[v] for v in ("full", "text_only"))
+    abl = _frame(records, "ablation", ["unlearning_score"]).drop(index="original", errors="ignore")
+    st = style.loc["three_stage"]
+    _add(out, "3", "the siblings lost are the negative sneakers; the photos mostly stay (0.3 apart)",
+         st["sibling_acc@negative"] < st["sibling_acc@photo"] - 0.3,
+         negative=st["sibling_acc@negative"], photo=st["sibling_acc@photo"])
+    _add(out, "3", "three-stage keeps at least 0.2 fewer siblings than CLIPErase",
+         st.sibling_acc < style.loc["cliperase", "sibling_acc"] - 0.2,
+         three_stage=st.sibling_acc, cliperase=style.loc["cliperase", "sibling_acc"])
+    _add(out, "3", "the text tower alone keeps more siblings (+0.2)", text.sibling_acc > full.sibling_acc + 0.2,
+         text_only=text.sibling_acc, full=full.sibling_acc)
+    _add(out, "3", "... but forgets less", text.forget_acc > full.forget_acc, text_only=text.forget_acc,
+         full=full.forget_acc)
+    _add(out, "3", "CLIPErase forgets the sketches (forget accuracy <= 0.10)",
+         style.loc["cliperase", "forget_acc"] <= 0.10, cliperase=style.loc["cliperase", "forget_acc"])
+    lip = sub.loc["lipschitz_synthetic", "forget_acc"]
+    _add(out, "4", "LIP (synthetic images only) leaves the most sandal photos recognised of all methods",
+         lip == sub.drop(index="original")["forget_acc"].max(), lip=lip,
+         next_highest=sub.drop(index=["original", "lipschitz_synthetic"])["forget_acc"].max())
+    every = _frame(records, "ablation", ["forget_acc", "sibling_acc", "retain_acc"]).loc["three_stage-no_fisher_all"]
+    _add(out, "2", "tuning all layers (no Fisher selection) forgets the sandal (forget accuracy <= 0.05) and keeps "
+         "its siblings and the other classes (within 0.03)", every.forget_acc <= 0.05
+         and original.sibling_acc - every.sibling_acc <= 0.03 and original.retain_acc - every.retain_acc <= 0.03,
+         forget=every.forget_acc, siblings=every.sibling_acc, retain=every.retain_acc)
+    _add(out, "2", "random layers score lower than all layers",
+         abl.loc["three_stage-no_fisher_random", "unlearning_score"] < abl.loc["three_stage-no_fisher_all",
+                                                                             "unlearning_score"],
+         **{k: v for k, v in abl["unlearning_score"].items()})
+    return out
+
+
+def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
+    """Notebook 40: every method on every task kind, by the one unlearning score."""
+    out: list[Finding] = []
+    tasks = [k for k in ("forget-class", "forget-subgroup", "forget-style-subgroup")
+             if any(r["task"] == k for r in records)]
+    present = sorted({r["method"] for r in records if r["task"] in tasks} - {"original"})
+    numeric = summary_table(records, tasks=tasks, methods=present, numeric=True)
+    # the benchmark's methods: those run on every task (lipschitz_real, reused from notebook 20, is not)
+    methods = [m for m in present if all(numeric.loc[m, (k, "score")] == numeric.loc[m, (k, "score")] for k in tasks)]
+    score = lambda m, k: numeric.loc[m, (k, "score")]  # noqa: E731
+    scores = {f"{m}@{k}": score(m, k) for k in tasks for m in methods}
+    _add(out, "0", "every score lies in [0, 1]", all(0.0 <= v <= 1.0 for v in scores.values()))
+    if quick:
+        return out
+    ranked = {k: sorted(methods, key=lambda m: -score(m, k)) for k in tasks}
+    _add(out, "1", "CLIPErase scores at least 0.97 on every task", all(score("cliperase", k) >= 0.97 for k in tasks),
+         **{k: score("cliperase", k) for k in tasks})
+    _add(out, "2", "CLIPErase is first or second on every task", all("cliperase" in ranked[k][:2] for k in tasks),
+         **{f"top2@{k}": ",".join(ranked[k][:2]) for k in tasks})
+    _add(out, "3", "on the style subgroup CLIPErase is first and the three stages fall below 0.8",
+         ranked["forget-style-subgroup"][0] == "cliperase" and score("three_stage", "forget-style-subgroup") < 0.8,
+         first=ranked["forget-style-subgroup"][0], three_stage=score("three_stage", "forget-style-subgroup"))
+    _add(out, "4", "the data-free method is last on the class and class-subgroup tasks",
+         ranked["forget-class"][-1] == ranked["forget-subgroup"][-1] == "lipschitz_synthetic",
+         **{f"last@{k}": ranked[k][-1] for k in ("forget-class", "forget-subgroup")})
+    return out
+
+
+#: Notebook stem -> its check. ``benchmarks/robustness.py`` evaluates every entry.
+CHECKS = {
+    "10_cliperase": check_cliperase,
+    "20_synthetic_lipschitz": check_synthetic_lipschitz,
+    "30_subgroup_forgetting": check_subgroup_forgetting,
+    "40_benchmark": check_benchmark,
+}
+
+
+def check_notebook(stem: str, records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
+    """Return the checked statements of notebook ``stem`` (a key of :data:`CHECKS`) on ``records``."""
+    if stem not in CHECKS:
+        raise ValueError(f"no statements registered for {stem!r}; notebooks with statements: {', '.join(CHECKS)}")
+    return CHECKS[stem](list(records), quick=quick)
+
+
+def check_results_dir(results_dir, *, quick: bool = False) -> dict[str, list[Finding]]:
+    """Return ``{stem: findings}`` for every notebook of :data:`CHECKS` with a results file in ``results_dir``."""
+    out = {}
+    for stem in CHECKS:
+        path = Path(results_dir) / f"{stem}.json"
+        if path.exists():
+            out[stem] = check_notebook(stem, load_records(path), quick=quick)
+    return out
+
+
+def findings_frame(findings: Sequence[Finding]):
+    """Return the findings as a pandas DataFrame (statement, holds, values), for display."""
+    return pd.DataFrame([{"#": f.key, "statement": f.statement, "holds": f.holds,
+                          "values": ", ".join(f"{k}={v:.3f}" if isinstance(v, float) and math.isfinite(v)
+                                              else f"{k}={v}" for k, v in f.values.items())}
+                         for f in findings])
+
+
+def assert_findings(findings: Sequence[Finding]) -> None:
+    """Raise an AssertionError listing every statement that does not hold (with its numbers)."""
+    failing = [f for f in findings if not f.holds]
+    if failing:
+        raise AssertionError("statements that do not hold:\n" + "\n".join(
+            f"  {f.key}. {f.statement}: {f.values}" for f in failing))
