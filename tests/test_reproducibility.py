@@ -183,6 +183,19 @@ def test_compare_records_to_three_decimals_without_wall_times():
     assert comparison.compare_records([_rec(x=math.nan)], [_rec(x=math.nan)])["differences"] == []
 
 
+def test_compare_records_pairs_despite_wall_times_nested_in_config_and_metrics():
+    # Data-free records keep the synthesis cost in their config; a fresh run measures other seconds.
+    def timed(sec, acc):
+        return dict(_rec(forget_acc=acc, after={"seconds": sec, "acc": 0.5}),
+                    config={"seed": 0, "synthetic": {"seconds": sec, "peak_mem_mb": sec, "images": 96}})
+
+    same = comparison.compare_records([timed(1.0, 0.25)], [timed(7.0, 0.25)])
+    assert same["differences"] == [] and same["values"] == 2  # forget_acc, after.acc
+    other = dict(timed(1.0, 0.25), config={"seed": 0, "synthetic": {"seconds": 1.0, "images": 95}})
+    assert {d["actual"] for d in comparison.compare_records([timed(1.0, 0.25)], [other])["differences"]} \
+        == {"missing", "extra"}
+
+
 def test_report_compare_cli(tmp_path, capsys):
     from clipunlearn import report
 

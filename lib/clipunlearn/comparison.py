@@ -27,9 +27,18 @@ def is_volatile(metric: str) -> bool:
     return name in ("seconds", "peak_mem_mb", "base_mem_mb") or name.endswith("_seconds")
 
 
+def _without_volatile(value):
+    """Return ``value`` with every volatile dict entry (:func:`is_volatile`), at any depth, removed."""
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if not is_volatile(str(k))}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
 def _key(record: dict) -> tuple:
     config = {k: v for k, v in record["config"].items() if k not in IGNORED_CONFIG}
-    return record["method"], record["task"], json.dumps(config, sort_keys=True)
+    return record["method"], record["task"], json.dumps(_without_volatile(config), sort_keys=True)
 
 
 def _leaves(value, prefix: str) -> Iterator[tuple[str, object]]:
@@ -71,11 +80,9 @@ def compare_records(expected: list[dict], actual: list[dict], *, decimals: int =
             diffs.append({"record": label, "metric": "(record)", "expected": "present", "actual": "missing"})
             continue
         other = groups[key].pop(0)
-        mine = dict(_leaves(r["metrics"], ""))
-        theirs = dict(_leaves(other["metrics"], ""))
+        mine = dict(_leaves(_without_volatile(r["metrics"]), ""))
+        theirs = dict(_leaves(_without_volatile(other["metrics"]), ""))
         for name in sorted(set(mine) | set(theirs)):
-            if is_volatile(name.split(".")[0].split("[")[0]):
-                continue
             values += 1
             if not _same(mine.get(name), theirs.get(name), tol=tol):
                 diffs.append({"record": label, "metric": name, "expected": mine.get(name), "actual": theirs.get(name)})
