@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clipunlearn import data, experiment, explorer, three_stage
+from clipunlearn.harness import run as harness_run
 
 SMALL = dict(batch_size=8, eval_per_class=4, retain_per_class=6, n_examples=3)
 
@@ -62,8 +63,10 @@ def test_run_explorer_forgets_and_leaves_the_model_alone(world, monkeypatch):
 
     before = {k: v.clone() for k, v in world.model.state_dict().items()}
     calls = []
-    evaluate = experiment.evaluate_model
-    monkeypatch.setattr(experiment, "evaluate_model", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    evaluate = harness_run.evaluate_model  # counted where run_method and the explorer call it
+    counting = lambda *a, **k: calls.append(1) or evaluate(*a, **k)  # noqa: E731
+    monkeypatch.setattr(harness_run, "evaluate_model", counting)
+    monkeypatch.setattr(experiment, "evaluate_model", counting)
     config = explorer.ExplorerConfig(kind="forget-class", target=target, method="ga", lr=1e-2, steps=6, **SMALL)
     result = explorer.run_explorer(config, world=world)
 

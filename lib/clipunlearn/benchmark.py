@@ -6,7 +6,7 @@ gathers the runs that share a task and a target into one list; the benchmark
 notebook then runs only the method-task pairs still missing. :func:`add_scores`
 puts one number on every run, the unlearning score, so methods can be
 compared across tasks in one table or heat map.
-(:func:`clipunlearn.experiment.unlearning_score`).
+(:func:`clipunlearn.scores.unlearning_score`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .experiment import SCORE_RETAINED
+from .scores import SCORE_RETAINED, unlearning_score
 from .results import load_records
 
 __all__ = ["KEPT_METRICS", "add_scores", "collect_records", "missing_pairs",
@@ -32,10 +32,8 @@ def _original_of(records: Sequence[dict], record: dict) -> dict | None:
 
 
 def add_scores(records: Sequence[dict]) -> list[dict]:
-    """Set ``metrics.unlearning_score`` (:func:`clipunlearn.experiment.unlearning_score` against the original
+    """Set ``metrics.unlearning_score`` (:func:`clipunlearn.scores.unlearning_score` against the original
     on the same task and target) on every result record that has its original; return the records."""
-    from .experiment import unlearning_score
-
     for r in records:
         if r["method"] == "original" or r["task"] == "selection":
             continue

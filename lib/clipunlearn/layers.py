@@ -27,15 +27,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .clip import ENCODERS, TEXT_PREFIXES, encoder_of, is_resnet, to_device
+
 __all__ = [
     "ENCODERS", "TEXT_PREFIXES", "encoder_of", "split_by_encoder", "score_layers", "scores_from_grads",
     "select_top_k", "mask_gradients", "paper_b_frozen", "fisher_scores", "relative_fisher_scores",
     "similarity_score", "layer_of", "group_by_layer", "per_sample_fisher",
 ]
 
-ENCODERS = ("image", "text", "other")
-TEXT_PREFIXES = ("transformer.", "token_embedding", "positional_embedding", "ln_final", "text_projection",
-                 "text.")  # "text." = open_clip's CustomTextCLIP tower
 
 #: Tensors paper B's code never updates, as regular expressions (``re.search`` on the name).
 #: Text side: its scoring only looks at ``model.transformer``, so embeddings, final norm and
@@ -48,15 +47,6 @@ PAPER_B_RESNET_FROZEN = (
 )
 
 
-def encoder_of(name: str) -> str:
-    """Return ``"image"``, ``"text"`` or ``"other"`` for an open_clip parameter name."""
-    if name.startswith("visual."):
-        return "image"
-    if name.startswith(TEXT_PREFIXES):
-        return "text"
-    return "other"
-
-
 def split_by_encoder(names: Iterable[str]) -> dict[str, list[str]]:
     """Return ``{"image": [...], "text": [...], "other": [...]}`` keeping the given order."""
     out = {e: [] for e in ENCODERS}
@@ -67,20 +57,12 @@ def split_by_encoder(names: Iterable[str]) -> dict[str, list[str]]:
 
 def paper_b_frozen(model) -> tuple[str, ...]:
     """Return the name patterns paper B's code keeps frozen for ``model`` (ResNet rules only for a ResNet tower)."""
-    from .models import is_resnet
-
     return PAPER_B_TEXT_FROZEN + (PAPER_B_RESNET_FROZEN if is_resnet(model) else ())
 
 
 def _call_loss(loss_fn, model, batch) -> torch.Tensor:
     out = loss_fn(model, batch)
     return out[0] if isinstance(out, tuple) else out
-
-
-def _to_device(batch, device):
-    if isinstance(batch, dict):
-        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    return [v.to(device) if torch.is_tensor(v) else v for v in batch]
 
 
 def _named_trainable(model, names=None) -> list[tuple[str, torch.nn.Parameter]]:
@@ -95,7 +77,7 @@ def _batch_grads(model, loss_fn, batches, *, device, square: bool, progress: boo
     used = set()
     count = 0
     for batch in tqdm(batches, desc=desc, leave=False, disable=not progress):
-        loss = _call_loss(loss_fn, model, _to_device(batch, device))
+        loss = _call_loss(loss_fn, model, to_device(batch, device))
         grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
         for (n, _), g in zip(params, grads):
             if g is not None:
@@ -263,7 +245,7 @@ def fisher_scores(model, batches, *, score_fn: Callable = similarity_score, name
     sums: dict[str, float] = {}
     count = 0
     for batch in tqdm(batches, desc="fisher", leave=False, disable=not progress):
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         for g, v in per_sample_fisher(model, batch, score_fn=score_fn, names=names, per=per,
                                       chunk_size=chunk_size).items():
             sums[g] = sums.get(g, 0.0) + float(v.double().sum())

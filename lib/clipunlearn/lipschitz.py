@@ -44,15 +44,18 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
-from . import data, layers, metrics, models
+from . import data, harness, layers, metrics, models, synthetic
+from .clip import is_resnet, make_adamw, release_memory  # is_resnet re-exported: lipschitz.is_resnet
 from .configs import load_paper_config, mini_settings, parse_seeds, split_names
-from .models import is_resnet  # re-exported: lipschitz.is_resnet
+from .losses import LOSSES, lipschitz_bounds, lipschitz_penalty
 from .paths import check_profile, get_data_dir
+from .unlearning import make_pair_loader, unlearn
 
 __all__ = ["SIGMA_SCHEDULE", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
            "stop_accuracy", "forget_lipschitz", "lipschitz_loss", "evaluate_class_forgetting", "compute_avg_gain",
@@ -194,8 +197,6 @@ def lipschitz_loss(model, batch: dict, *, n_samples: int, sigma: float, loss_sca
     and divides by ``2 n_samples`` (= ``B / 2`` times the mean). ``precision="bf16"``
     runs the forward passes under bf16 autocast.
     """
-    from .losses import lipschitz_bounds, lipschitz_penalty
-
     for name, value in (("loss_scale", loss_scale), ("noise_clamp", noise_clamp)):
         if value not in _CHOICES[name]:
             raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(_CHOICES[name])}")
@@ -214,8 +215,6 @@ def lipschitz_loss(model, batch: dict, *, n_samples: int, sigma: float, loss_sca
 
 def _lipschitz_fn(n_samples: int, sigma: float, **options) -> Callable:
     if not options:  # the registered loss (the project's form)
-        from .losses import LOSSES
-
         loss = LOSSES["lipschitz"]
         return lambda model, batch: loss(model, None, batch, None, n_samples=n_samples, sigma=sigma)
     return lambda model, batch: lipschitz_loss(model, batch, n_samples=n_samples, sigma=sigma, **options)
@@ -231,8 +230,6 @@ def _check_options(options: dict) -> None:
 
 def _make_optimizer(kind: str, params: list, *, lr, betas, eps, weight_decay):
     """``"adam"``: torch.optim.Adam with coupled L2 weight decay (authors); ``"adamw"``: the project's AdamW."""
-    from .models import make_adamw
-
     if kind == "adamw":
         return make_adamw(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
@@ -314,8 +311,6 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     (``unlearning.unlearn``); otherwise the epochs run the authors' loop here.
     ``precision="bf16"`` runs the loss and the stop checks under bf16 autocast.
     """
-    from .unlearning import unlearn
-
     options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
                    noise_clamp=noise_clamp, accumulate=accumulate)
     _check_options(options)
@@ -453,10 +448,6 @@ def generate_task_synthetic(model, task, *, tokenizer, n_train: int, n_val: int,
     ``n_train + n_val`` reached it within ``max_attempts``, the set is filled with the
     best of the others (a warning says so; ``cost["reached"]`` counts them).
     """
-    import warnings
-
-    from . import models, synthetic
-
     gen = dict(generation)
     if gen.get("logit_scale") == "model":
         gen["logit_scale"] = float(model.logit_scale.detach().exp())
@@ -550,7 +541,7 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     images for the ``lipschitz_real`` reference); ``val_forget = (dataset, indices)`` is what
     the validation scores forgetting on (held-out synthetic images for a data-free run:
     no real forget image is seen, not even to select). The record has the test metrics
-    of :func:`clipunlearn.experiment.evaluate_model`, the validation score of the final
+    of :func:`clipunlearn.harness.evaluate_model`, the validation score of the final
     model, the stop-set accuracy before / after and a per-step validation history.
     ``caption_templates``: the caption of the loss (the authors': ``"A picture of {}"``).
     ``optimizer`` ... ``accumulate``: the form of :func:`forget_lipschitz` (project's by
@@ -558,10 +549,7 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     autocast in the loss and every evaluation. ``reference``: the original model's test
     metrics; adds ``avg_gain`` (:func:`compute_avg_gain`) to the record.
     """
-    from . import experiment
-    from .unlearning import make_pair_loader
-
-    experiment._release()
+    release_memory()
     unlearned = copy.deepcopy(model)
     loader = make_pair_loader(forget_data, tokenizer=tokenizer, templates=caption_templates, indices=forget_idx,
                               batch_size=batch_size, shuffle=True, seed=task.seed, device=device)
@@ -569,7 +557,7 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
 
     def validate(m):
         with metrics.autocast(device, precision):
-            return experiment.validate_model(m, task, tokenizer=tokenizer, device=device, forget_data=val_forget)
+            return harness.validate_model(m, task, tokenizer=tokenizer, device=device, forget_data=val_forget)
 
     options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
                    noise_clamp=noise_clamp, accumulate=accumulate)
@@ -582,12 +570,12 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
                                   seed=task.seed, progress=progress, precision=precision, **options)
     val = validate(unlearned)
     with metrics.autocast(device, precision):
-        test = experiment.evaluate_model(unlearned, task, tokenizer=tokenizer, device=device)
+        test = harness.evaluate_model(unlearned, task, tokenizer=tokenizer, device=device)
     history = [{"step": h["kept_step"], **{k: h[k] for k in ("val_forget_acc", "val_retain_acc", "score", "stop_acc")
                                            if k in h}} for h in result.curve()]
     changed = {k: v for k, v in {**options, "precision": precision}.items()
                if v != {**PROJECT_OPTIONS, "precision": "fp32"}[k]}
-    record = experiment.summarise_run(
+    record = harness.summarise_run(
         task, method=method,
         config={"lr": lr, "n_samples": n_samples, "sigma_schedule": list(sigma_schedule), "k_start": k_start,
                 "selective": selective, "threshold": threshold, "max_epochs": max_epochs, "betas": list(betas),
@@ -614,21 +602,19 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
     retain validation images, with the oracle score on real forget validation images
     recorded beside it, never used) and ``lipschitz_real`` (the same procedure on
     ``n_real`` real training images of the class, selected on real validation images),
-    each through :func:`clipunlearn.experiment.run_selected`. ``forgetting``: keyword
+    each through :func:`clipunlearn.harness.run_selected`. ``forgetting``: keyword
     arguments of :func:`run_lipschitz` (the authors' form: ``**AUTHORS_OPTIONS``). ``avg_gain``:
     add the authors' aggregate (:func:`compute_avg_gain`, against the original model) to
     every record. ``progress``: progress bars of the ascent and the forgetting epochs.
     """
-    from . import experiment
-
     sets = {}
     for target, seeded in tasks.items():
         first = seeded[0]
         original = store.find(method="original", task=first.kind, forget_class=target)
         if original is None:
             with metrics.autocast(device, forgetting.get("precision", "fp32")):
-                test = experiment.evaluate_model(model, first, tokenizer=tokenizer, device=device)
-            original = experiment.summarise_run(first, method="original", config={"seed": None}, test_metrics=test)
+                test = harness.evaluate_model(model, first, tokenizer=tokenizer, device=device)
+            original = harness.summarise_run(first, method="original", config={"seed": None}, test_metrics=test)
             store.add(original)
         reference = {"reference": original["metrics"]} if avg_gain else {}
         for task in seeded:
@@ -652,11 +638,11 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
 
         def oracle(m, task):
             with metrics.autocast(device, forgetting.get("precision", "fp32")):
-                return experiment.validate_model(m, task, tokenizer=tokenizer, device=device)
+                return harness.validate_model(m, task, tokenizer=tokenizer, device=device)
 
-        experiment.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
+        harness.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
                                 oracle_fn=oracle)
-        experiment.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store)
+        harness.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store)
     return sets
 
 
@@ -742,7 +728,7 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
     Keys: ``backbones`` (``{name: pretrained}``), ``forget`` (``{dataset: [class, ...]}``),
     ``generation`` / ``forgetting`` (keyword arguments of :func:`generate_task_synthetic` /
     :func:`run_lipschitz`), ``grid``, ``n_train``, ``n_val``, ``n_real``, ``task`` (sizes for
-    ``experiment.build_task``), ``ablations``, ``seeds`` (list of ints) and ``others``
+    ``harness.build_task``), ``ablations``, ``seeds`` (list of ints) and ``others``
     (``{dataset: [other datasets scored with their own prompts]}``, paper profile only).
     The mini settings come from ``configs.mini_settings()``; the paper's from ``paper_b.json``.
     The string arguments are the notebook's parameters: ``seeds`` and the lists comma-separated;
@@ -845,7 +831,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
                        data_dir=None, workers: int = 8) -> tuple[dict, dict]:
     """Load paper B's models, datasets and ``forget-class`` tasks; return ``(tasks, worlds)``.
 
-    ``tasks[(backbone, dataset)]`` is ``{class: [experiment.Task per seed]}`` and
+    ``tasks[(backbone, dataset)]`` is ``{class: [harness.Task per seed]}`` and
     ``worlds[(backbone, dataset)]`` is ``{"model", "tokenizer"}`` (one model per backbone,
     shared by its datasets; runs copy it). ``backbones``: ``{name: pretrained}``
     (``models.load_clip``); ``forget``: ``{dataset: [class, ...]}``; ``others``: ``{dataset:
@@ -856,8 +842,6 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
     file when it is in ``<data_dir>/<dataset>/``. ``data_dir``: empty for
     ``$CLIPUNLEARN_DATA`` or the cache.
     """
-    from . import experiment
-
     data_dir = data_dir or None
     others = others or {}
     split_files = load_paper_config("paper_b")["split_files"]
@@ -896,7 +880,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
                                  f"{', '.join(train.classnames)}")
             worlds[(backbone, dataset)] = dict(model=model, tokenizer=tokenizer)
             tasks[(backbone, dataset)] = {
-                c: [experiment.build_task(train, test, kind="forget-class", target=c, seed=s, templates=templates,
+                c: [harness.build_task(train, test, kind="forget-class", target=c, seed=s, templates=templates,
                                           n_seen=n_seen, retain_per_class=retain_per_class,
                                           eval_per_class=eval_per_class) for s in seeds] for c in classes}
             for seeded in tasks[(backbone, dataset)].values():

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .clip import get_normalization
 from .synthetic import pixel_bounds
 
 LOSSES: dict[str, Callable] = {}
@@ -272,8 +273,6 @@ def lipschitz_bounds(model, *, device=None) -> tuple[torch.Tensor, torch.Tensor]
 
     ``synthetic.pixel_bounds`` of the model's normalisation (``models.get_normalization``).
     """
-    from .models import get_normalization
-
     mean, std = get_normalization(model)
     return pixel_bounds(mean, std, device=device)
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from .clip import PRECISIONS, autocast, encoder_of  # PRECISIONS, autocast re-exported
+
 #: Decimals every selection score is rounded to before comparing candidates (learning rates, steps,
 #: souping alphas): differences below 1e-4 are float noise of one CPU's summation order (a tie of
 #: two equal accuracies once differed by 3e-8), and a choice must not depend on them. Ties then go
@@ -36,18 +38,6 @@ SCORE_DECIMALS = 4
 def round_score(value: float) -> float:
     """Return ``value`` rounded to :data:`SCORE_DECIMALS` decimals (what selection compares)."""
     return round(float(value), SCORE_DECIMALS)
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device, precision: str = "fp32"):
-    """Return a bf16 ``torch.autocast`` context for ``device`` when ``precision == "bf16"``, else a no-op one."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- #
@@ -171,8 +161,6 @@ def _text_signature(model) -> tuple:
     Any optimiser step or ``load_state_dict`` changes a norm; version counters are not
     enough (fused optimisers update in place without bumping them).
     """
-    from .layers import encoder_of
-
     params = [p for n, p in model.named_parameters() if encoder_of(n) == "text"]
     if not params:
         return ((), torch.empty(0))

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .clip import PRECISIONS
+from .data import check_classnames
 from .results import save_torch_atomic
 
 __all__ = [
@@ -211,8 +213,6 @@ def _resolve_classes(classes, classnames, num_classes: int) -> list[int]:
         if isinstance(c, str):
             if classnames is None:
                 raise ValueError(f"class {c!r} given by name: pass classnames=[...] (the classifier's columns)")
-            from .data import check_classnames
-
             out.extend(check_classnames([c], classnames))
         else:
             if not 0 <= int(c) < num_classes:
@@ -250,7 +250,6 @@ class _Frozen:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PARAMETRISATIONS = ("project", "authors")
-PRECISIONS = ("fp32", "bf16")
 
 
 def minmax_rescale(images: torch.Tensor) -> torch.Tensor:

@@ -37,16 +37,33 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, models
+from . import data, harness, models
 from . import layers as layer_scores
 from .configs import load_paper_config, mini_settings, parse_seeds, split_names
 from .losses import contrastive_loss, encode_pairs, lipschitz_bounds, pair_positives
 from .lora import add_lora, has_lora, lora_parameters, lora_targets, merge_lora
-from .models import copy_frozen, get_normalization, make_adamw
+from .clip import RequiresGrad, copy_frozen, get_normalization, make_adamw, to_device
 from .paths import check_profile
+from .report import summarise
 from .souping import interpolate_state_dicts, select_alpha
 from .unlearning import _cycle
 
+#: Paper A's ablations: method name -> switches of ``three_stage.three_stage_unlearn`` (variant = name after "-").
+THREE_STAGE_ABLATIONS = {
+    "three_stage-no_fisher_all": {"layer_choice": "all"},
+    "three_stage-no_fisher_random": {"layer_choice": "random"},
+    "three_stage-no_align": {"align": False},
+    "three_stage-no_distill": {"distill": False},
+    "three_stage-no_soup": {"soup": False},
+    "three_stage-no_lora": {"use_lora": False},
+    "three_stage-text_only": {"encoders": ("text",)},
+    "three_stage-long_remind": {"remind_steps": 60},
+}
+#: Paper A's ablation table (relative Fisher, alignment, distillation, souping, LoRA); the other variants of
+#: :data:`THREE_STAGE_ABLATIONS` change a project's choice: the text tower's layers only (both towers by
+#: default), and 60 reminding steps (30 by default).
+THREE_STAGE_PAPER_ABLATIONS = ("three_stage-no_fisher_all", "three_stage-no_fisher_random", "three_stage-no_align",
+                               "three_stage-no_distill", "three_stage-no_soup", "three_stage-no_lora")
 __all__ = [
     "LAYER_CHOICES", "ThreeStageResult", "candidate_layers", "choose_layers", "pair_similarities", "forget_stage",
     "batchnorm_layers", "alignment_loss", "align_images", "distillation_loss", "remind_loss", "remind_stage",
@@ -55,25 +72,6 @@ __all__ = [
 ]
 
 LAYER_CHOICES = ("fisher", "all", "random")
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-class _Flags:
-    """Remember every parameter's ``requires_grad`` and put it back on exit."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
-        return self
-
-    def __exit__(self, *exc):
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(self.flags.get(n, p.requires_grad))
 
 
 def _layer_tensors(model, names: Sequence[str]) -> list[str]:
@@ -182,12 +180,12 @@ def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[s
     forget_iter = _cycle(forget_loader)
     retain_iter = _cycle(retain_loader) if retain_weight else None
     bar = tqdm(total=max_steps, desc="forget", leave=False, disable=not progress)
-    with _Flags(model):
+    with RequiresGrad(model):
         params = _trainable(model, layers, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha)
         optimizer = make_adamw(params, lr=lr, weight_decay=weight_decay)
         try:
             while True:
-                batch = _to_device(next(forget_iter), device)
+                batch = to_device(next(forget_iter), device)
                 sims = pair_similarities(model, batch)
                 loss = sims.mean()
                 history.append({"step": steps, "similarity": float(loss.detach())})
@@ -197,7 +195,7 @@ def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[s
                 if steps >= max_steps:
                     break
                 if retain_iter is not None:
-                    retain = _to_device(next(retain_iter), device)
+                    retain = to_device(next(retain_iter), device)
                     img, txt = encode_pairs(model, retain)
                     retain_loss = contrastive_loss(img, txt, model.logit_scale.exp(),
                                                    positives=pair_positives(retain["labels"]))
@@ -347,12 +345,12 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
     history = []
     retain_iter = _cycle(retain_loader)
     bar = tqdm(total=steps, desc="remind", leave=False, disable=not progress)
-    with _Flags(model):
+    with RequiresGrad(model):
         params = _trainable(model, layers, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha)
         optimizer = make_adamw(params, lr=lr, weight_decay=weight_decay)
         try:
             for step in range(steps):
-                batch = _to_device(next(retain_iter), device)
+                batch = to_device(next(retain_iter), device)
                 if align_fn is not None:
                     batch = {**batch, "images": align_fn(batch["images"])}
                 loss, logs = remind_loss(model, original, batch, kd_weight=kd_weight, kd_temperature=kd_temperature)
@@ -500,8 +498,8 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
     candidates = candidate_layers(model, encoders=encoders)
     if layer_choice == "fisher":
         names = _layer_tensors(model, candidates)
-        forget_batches = [_to_device(b, device) for b in itertools.islice(_cycle(forget_loader), fisher_batches)]
-        retain_batches = [_to_device(b, device) for b in itertools.islice(_cycle(retain_loader), fisher_batches)]
+        forget_batches = [to_device(b, device) for b in itertools.islice(_cycle(forget_loader), fisher_batches)]
+        retain_batches = [to_device(b, device) for b in itertools.islice(_cycle(retain_loader), fisher_batches)]
         key = ("fisher", content_key(*(b[k] for b in forget_batches + retain_batches for k in ("images", "texts")),
                                      names))
         result.layer_scores = dict(_cached(cache, key, result, "fisher", lambda: layer_scores.relative_fisher_scores(
@@ -664,18 +662,16 @@ def parse_subgroups(text: str) -> dict[str, list[str]]:
 
 def _paper_a_profile(profile: str) -> dict:
     """The full-size settings of ``profile``: mini from ``configs.mini_settings()``, paper from the paper configs."""
-    from . import experiment
-
     if profile == "mini":
         mini = mini_settings()  # the method settings shared with notebooks 20 and 40
         return dict(
             model="mini", pretrained=None,
             targets={"sandal": "forget-subgroup", "sketch:sneaker": "forget-style-subgroup"},
             task=dict(retain_per_class=300, eval_per_class=150, val_per_class=50),
-            baselines=list(PAPER_A_BASELINES), steps=30, batch_size=32, grid={"lr": list(experiment.MINI_LR_GRID)},
+            baselines=list(PAPER_A_BASELINES), steps=30, batch_size=32, grid={"lr": list(harness.MINI_LR_GRID)},
             three_stage={**mini["three_stage"], "examples": 6}, three_stage_grid=mini["grids"]["three_stage"],
             lipschitz=mini["lipschitz"], lipschitz_grid=mini["grids"]["lipschitz_synthetic"],
-            ablations=list(experiment.THREE_STAGE_PAPER_ABLATIONS), style_ablations=list(MINI_STYLE_ABLATIONS),
+            ablations=list(THREE_STAGE_PAPER_ABLATIONS), style_ablations=list(MINI_STYLE_ABLATIONS),
             dataset="fashion-mnist", transfer=[], hierarchy=None,  # the Fashion-MNIST hierarchy
         )
     paper, paper_b = load_paper_config("paper_a"), load_paper_config("paper_b")
@@ -700,7 +696,7 @@ def _paper_a_profile(profile: str) -> dict:
                             weight_decay=forget["weight_decay"], batch_size=forget["batch_size"]),
             n_train=gen["n_per_class"], n_val=32),
         lipschitz_grid={"lr": [2e-5, forget["lr"], 1e-4]},
-        ablations=list(experiment.THREE_STAGE_PAPER_ABLATIONS), style_ablations=[],
+        ablations=list(THREE_STAGE_PAPER_ABLATIONS), style_ablations=[],
         dataset=paper["datasets"]["forget"],
         hierarchy={t["group"]: t["classes"] for t in paper["subgroup_tasks"].values()},
     )
@@ -711,7 +707,7 @@ def paper_a_settings(profile: str, *, quick: bool = False, seeds="0,1,2", model:
     """Return notebook 30's settings of paper A for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
 
     Keys: ``model`` / ``pretrained`` (``models.load_clip``), ``targets`` (``{target: task kind}``),
-    ``task`` (sizes for ``experiment.build_task``), ``dataset``, ``transfer`` (zero-shot
+    ``task`` (sizes for ``harness.build_task``), ``dataset``, ``transfer`` (zero-shot
     transfer datasets), ``groups`` (``{target: classes of its group}`` from ``subgroups``, else
     None) and ``hierarchy`` (``build_task``'s; None: Fashion-MNIST's), ``baselines``, ``steps``,
     ``batch_size``, the grids ``grid`` (baselines), ``three_stage_grid``, ``lipschitz_grid``
@@ -771,15 +767,13 @@ def load_paper_a_tasks(*, model: str, pretrained: str | None, dataset: str, targ
                        eval_per_class: int | None = 300, val_per_class: int = 100, device="cpu", data_dir=None):
     """Load paper A's model, dataset and subgroup tasks; return ``(model, preprocess, tokenizer, train, test, tasks)``.
 
-    ``tasks`` is ``{target: [experiment.Task per seed]}`` (``targets``: ``{target: task kind}``,
+    ``tasks`` is ``{target: [harness.Task per seed]}`` (``targets``: ``{target: task kind}``,
     ``hierarchy``: ``{group: [class names]}`` naming each subgroup's siblings; None:
     Fashion-MNIST's). Fashion-MNIST is the mini world (every style, the mini model's
     ``n_seen``); another registered ``dataset`` is loaded with the model's ``preprocess``.
     Every task scores the test sets of the ``transfer`` datasets with their own prompts
     (``Task.extra_sets``). ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache.
     """
-    from . import experiment
-
     data_dir = data_dir or None
     base, preprocess, tokenizer = models.load_clip(model, pretrained, device=device)
     if dataset == "fashion-mnist":
@@ -793,7 +787,7 @@ def load_paper_a_tasks(*, model: str, pretrained: str | None, dataset: str, targ
     for name in transfer:
         ds = data.load_dataset(name, split="test", transform=preprocess, data_dir=data_dir)
         extra[name] = dict(dataset=ds, classnames=ds.classnames, templates=data.get_templates(name))
-    tasks = {target: [experiment.build_task(train, test, kind=kind, target=target, seed=s, templates=templates,
+    tasks = {target: [harness.build_task(train, test, kind=kind, target=target, seed=s, templates=templates,
                                             n_seen=n_seen, hierarchy=hierarchy, retain_per_class=retain_per_class,
                                             eval_per_class=eval_per_class, val_per_class=val_per_class)
                       for s in seeds]
@@ -811,8 +805,6 @@ def paper_a_targets(records: list[dict]) -> dict[str, bool]:
     of the original; ``forget-style-subgroup``: forget accuracy <= 0.10, sibling accuracy within
     5 points (means over seeds). Tasks without records are left out.
     """
-    from .report import summarise
-
     bars = {"forget-subgroup": (0.05, {"sibling_acc": 0.03, "retain_acc": 0.03}),
             "forget-style-subgroup": (0.10, {"sibling_acc": 0.05})}
     out = {}

@@ -20,7 +20,8 @@ import torch
 
 from .losses import get_loss
 from .metrics import round_score
-from .models import copy_frozen, load_checkpoint, make_adamw, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
+from .clip import RequiresGrad, autocast, copy_frozen, make_adamw, to_device
 
 
 # --------------------------------------------------------------------------- #
@@ -129,22 +130,6 @@ def _select_trainable(model, trainable) -> list[tuple[str, torch.nn.Parameter]]:
     return chosen
 
 
-class _TrainOnly:
-    """Context: only the ``names`` parameters of ``model`` require gradients; flags restored on exit."""
-
-    def __init__(self, model, names: Collection[str]):
-        self.model, self.names = model, set(names)
-
-    def __enter__(self):
-        self.flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(n in self.names)
-
-    def __exit__(self, *exc):
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(self.flags[n])
-
-
 def _cpu_state(model) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -158,12 +143,6 @@ def _cycle(loader, *, start_step: int = 0):
             if i >= skip:
                 yield batch
         epoch, skip = epoch + 1, 0
-
-
-def _to_device(batch, device):
-    if batch is None or device is None:
-        return batch
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _describe(value: Any) -> str:
@@ -299,11 +278,9 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     a finished run as it ended, and raises a ValueError when the settings differ or
     the saved run failed; ``resume="restart"`` deletes it and starts afresh. The model
     stays in eval mode (BatchNorm statistics of the original are kept). ``precision="bf16"``
-    computes the loss under bf16 autocast (``metrics.autocast``; weights, gradients and AdamW
+    computes the loss under bf16 autocast (``clip.autocast``; weights, gradients and AdamW
     state stay float32), for GPUs; the default ``"fp32"`` changes nothing.
     """
-    from .metrics import autocast
-
     loss_fn = get_loss(method)
     amp_device = device if device is not None else next(model.parameters()).device
     autocast(amp_device, precision)  # an unknown precision fails here, before any work
@@ -332,14 +309,14 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
 
     start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=method, disable=not progress, leave=False)
-    with _TrainOnly(model, [n for n, _ in chosen]), bar:
+    with RequiresGrad(model, only=[n for n, _ in chosen]), bar:
         if eval_at_start and step == 0 and eval_fn is not None:
             tracker.evaluate(0)
         forget_iter = _cycle(forget_loader, start_step=step) if forget_loader is not None else None
         retain_iter = _cycle(retain_loader, start_step=step) if retain_loader is not None else None
         while step < total and not finished:
-            forget_batch = _to_device(next(forget_iter), device) if forget_iter else None
-            retain_batch = _to_device(next(retain_iter), device) if retain_iter else None
+            forget_batch = to_device(next(forget_iter), device) if forget_iter else None
+            retain_batch = to_device(next(retain_iter), device) if retain_iter else None
             torch.manual_seed(seed * 1_000_003 + step)  # stochastic losses repeat on resume
             with autocast(amp_device, precision):
                 loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)

@@ -1,0 +1,121 @@
+"""Small helpers over an open_clip model that import nothing of the package.
+
+Everything here is a leaf of the dependency graph (docs/ARCHITECTURE.md): normalisation and
+image size, tower kind, frozen copies, the optimiser factory, devices and precision,
+parameter naming by tower, requires-grad bookkeeping and freeing memory between runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+from typing import Collection
+
+import torch
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+#: Numeric precisions of training and evaluation: full float32, or bf16 autocast.
+PRECISIONS = ("fp32", "bf16")
+#: Towers of a CLIP model, as :func:`encoder_of` names them.
+ENCODERS = ("image", "text", "other")
+#: Parameter-name prefixes of open_clip's text tower (the rest of a CLIP, but ``visual.`` and ``logit_``).
+TEXT_PREFIXES = ("transformer.", "token_embedding", "positional_embedding", "ln_final", "text_projection",
+                 "text.")  # "text." = open_clip's CustomTextCLIP tower
+
+
+def get_normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the ``(mean, std)`` pixel normalisation the model expects (open_clip's preprocess config)."""
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean", getattr(model.visual, "image_mean", None))
+    std = cfg.get("std", getattr(model.visual, "image_std", None))
+    if mean is None or std is None:
+        mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def get_image_size(model) -> int:
+    """Return the side in pixels of the images ``model`` takes (open_clip's ``visual.image_size``)."""
+    size = getattr(model.visual, "image_size", None)
+    if size is None:
+        size = (getattr(model.visual, "preprocess_cfg", None) or {}).get("size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def is_resnet(model) -> bool:
+    """Return True when ``model``'s image tower is open_clip's ModifiedResNet (False for a ViT)."""
+    return hasattr(model.visual, "attnpool") or hasattr(model.visual, "layer1")
+
+
+def copy_frozen(model):
+    """Return a frozen copy of ``model`` (eval mode, no gradients) on the same device."""
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def make_adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW over ``params`` (tensors or parameter groups), fused where torch has it (CPU and CUDA floats).
+
+    A fused step runs one kernel for all tensors: about 10% faster unlearning steps on a 2-core CPU.
+    """
+    params = list(params)
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    fused = all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
+
+
+def autocast(device, precision: str = "fp32"):
+    """Return a bf16 ``torch.autocast`` context for ``device`` when ``precision == "bf16"``, else a no-op one."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch, device):
+    """Return ``batch`` (a dict or a sequence; None passes) with its tensors on ``device`` (None: unchanged)."""
+    if batch is None or device is None:
+        return batch
+    if isinstance(batch, dict):
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return [v.to(device) if torch.is_tensor(v) else v for v in batch]
+
+
+def encoder_of(name: str) -> str:
+    """Return ``"image"``, ``"text"`` or ``"other"`` for an open_clip parameter name."""
+    if name.startswith("visual."):
+        return "image"
+    if name.startswith(TEXT_PREFIXES):
+        return "text"
+    return "other"
+
+
+class RequiresGrad:
+    """Context: remember every parameter's ``requires_grad`` and put it back on exit.
+
+    ``only`` (parameter names): inside the context, exactly those require gradients.
+    """
+
+    def __init__(self, model, *, only: Collection[str] | None = None):
+        self.model, self.only = model, None if only is None else set(only)
+
+    def __enter__(self):
+        self.flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        if self.only is not None:
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(n in self.only)
+        return self
+
+    def __exit__(self, *exc):
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self.flags.get(n, p.requires_grad))
+
+
+def release_memory() -> None:
+    """Free what a finished run left behind (Python garbage, the CUDA cache)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,123 @@
+"""The one selection protocol: a grid searched on the first seed, the other seeds at the chosen values.
+
+:func:`run_grid` runs a method over a small grid and keeps the best candidate by
+:func:`~clipunlearn.scores.selection_score` (ties: the first candidate);
+:func:`run_selected` searches on the first task's seed and runs the other seeds with
+the selected values, saving every record to a :class:`~clipunlearn.harness.store.ResultStore`
+as it comes. :func:`summarise_run` builds the result record of one run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Sequence
+
+from ..clip import release_memory
+from ..results import make_record
+from ..scores import CRITERION, round_score
+from .task import Task
+
+__all__ = ["run_grid", "run_selected", "summarise_run"]
+
+
+def summarise_run(task: Task, *, method: str, config: dict, test_metrics: dict, cost: dict | None = None,
+                  history: Sequence[dict] = (), val: dict | None = None, **extra) -> dict:
+    """Return a result record of one run (``config`` gets the task fields; ``metrics`` the test numbers)."""
+    config = {"task": task.kind, "forget_class": task.target, "seed": task.seed, "criterion": CRITERION,
+              **config}
+    m = {**test_metrics, **(cost or {}), **(val or {})}
+    return make_record(method=method, task=task.kind, config=config, metrics=m, history=list(history), **extra)
+
+
+def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_key: str = "score",
+             oracle_fn: Callable[[object], dict] | None = None) -> tuple[object, dict, list[dict]]:
+    """Run ``run_fn(**candidate)`` for every candidate of ``grid``; keep the best by validation score.
+
+    ``grid``: ``{name: values}`` (the product is taken; keep it small). ``run_fn``
+    returns ``(model, record)``; candidates are ranked by ``record["metrics"][score_key]``
+    (the validation :func:`selection_score` at the kept step); failed runs rank last.
+    Returns ``(best_model, best_record, candidates)``, where ``candidates`` are
+    ``{**candidate, "score", "val_forget_acc", "val_retain_acc", "failed", "selected"}``
+    rows (plus ``oracle_score`` from ``oracle_fn(model)`` when given — a reference that
+    peeks at data the method may not use, never used for the choice). The best record
+    gets ``config.grid`` and ``config.selected``; the other models are released.
+    """
+    names = list(grid)
+    best_model, best_record, rows = None, None, []
+    for values in itertools.product(*(grid[n] for n in names)):
+        candidate = dict(zip(names, values))
+        model, record = run_fn(**candidate)
+        m = record["metrics"]
+        score = -math.inf if m.get("failed") else float(m.get(score_key, -math.inf))
+        score = score if math.isinf(score) else round_score(score)  # ties: the earlier candidate
+        row = {**candidate, "score": score, "val_forget_acc": m.get("val_forget_acc"),
+               "val_retain_acc": m.get("val_retain_acc"), "failed": bool(m.get("failed")), "record": record}
+        if oracle_fn is not None:
+            row["oracle"] = oracle_fn(model)
+        rows.append(row)
+        if best_record is None or score > best_record["_score"]:
+            best_model, best_record = model, dict(record, _score=score)
+        else:
+            del model
+        release_memory()
+    best_record.pop("_score")
+    for row in rows:
+        row["selected"] = row["record"] is best_record or all(row.get(n) == best_record["config"].get(n)
+                                                               for n in names)
+    best_record["config"]["grid"] = {n: list(grid[n]) for n in names}
+    best_record["config"]["selected"] = {n: best_record["config"].get(n) for n in names}
+    return best_model, best_record, rows
+
+
+def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tuple], grid: dict[str, Sequence],
+                 store=None, oracle_fn: Callable | None = None, keep_models: bool = False) -> list[dict]:
+    """Run ``method`` on ``tasks`` (one forget target, several seeds) with one selection protocol.
+
+    The grid is searched on the first task (its seed's validation split, by
+    :func:`selection_score`); the other seeds run with the selected values. ``run_fn(task,
+    **candidate) -> (model, record)`` runs one candidate. Returns the result records (one
+    per seed, ``config.grid`` / ``config.selected`` filled) followed by the ``selection``
+    records of the grid (one per candidate, ``config.selected`` true/false, and an
+    ``oracle_score`` where ``oracle_fn`` is given). With ``store`` (a :class:`ResultStore`)
+    every record is saved as soon as it exists and finished runs are not repeated.
+    """
+    first, rest = tasks[0], list(tasks[1:])
+    cached = store.find(method=method, task=first.kind, forget_class=first.target, seed=first.seed) if store else None
+    sel_cached = store.find_all(method=method, task="selection", forget_class=first.target, seed=first.seed,
+                                run_task=first.kind) if store else []
+    if cached is not None and sel_cached:
+        best, selection = cached, sel_cached
+    else:
+        model, best, rows = run_grid(lambda **c: run_fn(first, **c), grid=grid,
+                                     oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, first)))
+        del model
+        selection = []
+        for row in rows:
+            rec = row["record"]
+            cand = {k: row[k] for k in grid}
+            m = {k: row[k] for k in ("score", "val_forget_acc", "val_retain_acc", "failed")}
+            if "oracle" in row:
+                m.update({f"oracle_{k}": v for k, v in row["oracle"].items()})
+            m.update({k: rec["metrics"].get(k) for k in ("forget_acc", "retain_acc", "best_step")})
+            selection.append(make_record(method=method, task="selection",
+                                         config={**rec["config"], **cand, "run_task": first.kind,
+                                                 "selected": bool(row["selected"]), "grid": None},
+                                         metrics=m))
+        if store is not None:
+            store.add(best, *selection)
+    chosen = {k: best["config"]["selected"][k] for k in grid}
+    out = [best]
+    for task in rest:
+        rec = store.find(method=method, task=task.kind, forget_class=task.target, seed=task.seed) if store else None
+        if rec is None:
+            model, rec = run_fn(task, **chosen)
+            del model
+            release_memory()
+            rec["config"]["grid"] = {k: list(v) for k, v in grid.items()}
+            rec["config"]["selected"] = dict(chosen)
+            rec["config"]["selected_on_seed"] = first.seed
+            if store is not None:
+                store.add(rec)
+        out.append(rec)
+    return out + selection

@@ -1,0 +1,53 @@
+"""The records of one notebook, saved atomically after every addition, and found again on resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..results import load_records, save_records
+
+__all__ = ["ResultStore"]
+
+
+class ResultStore:
+    """The records of one notebook, saved atomically after every addition (``results.save_records``).
+
+    ``resume=True`` loads the records already at ``path`` whose ``config`` matches
+    ``match`` (e.g. ``{"profile": "mini", "quick": False}``), so a restarted notebook
+    skips finished runs (:meth:`find`); otherwise the file is started afresh.
+    """
+
+    def __init__(self, path, *, match: dict | None = None, resume: bool = False):
+        self.path, self.match = Path(path), dict(match or {})
+        self.records: list[dict] = []
+        if resume and self.path.exists():
+            self.records = [r for r in load_records(self.path)
+                            if all(r["config"].get(k) == v for k, v in self.match.items())]
+
+    def add(self, *records: dict) -> None:
+        """Append ``records`` (replacing earlier ones with the same identity) and save the file."""
+        for rec in records:
+            rec["config"].update({k: v for k, v in self.match.items() if k not in rec["config"]})
+            key = _identity(rec)
+            self.records = [r for r in self.records if _identity(r) != key]
+            self.records.append(rec)
+        save_records(self.path, self.records)
+
+    def find_all(self, *, method: str, task: str, **config) -> list[dict]:
+        """Return the stored records of ``method`` / ``task`` whose config has every given value."""
+        return [r for r in self.records if r["method"] == method and r["task"] == task
+                and all(r["config"].get(k) == v for k, v in config.items())]
+
+    def find(self, *, method: str, task: str, **config) -> dict | None:
+        """Return the one stored record matching (see :meth:`find_all`), or None."""
+        found = self.find_all(method=method, task=task, **config)
+        return found[-1] if found else None
+
+
+def _identity(record: dict) -> tuple:
+    c = record["config"]
+    keys = ("forget_class", "seed", "variant", "forget_ratio", "lr", "run_task", "ablation", "value", "oracle")
+    ident = tuple((k, repr(c.get(k))) for k in keys)
+    if record["task"] != "selection":  # one result per method / task / target / seed / variant
+        ident = tuple(x for x in ident if x[0] not in ("lr",))
+    return (record["method"], record["task"]) + ident
