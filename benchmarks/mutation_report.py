@@ -176,7 +176,8 @@ def report_module(target: Target, previous: dict[str, tuple[str, str]], stage_in
         counts[s if s in counts else "suspicious"] += 1
     counts["total"] = len(codes)
     row.update(counts)
-    last = runs[-1] if runs else {}
+    ran = [r for r in runs if not str(r.get("error") or "").startswith("not run")]  # a skipped module keeps its state
+    last = ran[-1] if ran else {}
     complete = counts["not checked"] == 0 and bool(last.get("completed"))
     row["status"] = "complete" if complete else "partial"
     lines += ["| mutants | killed | survived | timeout | suspicious / skipped | no tests | not checked |",
@@ -225,7 +226,7 @@ def report_module(target: Target, previous: dict[str, tuple[str, str]], stage_in
 
     no_tests = sorted({parse_function_name(k) for k, v in codes.items() if decode_status(v) == "no tests"})
     if no_tests:
-        lines += ["Functions no selected test calls (their mutants count as \"no tests\"): "
+        lines += ["Functions no selected test calls (their mutants count as \"no tests\", not killed): "
                   + ", ".join(f"`{f}`" for f in no_tests) + ".", ""]
     odd = sorted(k for k, v in codes.items() if decode_status(v) in ("timeout", "suspicious", "skipped", "segfault"))
     if odd:
@@ -285,7 +286,7 @@ def write_report(path: Path, *, targets: dict[str, Target], command: str, invoca
         "",
         "Counts are mutmut's: *killed* (a selected test failed), *survived* (all passed), *timeout*",
         "(counted as killed in the score), *suspicious / skipped*, *no tests* (no selected test calls",
-        "the function). Score = (killed + timeout) / (mutants - no tests - not checked - equivalent).",
+        "the function: counted as not killed). Score = (killed + timeout) / (mutants - not checked - equivalent).",
         "",
         "| module | status | mutants | killed | survived | timeout | susp./skipped | no tests | equivalent | score | mutmut wall (this command / all runs) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -298,7 +299,7 @@ def write_report(path: Path, *, targets: dict[str, Target], command: str, invoca
         if row["status"] == "not run":
             head.append(f"| `{row['module']}` | not run | | | | | | | | | {walls} |")
             continue
-        tested = row["total"] - row["no tests"] - row["not checked"] - row.get("equivalent", 0)
+        tested = row["total"] - row["not checked"] - row.get("equivalent", 0)
         score = (row["killed"] + row["timeout"]) / tested if tested > 0 else float("nan")
         head.append(f"| `{row['module']}` | {row['status']} | {row['total']} | {row['killed']} | {row['survived']} | "
                     f"{row['timeout']} | {row['suspicious'] + row['skipped'] + row['segfault']} | "

@@ -59,7 +59,7 @@ RUNNERS = "notebook-level orchestration of many runs (records, stores)"
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("losses", [FORMULAS, "test_losses.py"]),
-    Target("metrics", [FORMULAS, "test_metrics.py"],
+    Target("metrics", [FORMULAS, "test_metrics.py", "test_paper_b.py"],
            exclude={"_rss_mb": IO, "_reset_peak_rss": IO, "_peak_rss_mb": IO, "measure_run": IO,
                     "autocast": "device autocast context (CPU tests run without it)"}),
     Target("souping", [FORMULAS, "test_souping.py"]),
@@ -69,9 +69,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            exclude={"loader_key": IO, "_cached": IO, "_on_cpu": IO, "_load_tensors": IO,
                     "parse_subgroups": SETTINGS, "_paper_a_profile": SETTINGS, "paper_a_settings": SETTINGS,
                     "load_paper_a_tasks": SETTINGS, "paper_a_targets": SETTINGS}),
-    Target("synthetic", [FORMULAS, "test_synthetic.py"],
+    Target("synthetic", [FORMULAS, "test_synthetic.py", "test_paper_b.py"],
            exclude={"save_synthetic": IO, "load_synthetic": IO}),
-    Target("lipschitz", [FORMULAS, "test_lipschitz.py"],
+    Target("lipschitz", [FORMULAS, "test_lipschitz.py", "test_paper_b.py"],
            exclude={"run_synthetic_benchmark": RUNNERS, "run_synthetic_ablations": RUNNERS,
                     "authors_classnames": SETTINGS, "_profile_settings": SETTINGS, "paper_b_settings": SETTINGS,
                     "paper_b_generation": SETTINGS, "_load_split": SETTINGS, "load_paper_b_tasks": SETTINGS}),

@@ -259,3 +259,25 @@ def test_a_subgroup_without_siblings_lists_the_classes_that_have_some(world):
     with pytest.raises(ValueError, match="^" + re.escape("'bag' has no sibling classes in its group 'alone'; pick one "
                                                          "of sandal, sneaker, shirt, t-shirt, pullover") + "$"):
         experiment.build_task(train, test, kind="forget-subgroup", target="bag", seed=0, hierarchy=hierarchy)
+
+
+def test_task_sizes_counts_every_split(world):
+    train, test = world
+    task = experiment.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0)
+    sizes = task.sizes()
+    expected = {k: len(getattr(task, k)) for k in ("forget_train", "retain_train", "forget_val", "retain_val",
+                                                   "member_idx", "val_sibling")}
+    expected.update({f"test_{k}": len(v) for k, v in task.eval_sets.items()})
+    assert sizes == expected and "test_sibling" in sizes and sizes["val_sibling"] > 0
+    plain = experiment.build_task(train, test, kind="forget-class", target="sneaker", seed=0).sizes()
+    assert "val_sibling" not in plain and plain["forget_train"] > 0
+
+
+def test_pick_classes_is_a_seeded_permutation():
+    names = [f"c{i}" for i in range(7)]
+    order = torch.randperm(7, generator=torch.Generator().manual_seed(3)).tolist()
+    assert experiment.pick_classes(names, seed=3) == [names[i] for i in order]
+    assert sorted(experiment.pick_classes(names)) == names
+    assert experiment.pick_classes(names) == [names[i] for i in
+                                              torch.randperm(7, generator=torch.Generator().manual_seed(0)).tolist()]
+    assert experiment.pick_classes(names, seed=3) != experiment.pick_classes(names, seed=0)

@@ -145,14 +145,15 @@ def interrupt_at(step):
     return stop_fn
 
 
-def resumable_run(tokenizer, ckpt_dir, *, lr=1e-3, stop_fn=None, resume="auto", max_steps=None, method="random_labels"):
+def resumable_run(tokenizer, ckpt_dir, *, lr=1e-3, stop_fn=None, resume="auto", max_steps=None, method="random_labels",
+                  precision="fp32"):
     from tests.conftest import VIT_CFG, build_tiny_clip
 
     model = build_tiny_clip(VIT_CFG, tokenizer).model
     forget, retain = loaders(tokenizer)
     result = unlearn(model, method=method, forget_loader=forget, retain_loader=retain, epochs=3, max_steps=max_steps,
                      lr=lr, loss_kwargs={"class_texts": class_prompts(tokenizer)}, checkpoint_dir=ckpt_dir,
-                     checkpoint_every=1, stop_fn=stop_fn, seed=0, progress=False, resume=resume)
+                     checkpoint_every=1, stop_fn=stop_fn, seed=0, progress=False, resume=resume, precision=precision)
     return model, result
 
 
@@ -185,6 +186,18 @@ def test_resume_with_other_settings_raises(tiny_tokenizer, tmp_path):
     fresh, _ = resumable_run(tiny_tokenizer, None, lr=1e-2)
     restarted, result = resumable_run(tiny_tokenizer, tmp_path, lr=1e-2, resume="restart")
     assert result.steps == 6 and same_weights(fresh, restarted)
+
+
+def test_resume_compares_the_precision_both_ways(tiny_tokenizer, tmp_path):
+    # fp32 is left out of the checkpoint's settings: a bf16 checkpoint must not resume as fp32, nor the reverse
+    with pytest.raises(Interrupted):
+        resumable_run(tiny_tokenizer, tmp_path / "bf16", stop_fn=interrupt_at(2), precision="bf16")
+    with pytest.raises(ValueError, match="precision: 'bf16' in the checkpoint, 'fp32' now"):
+        resumable_run(tiny_tokenizer, tmp_path / "bf16")
+    with pytest.raises(Interrupted):
+        resumable_run(tiny_tokenizer, tmp_path / "fp32", stop_fn=interrupt_at(2))
+    with pytest.raises(ValueError, match="precision: 'fp32' in the checkpoint, 'bf16' now"):
+        resumable_run(tiny_tokenizer, tmp_path / "fp32", precision="bf16")
 
 
 def test_failed_run_is_not_resumed(tiny_tokenizer, tmp_path, monkeypatch):

@@ -84,6 +84,8 @@ def make_pair_loader(dataset, *, tokenizer, templates, indices=None, batch_size:
 # The loop
 # --------------------------------------------------------------------------- #
 RESUME_MODES = ("auto", "restart")
+#: Settings a checkpoint may leave out (written only when not the default): compared with these values.
+SETTING_DEFAULTS = {"precision": "fp32"}
 
 
 @dataclass
@@ -215,8 +217,10 @@ class _Checkpoint:
         saved = state.get("settings")
         if saved is None:
             raise ValueError(f"checkpoint {self.path} records no run settings (an older version wrote it); {fresh}")
-        differ = [f"{k}: {_short(saved.get(k))} in the checkpoint, {_short(v)} now"
-                  for k, v in self.settings.items() if saved.get(k) != v]
+        now = {**SETTING_DEFAULTS, **self.settings}
+        then = {**SETTING_DEFAULTS, **saved}
+        differ = [f"{k}: {_short(then.get(k))} in the checkpoint, {_short(now.get(k))} now"
+                  for k in dict.fromkeys([*now, *then]) if then.get(k) != now.get(k)]
         if differ:
             raise ValueError(f"checkpoint {self.path} was written by a run with other settings ({'; '.join(differ)});"
                              f" {fresh}")
