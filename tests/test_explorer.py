@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from clipunlearn import data, experiment, explorer, three_stage
+from clipunlearn import configs, data, experiment, explorer
 from clipunlearn.harness import run as harness_run
 
 SMALL = dict(batch_size=8, eval_per_class=4, retain_per_class=6, n_examples=3)
@@ -104,24 +104,26 @@ def test_tables_and_figures(world):
         plt.close(fig)
 
 
-def test_three_stage_dispatch(world, monkeypatch):
-    seen = {}
-
-    def fake_run_three_stage(task, *, model, tokenizer, forget_lr, forget_steps, device="cpu", seed=0):
-        seen.update(forget_lr=forget_lr, forget_steps=forget_steps, seed=seed, kind=task.kind)
-        record = experiment.summarise_run(task, method="three_stage", config={"forget_lr": forget_lr},
-                                          test_metrics=experiment.evaluate_model(model, task, tokenizer=tokenizer))
-        return model, record
-
-    monkeypatch.delattr(three_stage, "run_three_stage", raising=False)
-    assert "three_stage" not in explorer.available_methods()
-    monkeypatch.setattr(three_stage, "run_three_stage", fake_run_three_stage, raising=False)
+def test_three_stage_runs_from_the_registry(world, monkeypatch):
+    """The explorer offers the three stages and runs them through their registered ``explore`` (no name patched in)."""
     assert "three_stage" in explorer.available_methods()
-    config = explorer.ExplorerConfig(kind="forget-subgroup", target="sandal", method="three_stage", lr=3e-3, steps=7,
+    seen = {}
+    real = experiment.run_three_stage
+
+    def recording_run(task, **kwargs):
+        seen.update(kwargs)
+        return real(task, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_three_stage", recording_run)
+    config = explorer.ExplorerConfig(kind="forget-subgroup", target="sandal", method="three_stage", lr=3e-3, steps=2,
                                      seed=2, **SMALL)
     result = explorer.run_explorer(config, world=world)
-    assert seen == {"forget_lr": 3e-3, "forget_steps": 7, "seed": 2, "kind": "forget-subgroup"}
-    assert result.record["method"] == "three_stage"
+    assert seen["lr"] == 3e-3 and seen["settings"]["forget_steps"] == 2 and seen["seed"] == 2
+    assert seen["batch_size"] == SMALL["batch_size"] and seen["stage_metrics"] is False
+    mini = configs.mini_settings()["three_stage"]
+    assert {k: v for k, v in seen["settings"].items() if k != "forget_steps"} == {
+        k: v for k, v in mini["settings"].items() if k != "forget_steps"}
+    assert result.record["method"] == "three_stage" and result.record["config"]["task"] == "forget-subgroup"
 
 
 def test_ui_runs_the_configuration_of_its_controls(world):
@@ -140,7 +142,8 @@ def test_ui_runs_the_configuration_of_its_controls(world):
     c["kind"].value = "forget-style-subgroup"
     assert c["target"].value == "sketch:sneaker" and "negative:bag" in c["target"].options
     c["method"].value = "lipschitz_synthetic"
-    assert c["lr"].value == pytest.approx(explorer.DEFAULT_LR["lipschitz_synthetic"])
+    assert c["lr"].value == pytest.approx(1e-2)  # the middle of its mini grid
+    assert c["lr"].value == pytest.approx(explorer.default_lr("lipschitz_synthetic"))
     c["steps"].value = 9
     c["run"].click()
     assert ran[-1] == explorer.ExplorerConfig(kind="forget-style-subgroup", target="sketch:sneaker",

@@ -131,7 +131,7 @@ class Harness:
         monkeypatch.setattr(layers, "score_layers", fake_score)
         monkeypatch.setattr(layers, "select_top_k", spy_select)
         monkeypatch.setattr(lipschitz, "_make_optimizer", spy_make)
-        monkeypatch.setattr(unlearning, "unlearn", fake_unlearn)
+        monkeypatch.setattr(lipschitz, "unlearn", fake_unlearn)
         monkeypatch.setattr(lipschitz, "_own_epoch", fake_own)
         real_to = model.to
         monkeypatch.setattr(model, "to", lambda *a, **k: self.to_calls.append((a, k)) or real_to(*a, **k))
@@ -520,7 +520,7 @@ def test_lipschitz_loss_noise_bounds_scale_and_autocast(tiny_clip, tiny_batch, m
                          autocast=torch.is_autocast_enabled("cpu")))
         return torch.tensor(2.0), {"lipschitz": 2.0}
 
-    monkeypatch.setattr(losses, "lipschitz_penalty", spy)
+    monkeypatch.setattr(lipschitz, "lipschitz_penalty", spy)
     images = tiny_batch["images"]
     torch.manual_seed(11)
     loss, logs = lipschitz.lipschitz_loss(model, tiny_batch, n_samples=3, sigma=0.5)  # defaults: mean, pixel, fp32

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from clipunlearn import experiment, layers, lipschitz, metrics, models, synthetic, unlearning
+from clipunlearn import experiment, harness, layers, lipschitz, metrics, models, synthetic
 
 NAMES = ["cat", "dog", "car"]
 
@@ -61,10 +61,10 @@ def patch_run(monkeypatch, *, history):
 
     rec = types.SimpleNamespace(loader=loader, released=released, validate=Recorder(validate),
                                 evaluate=Recorder(evaluate), forget=Recorder(forget), autocast=autocast_seen)
-    monkeypatch.setattr(unlearning, "make_pair_loader", rec.loader)
-    monkeypatch.setattr(experiment, "_release", rec.released)
-    monkeypatch.setattr(experiment, "validate_model", rec.validate)
-    monkeypatch.setattr(experiment, "evaluate_model", rec.evaluate)
+    monkeypatch.setattr(lipschitz, "make_pair_loader", rec.loader)
+    monkeypatch.setattr(lipschitz, "release_memory", rec.released)
+    monkeypatch.setattr(harness, "validate_model", rec.validate)
+    monkeypatch.setattr(harness, "evaluate_model", rec.evaluate)
     monkeypatch.setattr(lipschitz, "forget_lipschitz", rec.forget)
     return rec
 
@@ -366,6 +366,6 @@ def test_make_optimizer_forms(tiny_clip, monkeypatch):
     assert lipschitz._make_optimizer("adam", meta, lr=0.01, betas=(0.8, 0.9), eps=1e-5,
                                      weight_decay=0.3).defaults["fused"] is None
     made = Recorder(lambda n, *a, **k: "ADAMW")
-    monkeypatch.setattr(models, "make_adamw", made)
+    monkeypatch.setattr(lipschitz, "make_adamw", made)
     assert lipschitz._make_optimizer("adamw", p, lr=0.02, betas=(0.7, 0.6), eps=1e-4, weight_decay=0.1) == "ADAMW"
     assert made.calls == [((p,), dict(lr=0.02, betas=(0.7, 0.6), eps=1e-4, weight_decay=0.1))]

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from clipunlearn import losses
+from clipunlearn import losses, registry
 
 from .formula_helpers import TOL, batch, cross_entropy, feature_model, features, logits_of, norm, rows, soft_target_ce, unit
 
@@ -53,7 +53,7 @@ def test_register_loss_registers_the_function_under_its_name():
         with pytest.raises(ValueError, match="already registered"):
             losses.register_loss("mutation-test-loss")(my_loss)
     finally:
-        losses.LOSSES.pop("mutation-test-loss", None)
+        registry.unregister("mutation-test-loss")
 
 
 def test_forget_term_without_other_classes_says_what_to_pass():

@@ -280,7 +280,7 @@ def test_unlearn_runs_the_loss_under_autocast_of_the_batch_device(toy_loss, monk
         used.append((str(device), precision))
         return real(device, precision)
 
-    monkeypatch.setattr(metrics, "autocast", spy)
+    monkeypatch.setattr(unlearning, "autocast", spy)
     unlearn(Toy(), method="toy", forget_loader=ones(2), lr=1.0, progress=False)
     assert used == [("cpu", "fp32")] * 3  # no device: the model's; the first call checks the precision
     used.clear()

@@ -25,7 +25,9 @@ from .harness import (Task, calibration_fn, evaluate_model, pick_examples, run_m
 from .harness.task import _cap_per_class  # noqa: F401  (re-exported: tests pin it)
 from .lipschitz import generate_task_synthetic, run_lipschitz
 from .losses import LOSSES
-from .report import format_mean_std, mean_std
+from .report import STAGE_LABELS, format_mean_std, mean_std, stage_records  # noqa: F401  (stage_* re-exported)
+from .configs import mini_settings
+from .registry import register_label, register_procedure
 from .results import make_record
 from .scores import CRITERION, SCORE_RETAINED, selection_score, unlearning_score  # noqa: F401  (re-exported)
 from .unlearning import make_pair_loader
@@ -33,8 +35,6 @@ from .unlearning import make_pair_loader
 # --------------------------------------------------------------------------- #
 # Paper A: forgetting an image subgroup in three stages, on the same harness
 # --------------------------------------------------------------------------- #
-#: Three-stage records keep the test metrics after the first two stages as ``after_<stage>/<metric>``.
-STAGE_LABELS = {"forget": "after forgetting", "remind": "after reminding", "restore": "after restoring"}
 def _scalars(metrics_: dict) -> dict:
     return {k: v for k, v in metrics_.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -140,6 +140,19 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
              best_step=None, stopped_early=None if finite else "non-finite loss", failed=not finite)
     return unlearned, record
 
+
+
+def explore_three_stage(task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int, seed: int,
+                        device="cpu"):
+    """Run the three stages for the explorer: the mini settings, ``steps`` forgetting steps at ``lr``."""
+    mini = mini_settings()["three_stage"]
+    settings = {**mini["settings"], "forget_steps": steps}
+    return run_three_stage(task, model=model, tokenizer=tokenizer, lr=lr, batch_size=batch_size, settings=settings,
+                           calib_per_class=mini["calib_per_class"], stage_metrics=False, device=device, seed=seed)
+
+
+register_procedure("three_stage", label="three-stage", explore=explore_three_stage)
+register_label("three_stage-no_fisher", "three-stage, no Fisher")
 
 def _with_extras(run_fn: Callable[..., tuple], *, original: dict | None,
                  extra_metrics: Callable[[object, Task], dict] | None, skip_extra: bool = False) -> Callable:
@@ -307,38 +320,6 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
             done["metrics"]["unlearning_score"] = unlearning_score(done["metrics"], original["metrics"])
             store.add(done)
         out.append(done)
-    return out
-
-
-def stage_records(records: Sequence[dict], *, task: str, method: str = "three_stage") -> list[dict]:
-    """Return ``method``'s runs on ``task`` stage by stage, as records whose ``method`` is the stage.
-
-    The untouched model (``original``), then one record per run and stage: "after
-    forgetting" and "after reminding" from the ``after_<stage>/<metric>`` test metrics,
-    "after restoring" = the run's own metrics; each gets ``unlearning_score`` against the
-    original. For ``report.summarise`` and ``plots.plot_method_bars`` (derived, not saved).
-    """
-    chosen = [r for r in records if r.get("task") == task]
-    originals = [r for r in chosen if r["method"] == "original"]
-    runs = [r for r in chosen if r["method"] == method and not r["metrics"].get("failed")]
-    if not runs:
-        raise ValueError(f"no {method!r} records of task {task!r}; tasks present: "
-                         + ", ".join(sorted({str(r.get('task')) for r in records})))
-    by_target = {r["config"].get("forget_class"): r["metrics"] for r in originals}
-    out = [dict(r) for r in originals]
-    for stage, label in STAGE_LABELS.items():
-        for r in runs:
-            if stage == "restore":
-                m = {k: v for k, v in r["metrics"].items() if "/" not in k}
-            else:
-                prefix = f"after_{stage}/"
-                m = {k[len(prefix):]: v for k, v in r["metrics"].items() if k.startswith(prefix)}
-                if not m:
-                    continue
-            original = by_target.get(r["config"].get("forget_class"))
-            if original is not None:
-                m["unlearning_score"] = unlearning_score(m, original)
-            out.append(make_record(method=label, task=task, config={**r["config"], "stage": stage}, metrics=m))
     return out
 
 

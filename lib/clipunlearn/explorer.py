@@ -17,7 +17,6 @@ button) for notebook 50; ipywidgets is imported only there.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,26 +24,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import data, experiment, metrics, plots
+from . import data, experiment, metrics, models, plots
+from .report import metric_label
+from .configs import mini_settings
+from .registry import get_method, method_names
 
-__all__ = ["LOSS_METHODS", "DEFAULT_TARGETS", "DEFAULT_LR", "ExplorerConfig", "World", "ExplorerResult",
+__all__ = ["DEFAULT_TARGETS", "default_lr", "ExplorerConfig", "World", "ExplorerResult",
            "available_methods", "target_choices", "check_config", "load_world", "run_explorer", "summary_table",
            "examples_table", "plot_examples", "plot_result", "ExplorerUI", "build_explorer_ui"]
 
-#: Registered losses the explorer offers (run by ``experiment.run_method``).
-LOSS_METHODS = ("ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase")
 #: A sensible first target per task kind.
 DEFAULT_TARGETS = {"forget-class": "sneaker", "forget-subgroup": "sandal", "forget-style-subgroup": "sketch:sneaker"}
-#: Starting learning rate per method (the middle of notebook 10's grid; notebook 20's for Lipschitz).
-DEFAULT_LR = {"ft": 1e-4, "ga": 1e-4, "graddiff": 1e-4, "neggrad_plus": 1e-4, "random_labels": 1e-4,
-              "cliperase": 1e-4, "lipschitz_synthetic": 1e-2, "three_stage": 1e-3}
 #: Metrics of the summary table, in order.
 SUMMARY_METRICS = ("forget_acc", "sibling_acc", "retain_acc", "other_acc", "other_forget_acc", "mia")
-#: Synthetic-image settings of ``lipschitz_synthetic`` (notebook 20's mini settings, shorter).
-SYNTHETIC_GENERATION = dict(image_size=32, steps=200, step_size=3.5, jitter=2, blur_every=10, blur_sigma=0.5,
-                            norm_weight=1e-3, thresholds=0.99, threshold_decay=0.025, min_threshold=0.45,
-                            patience=60, logit_scale="model", grayscale=True, batch_size=96)
-
 
 @dataclass
 class ExplorerConfig:
@@ -118,21 +110,15 @@ class ExplorerResult:
 # --------------------------------------------------------------------------- #
 # Choices and checks
 # --------------------------------------------------------------------------- #
-def _three_stage_runner() -> Callable | None:
-    from . import three_stage
-
-    return getattr(three_stage, "run_three_stage", None)
-
-
 def available_methods() -> list[str]:
-    """Return the methods the explorer can run: the registered losses, ``lipschitz_synthetic``
-    and ``three_stage`` when ``three_stage.run_three_stage`` exists."""
-    from .losses import LOSSES
+    """Return the methods the explorer can run: every registered method with ``explorable`` set (the registry's order)."""
+    return method_names(explorable=True)
 
-    methods = [m for m in LOSS_METHODS if m in LOSSES] + ["lipschitz_synthetic"]
-    if _three_stage_runner() is not None:
-        methods.append("three_stage")
-    return methods
+
+def default_lr(method: str) -> float:
+    """Return ``method``'s starting learning rate: the middle of its mini-profile grid (``configs/mini.json``)."""
+    grid = sorted(mini_settings()["grids"][get_method(method).name]["lr"])
+    return grid[len(grid) // 2]
 
 
 def target_choices(kind: str, *, classnames: Sequence[str], stylenames: Sequence[str] = ()) -> list[str]:
@@ -170,8 +156,6 @@ def check_config(config: ExplorerConfig, *, world: World | None = None) -> Explo
 # --------------------------------------------------------------------------- #
 def load_world(*, device="cpu", data_dir=None, model_name: str = "mini", progress: bool = False) -> World:
     """Load the cached mini CLIP (``models.get_mini_clip``, trained on first use) and Fashion-MNIST in every style."""
-    from . import models
-
     model, _, tokenizer, _ = models.get_mini_clip(model_name, device=device, progress=progress, data_dir=data_dir)
     train, test = data.load_mini_world(data_dir=data_dir)
     return World(model=model, tokenizer=tokenizer, train=train, test=test, templates=data.FASHION_MNIST_TEMPLATES,
@@ -185,38 +169,14 @@ def _build_task(config: ExplorerConfig, world: World) -> experiment.Task:
                                  members_limit=config.eval_per_class, n_seen=world.n_seen)
 
 
-def _run_three_stage(task, config: ExplorerConfig, world: World):
-    """Call ``three_stage.run_three_stage`` with the explorer's lr / steps under whatever names it takes."""
-    run = _three_stage_runner()
-    params = inspect.signature(run).parameters
-    kwargs = {"model": world.model, "tokenizer": world.tokenizer, "device": world.device, "seed": config.seed}
-    for names, value in ((("forget_lr", "lr"), config.lr), (("forget_steps", "steps"), config.steps),
-                         (("batch_size",), config.batch_size)):
-        name = next((n for n in names if n in params), None)
-        if name is not None:
-            kwargs[name] = value
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return run(task, **{k: v for k, v in kwargs.items() if accepts_any or k in params})
-
-
 def _run(task, config: ExplorerConfig, world: World):
-    """Run ``config.method`` on ``task``; return ``(unlearned model, record)``."""
-    if config.method in LOSS_METHODS:
+    """Run ``config.method`` on ``task`` through the registry; return ``(unlearned model, record)``."""
+    spec = get_method(config.method)
+    if spec.kind == "loss":
         return experiment.run_method(config.method, task, model=world.model, tokenizer=world.tokenizer, lr=config.lr,
                                      steps=config.steps, batch_size=config.batch_size, device=world.device)
-    if config.method == "lipschitz_synthetic":
-        from . import lipschitz
-
-        forget, val, cost = lipschitz.generate_task_synthetic(world.model, task, tokenizer=world.tokenizer,
-                                                              n_train=32, n_val=16, generation=SYNTHETIC_GENERATION,
-                                                              seed=config.seed, device=world.device)
-        return lipschitz.run_lipschitz(task, model=world.model, tokenizer=world.tokenizer, forget_data=forget,
-                                       val_forget=(val, None), lr=config.lr, n_samples=10, max_epochs=config.steps,
-                                       batch_size=config.batch_size, config={"synthetic": cost},
-                                       device=world.device)
-    if config.method == "three_stage":
-        return _run_three_stage(task, config, world)
-    raise ValueError(f"unknown method {config.method!r}; valid: {', '.join(available_methods())}")
+    return spec.explore(task, model=world.model, tokenizer=world.tokenizer, lr=config.lr, steps=config.steps,
+                        batch_size=config.batch_size, seed=config.seed, device=world.device)
 
 
 def _examples(task, *, models: dict, world: World, n: int, top_k: int = 3) -> dict:
@@ -280,8 +240,6 @@ def run_explorer(config: ExplorerConfig, *, world: World) -> ExplorerResult:
 def summary_table(result: ExplorerResult):
     """Return a DataFrame: one row per test metric, columns ``before`` / ``after`` / ``change``."""
     import pandas as pd
-
-    from .report import metric_label
 
     rows = []
     for name in SUMMARY_METRICS:
@@ -395,7 +353,7 @@ def build_explorer_ui(world: World, *, initial: ExplorerConfig | None = None,
     Pressing the button runs ``run_fn(config, world=world)`` and shows the result
     with ``show_fn`` in the output area (an error is shown there, not raised).
     Changing the kind updates the target list; changing the method resets lr to
-    its default (:data:`DEFAULT_LR`).
+    its default (:func:`default_lr`).
     """
     try:
         import ipywidgets as w
@@ -427,7 +385,7 @@ def build_explorer_ui(world: World, *, initial: ExplorerConfig | None = None,
         target.value = default if default in options else options[0]
 
     def on_method(change):
-        lr.value = DEFAULT_LR.get(change["new"], lr.value)
+        lr.value = default_lr(change["new"])
 
     kind.observe(on_kind, names="value")
     method.observe(on_method, names="value")

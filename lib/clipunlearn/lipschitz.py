@@ -55,6 +55,7 @@ from .clip import is_resnet, make_adamw, release_memory  # is_resnet re-exported
 from .configs import load_paper_config, mini_settings, parse_seeds, split_names
 from .losses import LOSSES, lipschitz_bounds, lipschitz_penalty
 from .paths import check_profile, get_data_dir
+from .registry import register_procedure
 from .unlearning import make_pair_loader, unlearn
 
 __all__ = ["SIGMA_SCHEDULE", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
@@ -590,6 +591,27 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     if reference is not None:
         record["metrics"]["avg_gain"] = compute_avg_gain(test, reference)
     return unlearned, record
+
+
+#: The explorer's run of ``lipschitz_synthetic``: the mini generation with fewer steps, fewer images and noise samples.
+EXPLORER_RUN = dict(generation_steps=200, n_train=32, n_val=16, n_samples=10)
+
+
+def explore_lipschitz_synthetic(task, *, model, tokenizer, lr: float, steps: int, batch_size: int, seed: int,
+                                device="cpu"):
+    """Run ``lipschitz_synthetic`` for the explorer: synthetic images (:data:`EXPLORER_RUN`), ``steps`` epochs."""
+    generation = {**mini_settings()["lipschitz"]["generation"], "steps": EXPLORER_RUN["generation_steps"]}
+    forget, val, cost = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=EXPLORER_RUN["n_train"],
+                                                n_val=EXPLORER_RUN["n_val"], generation=generation, seed=seed,
+                                                device=device)
+    return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None), lr=lr,
+                         n_samples=EXPLORER_RUN["n_samples"], max_epochs=steps, batch_size=batch_size,
+                         config={"synthetic": cost}, device=device)
+
+
+register_procedure("lipschitz_synthetic", label="Lipschitz, synthetic", explore=explore_lipschitz_synthetic,
+                   data_free=True)
+register_procedure("lipschitz_real", label="Lipschitz, real", in_explorer=False)
 
 
 def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, forgetting: dict, grid: dict,

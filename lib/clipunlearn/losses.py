@@ -4,7 +4,8 @@ Every method is ``loss_fn(model, original, forget_batch, retain_batch, **hparams
 -> (loss, logs)``: ``model`` is being unlearned, ``original`` is the frozen
 starting model, batches are dicts ``{"images", "texts", "labels"}`` (or None when a
 method does not use them), ``logs`` maps names to floats. ``LOSSES`` maps the
-registry names to these functions; ``unlearning.unlearn`` runs any of them.
+registry names to these functions (:mod:`clipunlearn.registry`, with each method's
+label and needs); ``unlearning.unlearn`` runs any of them.
 
 Contrastive terms use *label-aware* targets: pairs of the same class in a batch
 are positives (with distinct captions this is exactly the standard CLIP loss;
@@ -17,33 +18,12 @@ loss has no gradient that separates its images from their class.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
 from .clip import get_normalization
+from .registry import LOSSES, get_loss, register_loss, register_method
 from .synthetic import pixel_bounds
-
-LOSSES: dict[str, Callable] = {}
-
-
-def register_loss(name: str):
-    """Decorator: register an unlearning loss under ``name``."""
-    def wrap(fn):
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        LOSSES[name] = fn
-        fn.loss_name = name
-        return fn
-    return wrap
-
-
-def get_loss(name: str) -> Callable:
-    """Return the registered loss ``name``; an unknown name lists the valid ones."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown unlearning method {name!r}; valid: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
 
 
 # --------------------------------------------------------------------------- #
@@ -174,14 +154,14 @@ def zero_shot_forget_ce(model, batch: dict, *, class_texts: torch.Tensor | None 
 # The forget term of GA, GradDiff and NegGrad+ is :func:`zero_shot_forget_ce` (see its
 # docstring for why not the forget batch's own contrastive loss); their retain term is
 # the label-aware contrastive loss of the retain batch.
-@register_loss("ft")
+@register_method("ft", label="FT")
 def ft_loss(model, original, forget_batch, retain_batch):
     """FT: fine-tune on the retain set only (catastrophic forgetting of D_f)."""
     loss = pair_clip_loss(model, retain_batch)
     return loss, {"retain_loss": loss.item()}
 
 
-@register_loss("ga")
+@register_method("ga", label="GA", needs_class_texts=True)
 def ga_loss(model, original, forget_batch, retain_batch, *, class_texts=None):
     """GA: gradient ascent on the forget images' zero-shot cross-entropy (minimise its negative).
 
@@ -193,7 +173,7 @@ def ga_loss(model, original, forget_batch, retain_batch, *, class_texts=None):
     return -forget, {"forget_loss": forget.item()}
 
 
-@register_loss("graddiff")
+@register_method("graddiff", label="GradDiff", needs_class_texts=True)
 def graddiff_loss(model, original, forget_batch, retain_batch, *, class_texts=None, forget_weight: float = 1.0,
                   retain_weight: float = 1.0):
     """GradDiff: ``retain_weight * L(D_r) - forget_weight * CE_f``.
@@ -208,7 +188,7 @@ def graddiff_loss(model, original, forget_batch, retain_batch, *, class_texts=No
                                                              "retain_loss": retain.item()}
 
 
-@register_loss("neggrad_plus")
+@register_method("neggrad_plus", label="NegGrad+", needs_class_texts=True)
 def neggrad_plus_loss(model, original, forget_batch, retain_batch, *, class_texts=None, beta: float = 0.9):
     """NegGrad+ (Kurmanji et al., 2023): ``beta * L(D_r) - (1 - beta) * CE_f``.
 
@@ -219,7 +199,7 @@ def neggrad_plus_loss(model, original, forget_batch, retain_batch, *, class_text
     return beta * retain - (1 - beta) * forget, {"forget_loss": forget.item(), "retain_loss": retain.item()}
 
 
-@register_loss("random_labels")
+@register_method("random_labels", label="random labels", needs_class_texts=True)
 def random_labels_loss(model, original, forget_batch, retain_batch, *, class_texts=None, retain_weight: float = 1.0):
     """Random labels: train each forget image towards a random *wrong* class, plus ``L(D_r)``.
 
@@ -244,7 +224,7 @@ def random_labels_loss(model, original, forget_batch, retain_batch, *, class_tex
     return relabel + retain_weight * retain, {"relabel_loss": relabel.item(), "retain_loss": retain.item()}
 
 
-@register_loss("cliperase")
+@register_method("cliperase", label="CLIPErase")
 def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: float = 1.0, lambda2: float = 3.0,
                    lambda3: float = 3.0):
     """CLIPErase (Yang et al., 2025): ``L = lambda1 * L_RM + lambda2 * L_FM + lambda3 * L_CM``.
@@ -314,7 +294,7 @@ def lipschitz_penalty(model, images: torch.Tensor, texts: torch.Tensor, *, noise
     return loss, logs
 
 
-@register_loss("lipschitz")
+@register_method("lipschitz", label="Lipschitz", in_explorer=False)
 def lipschitz_loss(model, original, forget_batch, retain_batch=None, *, n_samples: int = 25, sigma: float = 0.1,
                    chunk_size: int = 1024, generator: torch.Generator | None = None):
     """Return paper B's Lipschitz forgetting loss on the forget batch (``original`` and retain batch unused).

@@ -21,9 +21,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .configs import load_paper_config
 from .paths import REPO_ROOT, check_profile, get_run_name
-from .report import (METHOD_LABELS, check_task, class_means, get_forget_class, get_metric, get_value, mean_std,
-                     method_label, metric_label, order_methods, select_records, style_metrics)
+from .registry import method_labels
+from .results import load_records
+from .report import (STAGE_LABELS, check_task, class_means, get_forget_class, get_metric, get_value, mean_std,
+                     method_label, metric_label, order_methods, select_records, stage_records, style_metrics)
 
 ORIGINAL_COLOUR = "#9a9a9a"
 ORACLE_LABEL = "oracle (peeks at real forget images)"
@@ -49,7 +52,7 @@ def method_colour(method: str):
     if method == "original":
         return ORIGINAL_COLOUR
     palette = sns.color_palette("tab10", 10)
-    known = [m for m in METHOD_LABELS if m != "original"]
+    known = [m for m in method_labels() if m != "original"]
     i = known.index(method) if method in known else zlib.crc32(method.encode())
     return palette[i % 10]
 
@@ -706,10 +709,6 @@ def figures_unlearning(records: list[dict], *, prefix: str, paper_ablation: dict
 def reported_ablation(paper: str) -> dict | None:
     """The module ablation a paper reports, ``{variant: {"forget_acc", "retain_acc"}}`` as fractions, from
     ``clipunlearn.configs`` (``reported["ablation"]``); None when the library has no such table."""
-    try:
-        from .configs import load_paper_config
-    except ImportError:
-        return None
     reported = load_paper_config(paper).get("reported", {})
     table = reported.get("ablation")
     return table if isinstance(table, dict) else None
@@ -809,8 +808,6 @@ def plot_stages(records: list[dict], *, task: str = "forget-subgroup", method: s
                 metrics: Sequence[str] = ("forget_acc", "sibling_acc", "retain_acc", "other_acc")):
     """Test metrics stage by stage (original, after forgetting, after reminding, after restoring), mean
     +- std over seeds; from the ``after_<stage>/<metric>`` metrics of the three-stage records."""
-    from .experiment import STAGE_LABELS, stage_records
-
     try:
         staged = stage_records(records, task=task, method=method)
     except ValueError as err:
@@ -834,8 +831,6 @@ def plot_three_stage_examples(record: dict, *, dataset, mean=(0.5, 0.5, 0.5), st
     """The test images a three-stage record kept as examples (``run_three_stage(examples=...)``, indices into
     ``dataset``) with the class predicted by the original model and after each stage
     (:func:`plot_prediction_grid`)."""
-    from .experiment import STAGE_LABELS
-
     shown = record.get("three_stage", {}).get("examples")
     if not shown:
         raise NoDataError("the record has no three_stage examples (run_three_stage with examples > 0)")
@@ -928,8 +923,6 @@ def plot_three_stage_ablation(records: list[dict], *, task: str = "ablation", va
 def reported_three_stage_ablation() -> dict:
     """Paper A's ablation Scores as ``{variant: {"unlearning_score": value}}`` in our variant names (the
     paper's "without relative Fisher" does not say how layers were picked: shown at both of ours)."""
-    from .configs import load_paper_config
-
     scores = load_paper_config("paper_a")["reported"]["ablation_score"]
     names = {"none": None, "full": "full", "no_fisher_all": "without_relative_fisher",
              "no_fisher_random": "without_relative_fisher", "no_align": "without_alignment", "no_distill": None,
@@ -988,8 +981,6 @@ def draw_figures(*, profile: str = "mini", quick: bool = False, only: str | None
     """Redraw the figures of every results file of ``profile`` with a ``FIGURES`` entry; return
     ``{stem: [paths]}``. ``only`` keeps stems equal to it or starting with it; a missing results file
     is reported through ``log`` and skipped."""
-    from .results import load_records
-
     check_profile(profile)
     run = get_run_name(profile, quick=quick)
     results = Path(results_dir or REPO_ROOT / "results") / run

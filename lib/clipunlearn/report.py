@@ -25,18 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import registry
 from .comparison import compare_dirs, format_comparison
-from .metrics import round_score
 from .paths import REPO_ROOT, check_profile
+from .results import make_record
+from .scores import round_score, unlearning_score
 
-# Display order and labels: the untouched model first, then the baselines and the papers' methods
-# (the order of the loss registry); names not listed here follow in the order they appear.
-METHOD_LABELS = {
-    "original": "original", "ft": "FT", "ga": "GA", "graddiff": "GradDiff", "neggrad_plus": "NegGrad+",
-    "random_labels": "random labels", "cliperase": "CLIPErase", "lipschitz": "Lipschitz",
-    "lipschitz_synthetic": "Lipschitz, synthetic", "lipschitz_real": "Lipschitz, real",
-    "three_stage": "three-stage", "three_stage-no_fisher": "three-stage, no Fisher",
-}
 METRIC_LABELS = {
     "forget_acc": "Df acc", "retain_acc": "Dr acc", "other_acc": "other acc", "other_forget_acc": "other Df acc",
     "sibling_acc": "sibling acc", "mia": "MIA AUC", "seconds": "seconds", "peak_mem_mb": "peak MB",
@@ -63,7 +57,7 @@ MARKER = re.compile(r"<!-- results: (?P<args>[^>]*?) -->\n(?P<body>.*?)<!-- /res
 # --------------------------------------------------------------------------- #
 def method_label(method: str) -> str:
     """Return the display name of ``method`` (``"neggrad_plus"`` -> ``"NegGrad+"``)."""
-    return METHOD_LABELS.get(method, method)
+    return registry.method_label(method)
 
 
 def metric_label(metric: str) -> str:
@@ -82,9 +76,7 @@ def order_methods(present: Iterable[str], methods: Sequence[str] | None = None) 
     if methods is not None:
         wanted = ["original", *methods]
         return [m for m in dict.fromkeys(wanted) if m in present]
-    from .losses import LOSSES
-
-    known = list(dict.fromkeys([*METHOD_LABELS, *LOSSES]))
+    known = list(registry.method_labels())  # the untouched model, the methods in registration order, variants
     return [m for m in known if m in present] + [m for m in present if m not in known]
 
 
@@ -442,3 +434,42 @@ def main(argv=None) -> int:
     _write_text_atomic(path, rendered)
     print(f"{path}: {blocks} results block(s) rendered")
     return 0
+
+
+# --------------------------------------------------------------------------- #
+# Paper A's three stages as records
+# --------------------------------------------------------------------------- #
+#: Three-stage records keep the test metrics after the first two stages as ``after_<stage>/<metric>``.
+STAGE_LABELS = {"forget": "after forgetting", "remind": "after reminding", "restore": "after restoring"}
+
+
+def stage_records(records: Sequence[dict], *, task: str, method: str = "three_stage") -> list[dict]:
+    """Return ``method``'s runs on ``task`` stage by stage, as records whose ``method`` is the stage.
+
+    The untouched model (``original``), then one record per run and stage: "after
+    forgetting" and "after reminding" from the ``after_<stage>/<metric>`` test metrics,
+    "after restoring" = the run's own metrics; each gets ``unlearning_score`` against the
+    original. For ``report.summarise`` and ``plots.plot_method_bars`` (derived, not saved).
+    """
+    chosen = [r for r in records if r.get("task") == task]
+    originals = [r for r in chosen if r["method"] == "original"]
+    runs = [r for r in chosen if r["method"] == method and not r["metrics"].get("failed")]
+    if not runs:
+        raise ValueError(f"no {method!r} records of task {task!r}; tasks present: "
+                         + ", ".join(sorted({str(r.get('task')) for r in records})))
+    by_target = {r["config"].get("forget_class"): r["metrics"] for r in originals}
+    out = [dict(r) for r in originals]
+    for stage, label in STAGE_LABELS.items():
+        for r in runs:
+            if stage == "restore":
+                m = {k: v for k, v in r["metrics"].items() if "/" not in k}
+            else:
+                prefix = f"after_{stage}/"
+                m = {k[len(prefix):]: v for k, v in r["metrics"].items() if k.startswith(prefix)}
+                if not m:
+                    continue
+            original = by_target.get(r["config"].get("forget_class"))
+            if original is not None:
+                m["unlearning_score"] = unlearning_score(m, original)
+            out.append(make_record(method=label, task=task, config={**r["config"], "stage": stage}, metrics=m))
+    return out

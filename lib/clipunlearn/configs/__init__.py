@@ -11,7 +11,6 @@ known at all is listed under ``"unknown"``.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -59,31 +58,14 @@ def get_config_value(config: dict, key: str):
     return value
 
 
-#: The mini profile's settings of the methods that are not plain registered losses, and every method's grid;
-#: shared by notebooks 20 (paper B), 30 (paper A) and 40 (benchmark). Use :func:`mini_settings` for a copy.
-_MINI_SETTINGS = dict(
-    grids={**{m: {"lr": [1e-5, 1e-4, 1e-3]} for m in ("ft", "ga", "graddiff", "neggrad_plus", "random_labels",
-                                                      "cliperase")},
-           "lipschitz_synthetic": {"lr": [5e-3, 1e-2, 2e-2]}, "three_stage": {"lr": [3e-4, 1e-3, 3e-3]}},
-    three_stage=dict(batch_size=32, calib_per_class=20, examples=0,
-                     settings=dict(n_layers=2, rank=4, margin=-0.2, forget_steps=100, align_steps=2,
-                                   remind_lr=3e-3, remind_steps=30, kd_weight=1.0, ema_decay=0.9,
-                                   alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))),
-    lipschitz=dict(
-        generation=dict(image_size=32, steps=600, step_size=3.5, jitter=2, blur_every=10, blur_sigma=0.5,
-                        norm_weight=1e-3, thresholds=0.99, threshold_decay=0.025, min_threshold=0.45,
-                        patience=60, logit_scale="model", grayscale=True, batch_size=96),
-        forgetting=dict(n_samples=25, threshold=0.1, max_epochs=30, betas=(0.9, 0.98), eps=1e-6,
-                        weight_decay=0.2, batch_size=64),
-        n_train=64, n_val=32),
-)
-
-
 def mini_settings() -> dict:
     """Return a fresh copy of the mini profile's method settings: ``{"grids", "three_stage", "lipschitz"}``.
 
     ``grids``: ``{method: {"lr": [...]}}``; ``three_stage``: keyword arguments of
     ``experiment.run_three_stage``; ``lipschitz``: ``{"generation", "forgetting", "n_train", "n_val"}``
     (paper B's synthetic images and forgetting procedure, scaled to 32 px grey images).
+    Read from ``configs/mini.json``, the one place these settings live.
     """
-    return copy.deepcopy(_MINI_SETTINGS)
+    settings = json.loads((CONFIG_DIR / "mini.json").read_text())
+    settings.pop("description", None)
+    return settings

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..clip import copy_frozen, release_memory
+from ..registry import get_method
 from ..results import make_record
 from ..scores import selection_score
 from ..unlearning import make_pair_loader, unlearn
@@ -23,13 +24,11 @@ from .evaluate import evaluate_model, validate_model
 from .select import run_selected, summarise_run
 from .task import Task, build_task, class_prompts
 
-__all__ = ["MINI_LR_GRID", "NEEDS_CLASS_TEXTS", "run_ablation", "run_forget_benchmark", "run_forget_ratio",
+__all__ = ["MINI_LR_GRID", "run_ablation", "run_forget_benchmark", "run_forget_ratio",
            "run_method"]
 
 #: The learning-rate grid of every loss-based method in the mini profile (log-spaced, a decade apart).
 MINI_LR_GRID = (1e-5, 1e-4, 1e-3)
-#: Methods whose forget term classifies forget images over every class prompt.
-NEEDS_CLASS_TEXTS = ("ga", "graddiff", "neggrad_plus", "random_labels")
 
 
 def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int = 32,
@@ -49,7 +48,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     """
     release_memory()
     kwargs = dict(loss_kwargs or {})
-    if method in NEEDS_CLASS_TEXTS:
+    if get_method(method).needs_class_texts:  # the forget term classifies over every class prompt
         kwargs.setdefault("class_texts", class_prompts(task, tokenizer=tokenizer).to(device))
 
     def pairs(idx, shift):
