@@ -104,7 +104,7 @@ def make_forget_data(model, tokenizer, n=8):
 def test_paper_k_schedule(tiny_clip, tiny_resnet_clip):
     assert lipschitz.paper_k_schedule(tiny_clip.model)[:3] == [(25, 25), (27, 27), (30, 30)]
     rn = lipschitz.paper_k_schedule(tiny_resnet_clip.model)
-    assert rn[:3] == [(5, 5), (7, 7), (10, 12)] and len(rn) == len(lipschitz.SIGMA_SCHEDULE)
+    assert rn[:3] == [(5, 5), (7, 7), (10, 12)] and len(rn) == len(lipschitz.paper_sigma_schedule())
     assert lipschitz.paper_k_schedule(tiny_clip.model, k_image=2, k_text=3)[1] == (4, 5)
 
 

@@ -153,7 +153,7 @@ def test_run_lipschitz_options_precision_caption_k_start_and_avg_gain(tiny_clip,
     rec2 = patch_run(monkeypatch, history=[])
     _, plain = lipschitz.run_lipschitz(fake_task(), model=model, tokenizer=tokenizer, forget_data=data, lr=1e-3)
     assert not ({"precision", "caption_templates"} | set(lipschitz.PROJECT_OPTIONS)) & set(plain["config"])
-    assert plain["config"]["sigma_schedule"] == list(lipschitz.SIGMA_SCHEDULE)
+    assert plain["config"]["sigma_schedule"] == list(lipschitz.paper_sigma_schedule())
     assert {k: plain["config"][k] for k in ("n_samples", "selective", "threshold", "max_epochs", "betas", "eps",
                                             "weight_decay", "batch_size")} == dict(
         n_samples=25, selective=True, threshold=0.1, max_epochs=30, betas=[0.9, 0.98], eps=1e-6, weight_decay=0.2,

@@ -1,6 +1,8 @@
 """Notebook 20's settings, generation and task loading (lipschitz.paper_b_settings / paper_b_generation /
 load_paper_b_tasks)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -175,3 +177,20 @@ def test_unknown_class_lists_the_dataset_classes(image_folders):
 def test_missing_data_says_where_to_put_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="place an ImageFolder export"):
         load(tmp_path)
+
+
+def test_the_schedule_and_noise_come_from_paper_b_json(monkeypatch, tiny_clip, tiny_resnet_clip):
+    """paper_b.json is the one source: a changed value there changes the code's schedule and generation."""
+    real = lipschitz.load_paper_config("paper_b")
+    assert lipschitz.paper_sigma_schedule() == (0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
+    assert lipschitz.paper_k_schedule(tiny_resnet_clip.model)[:3] == [(5, 5), (7, 7), (10, 12)]
+    assert lipschitz.paper_k_schedule(tiny_clip.model)[:3] == [(25, 25), (27, 27), (30, 30)]
+    changed = copy.deepcopy(real)
+    changed["forgetting"]["sigma_schedule"] = [0.2, 0.4]
+    changed["forgetting"]["k_start"]["ViT-B-16"] = 3
+    changed["forgetting"]["k_offsets"]["ViT-B-16"] = {"image": [0, 1], "text": [0, 4]}
+    changed["generation"]["init_std"] = 0.5
+    monkeypatch.setattr(lipschitz, "load_paper_config", lambda name: copy.deepcopy(changed))
+    assert lipschitz.paper_sigma_schedule() == (0.2, 0.4)
+    assert lipschitz.paper_k_schedule(tiny_clip.model) == [(3, 3), (4, 7)]
+    assert lipschitz._profile_settings("paper", precision="fp32")["generation"]["init_std"] == 0.5

@@ -58,18 +58,12 @@ from .paths import check_profile, get_data_dir
 from .registry import register_procedure
 from .unlearning import make_pair_loader, unlearn
 
-__all__ = ["SIGMA_SCHEDULE", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
+__all__ = ["paper_sigma_schedule", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
            "stop_accuracy", "forget_lipschitz", "lipschitz_loss", "evaluate_class_forgetting", "compute_avg_gain",
            "authors_classnames", "is_resnet", "paper_b_settings", "paper_b_generation", "load_paper_b_tasks"]
 
-#: Noise standard deviations tried in turn (paper B, ``std_scheduler``).
-SIGMA_SCHEDULE = (0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
-#: Increments of k per schedule stage (authors' ``set_param_schedules``).
-_K_OFFSETS = {
-    "resnet": {"image": (0, 2, 5, 8, 10, 15, 20), "text": (0, 2, 7, 13, 20, 25, 30, 35, 40)},
-    "vit": {"image": (0, 2, 5, 8, 10, 15, 20), "text": (0, 2, 5, 8, 10, 15, 20)},
-}
-_K_START = {"resnet": 5, "vit": 25}
+#: The backbone whose k schedule (``paper_b.json``: ``forgetting.k_start`` / ``k_offsets``) each tower follows.
+_K_BACKBONE = {"resnet": "RN50", "vit": "ViT-B-16"}
 #: The project's form of the procedure (the mini profile; see the module docstring).
 PROJECT_OPTIONS = dict(optimizer="adamw", rescore="epoch", baseline="measured", loss_scale="mean",
                        noise_clamp="pixel", accumulate=1)
@@ -80,16 +74,23 @@ _CHOICES = {"optimizer": ("adamw", "adam"), "rescore": ("epoch", "batch"), "base
             "loss_scale": ("mean", "sum"), "noise_clamp": ("pixel", "batch")}
 
 
+def paper_sigma_schedule() -> tuple[float, ...]:
+    """Return paper B's noise standard deviations, tried in turn (``paper_b.json``: ``forgetting.sigma_schedule``)."""
+    return tuple(float(s) for s in load_paper_config("paper_b")["forgetting"]["sigma_schedule"])
+
+
 def paper_k_schedule(model, *, k_image: int | None = None, k_text: int | None = None) -> list[tuple[int, int]]:
     """Return paper B's ``[(k_image, k_text), ...]`` per schedule stage for ``model``'s tower.
 
-    Starts at 5 / 5 (ResNet) or 25 / 25 (ViT) unless ``k_image`` / ``k_text`` are given,
-    then grows by the authors' increments (7 stages, one per sigma).
+    Starts at the authors' k for the tower (``paper_b.json``: ``forgetting.k_start``, 5 for
+    RN50, 25 for ViT-B-16) unless ``k_image`` / ``k_text`` are given, then grows by their
+    increments (``forgetting.k_offsets``; 7 stages, one per sigma).
     """
-    arch = "resnet" if is_resnet(model) else "vit"
-    k0_image = _K_START[arch] if k_image is None else k_image
-    k0_text = _K_START[arch] if k_text is None else k_text
-    offsets = _K_OFFSETS[arch]
+    forgetting = load_paper_config("paper_b")["forgetting"]
+    backbone = _K_BACKBONE["resnet" if is_resnet(model) else "vit"]
+    k0_image = forgetting["k_start"][backbone] if k_image is None else k_image
+    k0_text = forgetting["k_start"][backbone] if k_text is None else k_text
+    offsets = forgetting["k_offsets"][backbone]
     return [(k0_image + di, k0_text + dt) for di, dt in zip(offsets["image"], offsets["text"])]
 
 
@@ -284,7 +285,7 @@ def _own_epoch(model, *, optimizer, forget_loader, loss_fn, candidates, selectiv
 
 def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[str], templates: Sequence,
                      stop_dataset, stop_indices=None, k_schedule: Sequence[tuple[int, int]] | None = None,
-                     sigma_schedule: Sequence[float] = SIGMA_SCHEDULE, n_samples: int = 25, threshold: float = 0.1,
+                     sigma_schedule: Sequence[float] | None = None, n_samples: int = 25, threshold: float = 0.1,
                      max_epochs: int = 30, lr: float = 5e-5, betas: tuple[float, float] = (0.9, 0.98),
                      eps: float = 1e-6, weight_decay: float = 0.2, selective: bool = True,
                      exclude: Sequence[str] | str = "paper", eval_fn: Callable | None = None,
@@ -299,7 +300,7 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     check is the zero-shot accuracy on ``stop_dataset[stop_indices]`` (the synthetic set)
     with prompts ``templates`` over ``classnames``, after every step; forgetting stops at
     ``<= threshold``. ``k_schedule`` (default :func:`paper_k_schedule`) and
-    ``sigma_schedule`` advance together after an epoch that did not lower the stop
+    ``sigma_schedule`` (default :func:`paper_sigma_schedule`) advance together after an epoch that did not lower the stop
     accuracy (that epoch is rolled back). ``selective=False`` updates every tensor of
     both encoders (ablation). ``exclude``: name patterns never updated, ``"paper"`` =
     :func:`layers.paper_b_frozen`. ``eval_fn(model) -> dict`` adds metrics to the
@@ -320,6 +321,7 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     start_time = time.perf_counter()
     model.to(device)
     k_schedule = list(k_schedule) if k_schedule is not None else paper_k_schedule(model)
+    sigma_schedule = paper_sigma_schedule() if sigma_schedule is None else sigma_schedule
     stages = min(len(k_schedule), len(sigma_schedule))
     if stages == 0:
         raise ValueError("empty schedule: give at least one sigma and one (k_image, k_text)")
@@ -528,7 +530,7 @@ def authors_classnames(dataset: str, classnames: Sequence[str]) -> list[str]:
 
 
 def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_forget=None, lr: float,
-                  n_samples: int = 25, sigma_schedule: Sequence[float] = SIGMA_SCHEDULE, k_start: int | None = None,
+                  n_samples: int = 25, sigma_schedule: Sequence[float] | None = None, k_start: int | None = None,
                   selective: bool = True, threshold: float = 0.1, max_epochs: int = 30, betas=(0.9, 0.98),
                   eps: float = 1e-6, weight_decay: float = 0.2, batch_size: int = 64,
                   caption_templates: Sequence[str] = ("a photo of a {}.",), data_free: bool = True,
@@ -555,6 +557,7 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     loader = make_pair_loader(forget_data, tokenizer=tokenizer, templates=caption_templates, indices=forget_idx,
                               batch_size=batch_size, shuffle=True, seed=task.seed, device=device)
     k_schedule = paper_k_schedule(unlearned, **({} if k_start is None else dict(k_image=k_start, k_text=k_start)))
+    sigma_schedule = paper_sigma_schedule() if sigma_schedule is None else sigma_schedule
 
     def validate(m):
         with metrics.autocast(device, precision):
@@ -694,7 +697,7 @@ def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting
                               seed=task.seed, ablation=factor, value=value)
             if done is None:
                 override = {"n_samples": {"n_samples": value},
-                            "sigma": {"sigma_schedule": (value,) * len(SIGMA_SCHEDULE)},
+                            "sigma": {"sigma_schedule": (value,) * len(paper_sigma_schedule())},
                             "k": {"k_start": value}, "layers": {"selective": False}}[factor]
                 _, done = run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget,
                                         val_forget=(val, None), device=device,
@@ -728,7 +731,7 @@ def _profile_settings(profile: str, *, precision: str) -> dict:
         backbones=dict(paper["backbones"]), forget=paper["forget_classes"],
         generation=dict(image_size=gen["image_size"], steps=gen["steps"], step_size=gen["step_size"],
                         jitter=gen["jitter"], blur_every=gen["blur_every"], blur_sigma=gen["blur_sigma"],
-                        norm_weight=gen["norm_weight"], threshold_decay=gen["threshold_decay"],
+                        norm_weight=gen["norm_weight"], init_std=gen["init_std"], threshold_decay=gen["threshold_decay"],
                         min_threshold=gen["min_threshold"], logit_scale="model", stop_logit_scale=gen["logit_scale"],
                         grayscale=False, batch_size=64, parametrisation="authors",
                         restart=gen["restart_after_failure"], max_attempts=20, precision=precision),
