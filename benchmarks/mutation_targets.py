@@ -69,6 +69,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            exclude={"loader_key": IO, "_cached": IO, "_on_cpu": IO, "_load_tensors": IO,
                     "parse_subgroups": SETTINGS, "_paper_a_profile": SETTINGS, "paper_a_settings": SETTINGS,
                     "load_paper_a_tasks": SETTINGS, "paper_a_targets": SETTINGS}),
+    Target("images", [FORMULAS, "test_synthetic.py"]),
     Target("synthetic", [FORMULAS, "test_synthetic.py", "test_paper_b.py"],
            exclude={"save_synthetic": IO, "load_synthetic": IO}),
     Target("lipschitz", [FORMULAS, "test_lipschitz.py", "test_paper_b.py"],

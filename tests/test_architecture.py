@@ -21,7 +21,7 @@ _spec.loader.exec_module(graph)
 MODULES = graph.package_imports_are_edges(graph.read_modules())
 #: Layers from the bottom; a module may import its own layer and those below, never above.
 LAYERS = [
-    {"clipunlearn.paths", "clipunlearn.registry", "clipunlearn.clip", "clipunlearn.scores", "clipunlearn.results", "clipunlearn.environment",
+    {"clipunlearn.paths", "clipunlearn.registry", "clipunlearn.clip", "clipunlearn.images", "clipunlearn.scores", "clipunlearn.results", "clipunlearn.environment",
      "clipunlearn.configs", "clipunlearn.comparison"},
     {"clipunlearn.checkpoints", "clipunlearn.data"},
     {"clipunlearn.metrics", "clipunlearn.losses", "clipunlearn.layers", "clipunlearn.lora", "clipunlearn.souping",

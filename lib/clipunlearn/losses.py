@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .clip import get_normalization
+from .images import pixel_bounds
 from .registry import LOSSES, get_loss, register_loss, register_method
-from .synthetic import pixel_bounds
 
 
 # --------------------------------------------------------------------------- #
@@ -251,7 +251,7 @@ def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: floa
 def lipschitz_bounds(model, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the valid pixel range in model space, ``((0 - mean) / std, (1 - mean) / std)``, as ``[1, 3, 1, 1]``.
 
-    ``synthetic.pixel_bounds`` of the model's normalisation (``models.get_normalization``).
+    ``images.pixel_bounds`` of the model's normalisation (``models.get_normalization``).
     """
     mean, std = get_normalization(model)
     return pixel_bounds(mean, std, device=device)
