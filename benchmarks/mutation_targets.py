@@ -44,7 +44,8 @@ class Target:
 
     @property
     def file(self) -> str:
-        return f"{self.name}.py"
+        """The module's path under the package (``methods.lipschitz`` -> ``methods/lipschitz.py``)."""
+        return self.name.replace(".", "/") + ".py"
 
     def in_scope(self, qualname: str) -> bool:
         if any(fnmatch.fnmatchcase(qualname, p) for p in self.exclude):
@@ -72,10 +73,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("images", [FORMULAS, "test_synthetic.py"]),
     Target("synthetic", [FORMULAS, "test_synthetic.py", "test_paper_b.py"],
            exclude={"save_synthetic": IO, "load_synthetic": IO}),
-    Target("lipschitz", [FORMULAS, "test_lipschitz.py", "test_paper_b.py"],
-           exclude={"run_synthetic_benchmark": RUNNERS, "run_synthetic_ablations": RUNNERS,
-                    "authors_classnames": SETTINGS, "_profile_settings": SETTINGS, "paper_b_settings": SETTINGS,
-                    "paper_b_generation": SETTINGS, "_load_split": SETTINGS, "load_paper_b_tasks": SETTINGS}),
+    Target("methods.lipschitz", [FORMULAS, "test_lipschitz.py", "test_paper_b.py"]),
+    Target("methods.lipschitz_authors", [FORMULAS, "test_lipschitz.py", "test_paper_b.py"]),
+    Target("papers.paper_b", [FORMULAS, "test_lipschitz.py", "test_paper_b.py", "test_paper_b_settings.py"],
+           include=["evaluate_class_forgetting"],
+           note="only paper B's evaluation (the rest: profile settings, data loading and notebook-level "
+                "orchestration, checked by tests/test_paper_b_settings.py)"),
     Target("experiment", [FORMULAS, "test_experiment.py", "test_split*.py", "test_task*.py"],
            include=["selection_score", "Task.*", "_parse_target", "_pick", "build_task", "_cap_per_class",
                     "calibration_split", "validate_model", "run_grid", "run_selected", "pick_classes",

@@ -359,7 +359,7 @@ def test_formula_lipschitz_registered_loss_draws_sigma_noise_and_clamps_to_pixel
 def test_formula_lipschitz_authors_sum_scale_and_batch_clamp():
     """Authors' form: ``loss_scale="sum"`` is ``B / 2`` times the mean (the docstring's equivalence);
     ``noise_clamp="batch"`` clamps x' to the scalar min / max of the batch tensor."""
-    from clipunlearn import lipschitz
+    from clipunlearn.methods import lipschitz
 
     model, images, texts, _ = lipschitz_toy()
     sigma, n = 0.5, 2

@@ -192,13 +192,13 @@ def test_formula_evaluate_model_mia_is_forget_train_members_vs_forget_test_image
 
 
 def test_formula_paper_b_evaluation_mia_members_vs_forget_test_images(monkeypatch):
-    """lipschitz.evaluate_class_forgetting: mia of member_dataset[member_idx] against dataset[forget_idx]."""
-    from clipunlearn import lipschitz
+    """paper_b.evaluate_class_forgetting: mia of member_dataset[member_idx] against dataset[forget_idx]."""
+    from clipunlearn.papers import paper_b
 
     model, train, test, clf = toy_world()
     monkeypatch.setattr(metrics, "build_classifier", lambda *a, **k: clf)
     member, forget = [0, 3, 6], [0, 3, 6]
-    out = lipschitz.evaluate_class_forgetting(model, tokenizer=None, classnames=CLASSNAMES, templates=("{}",),
+    out = paper_b.evaluate_class_forgetting(model, tokenizer=None, classnames=CLASSNAMES, templates=("{}",),
                                               dataset=test, forget_idx=forget, retain_idx=[1, 2],
                                               member_dataset=train, member_idx=member)
     expected = auc_pairs([-v for v in naive_losses(model, train, member, clf)],

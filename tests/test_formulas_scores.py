@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipunlearn import experiment, layers, three_stage
-from clipunlearn.lipschitz import compute_avg_gain
+from clipunlearn.methods.lipschitz import compute_avg_gain
 
 from .formula_helpers import (TOL, batch, feature_model, kl, label_aware_contrastive, logits_of, rows, softmax,
                               transpose)

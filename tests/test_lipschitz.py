@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from clipunlearn import lipschitz, losses, synthetic
+from clipunlearn import losses, synthetic
+from clipunlearn.methods import lipschitz
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

@@ -187,7 +187,8 @@ def test_override_backbones_applies_notebook_parameters():
 
 
 def test_is_resnet_is_one_helper(tiny_clip, tiny_resnet_clip):
-    from clipunlearn import layers, lipschitz
+    from clipunlearn import layers
+    from clipunlearn.methods import lipschitz
 
     assert models.is_resnet(tiny_resnet_clip.model) and not models.is_resnet(tiny_clip.model)
     assert lipschitz.is_resnet is models.is_resnet

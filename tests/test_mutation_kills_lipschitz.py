@@ -20,7 +20,9 @@ import types
 import pytest
 import torch
 
-from clipunlearn import layers, lipschitz, losses, metrics, unlearning
+from clipunlearn import layers, losses, metrics, unlearning
+from clipunlearn.methods import lipschitz, lipschitz_authors
+from clipunlearn.papers import paper_b
 
 TEMPLATES = ["a photo of a {}."]
 NAMES = ["cat", "dog", "car"]
@@ -480,7 +482,7 @@ def test_evaluate_class_forgetting_scores_every_set_with_its_own_classifier(monk
     model = torch.nn.Linear(2, 2).train()
     others = [dict(name="o1", dataset="D1", indices=[5], classnames=["x", "y"], templates=["u {}"]),
               dict(name="o2", dataset="D2"), dict(name="o3", dataset="D3", classnames=["z"])]
-    out = lipschitz.evaluate_class_forgetting(model, tokenizer="tok", classnames=NAMES, templates=TEMPLATES,
+    out = paper_b.evaluate_class_forgetting(model, tokenizer="tok", classnames=NAMES, templates=TEMPLATES,
                                               dataset="test", forget_idx=[0, 1], retain_idx=[2, 3, 4],
                                               other_sets=others, member_dataset="train", member_idx=[7, 8],
                                               batch_size=64, device="dev0")
@@ -500,13 +502,13 @@ def test_evaluate_class_forgetting_scores_every_set_with_its_own_classifier(monk
     assert rec.mia == [dict(model=model, classifier=main, dataset="train", member_idx=[7, 8], nonmember_idx=[0, 1],
                             nonmember_dataset="test", batch_size=64, device="dev0")]
     # no other set, members from the evaluation set itself; the defaults: batch 512 on the CPU
-    out = lipschitz.evaluate_class_forgetting(model, tokenizer="tok", classnames=NAMES, templates=TEMPLATES,
+    out = paper_b.evaluate_class_forgetting(model, tokenizer="tok", classnames=NAMES, templates=TEMPLATES,
                                               dataset="test", forget_idx=[0, 1], retain_idx=[2, 3, 4], member_idx=[9])
     assert out == {"forget_acc": 0.125, "retain_acc": 0.875, "mia": 0.625}
     assert (rec.mia[1]["dataset"], rec.mia[1]["member_idx"], rec.mia[1]["batch_size"], rec.mia[1]["device"]) == (
         "test", [9], 512, "cpu")
     assert rec.acc[-1]["batch_size"] == 512 and rec.clf[-1]["device"] == "cpu"
-    out = lipschitz.evaluate_class_forgetting(model, tokenizer="tok", classnames=NAMES, templates=TEMPLATES,
+    out = paper_b.evaluate_class_forgetting(model, tokenizer="tok", classnames=NAMES, templates=TEMPLATES,
                                               dataset="test", forget_idx=[0, 1], retain_idx=[2, 3, 4])
     assert out == {"forget_acc": 0.125, "retain_acc": 0.875} and len(rec.mia) == 2
 
@@ -520,7 +522,7 @@ def test_lipschitz_loss_noise_bounds_scale_and_autocast(tiny_clip, tiny_batch, m
                          autocast=torch.is_autocast_enabled("cpu")))
         return torch.tensor(2.0), {"lipschitz": 2.0}
 
-    monkeypatch.setattr(lipschitz, "lipschitz_penalty", spy)
+    monkeypatch.setattr(lipschitz_authors, "lipschitz_penalty", spy)
     images = tiny_batch["images"]
     torch.manual_seed(11)
     loss, logs = lipschitz.lipschitz_loss(model, tiny_batch, n_samples=3, sigma=0.5)  # defaults: mean, pixel, fp32

@@ -1,4 +1,4 @@
-"""Notebook 20's settings, generation and task loading (lipschitz.paper_b_settings / paper_b_generation /
+"""Notebook 20's settings, generation and task loading (paper_b.paper_b_settings / paper_b_generation /
 load_paper_b_tasks)."""
 
 import copy
@@ -6,11 +6,13 @@ import copy
 import pytest
 import torch
 
-from clipunlearn import configs, data, lipschitz
+from clipunlearn import configs, data
+from clipunlearn.methods import lipschitz
+from clipunlearn.papers import paper_b
 
 
 def settings(profile="mini", **kwargs):
-    return lipschitz.paper_b_settings(profile, **kwargs)
+    return paper_b.paper_b_settings(profile, **kwargs)
 
 
 # --------------------------------------------------------------------------- #
@@ -50,7 +52,7 @@ def test_paper_settings_are_read_from_paper_b_json(monkeypatch):
         out["forget_classes"] = {"stanford-dogs": ["beagle"]}
         return out
 
-    monkeypatch.setattr(lipschitz, "load_paper_config", edited)
+    monkeypatch.setattr(paper_b, "load_paper_config", edited)
     changed = settings("paper")
     assert changed["generation"]["steps"] == 1234 and changed["forgetting"]["n_samples"] == 7
     assert changed["forget"] == {"stanford-dogs": ["beagle"]} and changed["others"] == {"stanford-dogs": []}
@@ -117,13 +119,13 @@ def test_bad_input_says_what_to_do(kwargs, message):
 def test_paper_generation_uses_the_authors_thresholds_and_the_model_size(tiny_resnet_clip):
     model, _ = tiny_resnet_clip
     generation = settings("paper")["generation"]
-    gen = lipschitz.paper_b_generation(generation, profile="paper", backbone="RN50",
+    gen = paper_b.paper_b_generation(generation, profile="paper", backbone="RN50",
                                        classes=["Pekinese", "tree mallow", "deer"], model=model)
     assert gen["thresholds"] == {"Pekinese": 0.98, "tree mallow": 0.7, "deer": 0.8}  # 0.8: the authors' default
     assert gen["threshold_decay"] == {"Pekinese": 0.0, "tree mallow": 0.0, "deer": generation["threshold_decay"]}
     assert gen["image_size"] == 32 and generation["image_size"] == 224  # the input is not changed
     mini = settings("mini")["generation"]
-    same = lipschitz.paper_b_generation(mini, profile="mini", backbone="mini", classes=["shirt"], model=model)
+    same = paper_b.paper_b_generation(mini, profile="mini", backbone="mini", classes=["shirt"], model=model)
     assert same == mini and same is not mini
 
 
@@ -149,7 +151,7 @@ def load(data_dir, **kwargs):
     kwargs = {**dict(backbones={"tiny-rn": "random"}, forget={"cifar10": ["dog"]}, seeds=[0, 1],
                      others={"cifar10": ["stl10"]}, retain_per_class=None, eval_per_class=None,
                      data_dir=data_dir, workers=0), **kwargs}
-    return lipschitz.load_paper_b_tasks(**kwargs)
+    return paper_b.load_paper_b_tasks(**kwargs)
 
 
 def test_tasks_per_backbone_class_and_seed_with_the_other_datasets(image_folders):
@@ -181,7 +183,7 @@ def test_missing_data_says_where_to_put_it(tmp_path):
 
 def test_the_schedule_and_noise_come_from_paper_b_json(monkeypatch, tiny_clip, tiny_resnet_clip):
     """paper_b.json is the one source: a changed value there changes the code's schedule and generation."""
-    real = lipschitz.load_paper_config("paper_b")
+    real = paper_b.load_paper_config("paper_b")
     assert lipschitz.paper_sigma_schedule() == (0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
     assert lipschitz.paper_k_schedule(tiny_resnet_clip.model)[:3] == [(5, 5), (7, 7), (10, 12)]
     assert lipschitz.paper_k_schedule(tiny_clip.model)[:3] == [(25, 25), (27, 27), (30, 30)]
@@ -191,6 +193,7 @@ def test_the_schedule_and_noise_come_from_paper_b_json(monkeypatch, tiny_clip, t
     changed["forgetting"]["k_offsets"]["ViT-B-16"] = {"image": [0, 1], "text": [0, 4]}
     changed["generation"]["init_std"] = 0.5
     monkeypatch.setattr(lipschitz, "load_paper_config", lambda name: copy.deepcopy(changed))
+    monkeypatch.setattr(paper_b, "load_paper_config", lambda name: copy.deepcopy(changed))
     assert lipschitz.paper_sigma_schedule() == (0.2, 0.4)
     assert lipschitz.paper_k_schedule(tiny_clip.model) == [(3, 3), (4, 7)]
-    assert lipschitz._profile_settings("paper", precision="fp32")["generation"]["init_std"] == 0.5
+    assert paper_b._profile_settings("paper", precision="fp32")["generation"]["init_std"] == 0.5

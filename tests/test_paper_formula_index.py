@@ -52,7 +52,7 @@ def test_the_index_covers_every_paper_and_the_baselines():
 
 @pytest.mark.parametrize("formula, library, tests", ROWS, ids=[r[0] for r in ROWS])
 def test_each_formula_names_existing_functions_and_tests(formula, library, tests):
-    functions = re.findall(r"`(\w+)\.(\w+)`", library)
+    functions = re.findall(r"`([\w.]+)\.(\w+)`", library)
     assert functions, f"{formula}: no library function named"
     for module, name in functions:
         assert hasattr(importlib.import_module(f"clipunlearn.{module}"), name), f"{formula}: {module}.{name}"

@@ -12,7 +12,7 @@ and source ids (never from the library's selection helpers) and checked on:
 * the builders of both profiles on fake files: the mini world (``data.load_mini_world`` over
   fake ``*-ubyte.gz`` files, as notebooks 10 and 40 call ``build_task``; paper A's and
   paper B's loaders on ``fashion-mnist``; the explorer's ``_build_task``) and the paper
-  profile (``three_stage.load_paper_a_tasks`` and ``lipschitz.load_paper_b_tasks`` over
+  profile (``three_stage.load_paper_a_tasks`` and ``paper_b.load_paper_b_tasks`` over
   ImageFolder exports, the images cached by ``metrics.CachedImages``).
 
 The invariants: forget, retain, validation and sibling sets pairwise disjoint, each holding
@@ -46,7 +46,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipunlearn import data, experiment, lipschitz, metrics, models, three_stage
+from clipunlearn import data, experiment, metrics, models, three_stage
+from clipunlearn.papers import paper_b
 
 PROPERTY = settings(max_examples=20, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -653,7 +654,7 @@ def test_paper_a_loader(data_dir, mini_seen, dataset):
 @pytest.mark.parametrize("dataset, classes", [("fashion-mnist", ["sneaker", "shirt"]), ("cifar10", ["dog", "cat"])])
 def test_paper_b_loader(data_dir, mini_seen, dataset, classes):
     small = dict(retain_per_class=4, eval_per_class=3)
-    tasks, _ = lipschitz.load_paper_b_tasks(backbones={"tiny-rn": "random"}, forget={dataset: classes}, seeds=[0, 1],
+    tasks, _ = paper_b.load_paper_b_tasks(backbones={"tiny-rn": "random"}, forget={dataset: classes}, seeds=[0, 1],
                                             others={"cifar10": ["stl10"]}, data_dir=data_dir, workers=0, **small)
     n_seen = mini_seen if dataset == "fashion-mnist" else None
     for seeded in tasks[("tiny-rn", dataset)].values():

@@ -5,8 +5,8 @@ The small public API; the modules hold the rest (see docs/ARCHITECTURE.md).
 
 from .data import load_dataset, load_fashion_mnist, make_loader, select_indices, split_indices
 from .registry import LOSSES, METHODS, get_loss, get_method, register_loss, register_method, register_procedure
-from . import losses  # noqa: F401  (registers the loss methods)
-from .experiment import build_task, evaluate_model, run_method, selection_score  # registers three_stage; imports lipschitz
+from . import losses, methods  # noqa: F401  (register the loss methods, then the procedures)
+from .experiment import build_task, evaluate_model, run_method, selection_score  # registers three_stage
 from .metrics import (accuracy, build_classifier, measure_run, membership_inference, per_class_accuracy,
                       retrieval_recall)
 from .models import copy_frozen, get_mini_clip, get_normalization, load_clip

@@ -23,7 +23,7 @@ from .harness import *  # noqa: F401,F403  (every harness name, re-exported for 
 from .harness import (Task, calibration_fn, evaluate_model, pick_examples, run_method, run_selected, summarise_run,
                       validate_model)
 from .harness.task import _cap_per_class  # noqa: F401  (re-exported: tests pin it)
-from .lipschitz import generate_task_synthetic, run_lipschitz
+from .methods.lipschitz import generate_task_synthetic, run_lipschitz
 from .losses import LOSSES
 from .report import STAGE_LABELS, format_mean_std, mean_std, stage_records  # noqa: F401  (stage_* re-exported)
 from .configs import mini_settings

@@ -1,0 +1,365 @@
+"""Paper B on the shared harness (notebook 20): the synthetic-sample benchmark and ablations, the
+authors' class names, the evaluation per dataset, and the settings, models and tasks of each profile
+(``paper_b.json`` for the paper profile, ``configs/mini.json`` for mini).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .. import data, harness, metrics, models
+from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
+from ..methods.lipschitz import AUTHORS_OPTIONS, generate_task_synthetic, paper_sigma_schedule, run_lipschitz
+from ..paths import check_profile, get_data_dir
+
+
+def evaluate_class_forgetting(model, *, tokenizer, classnames: Sequence[str], templates: Sequence, dataset,
+                              forget_idx, retain_idx, other_sets: Sequence[dict] = (), member_dataset=None,
+                              member_idx=None, batch_size: int = 512, device="cpu") -> dict[str, float]:
+    """Return paper B's metrics of one forgotten class as a dict.
+
+    ``forget_acc`` / ``retain_acc``: zero-shot accuracy on ``dataset[forget_idx]`` (the
+    forgotten class) and ``dataset[retain_idx]`` (the other classes); ``other_acc``: mean
+    accuracy over ``other_sets`` (other domains or datasets; each a dict with
+    ``name``, ``dataset``, optional ``indices``, ``classnames``, ``templates``), also
+    given per set as ``other_acc/<name>``; ``mia``: membership-inference AUC of
+    ``member_dataset[member_idx]`` (training images of the class) against
+    ``dataset[forget_idx]`` (unseen ones), when ``member_idx`` is given.
+    """
+    was_training = model.training
+    model.eval()
+    classifier = metrics.build_classifier(model, tokenizer, classnames, templates, device=device)
+    out = {name: metrics.accuracy(model, classifier, dataset, indices=idx, batch_size=batch_size, device=device)
+           for name, idx in (("forget_acc", forget_idx), ("retain_acc", retain_idx))}
+    others = {}
+    for spec in other_sets:
+        names = spec.get("classnames")
+        clf = classifier if names is None else metrics.build_classifier(
+            model, tokenizer, names, spec.get("templates", templates), device=device)
+        others[spec["name"]] = metrics.accuracy(model, clf, spec["dataset"], indices=spec.get("indices"),
+                                                batch_size=batch_size, device=device)
+    if others:
+        out["other_acc"] = sum(others.values()) / len(others)
+        out.update({f"other_acc/{k}": v for k, v in others.items()})
+    if member_idx is not None:
+        mia = metrics.membership_inference(model, classifier, member_dataset if member_dataset is not None else dataset,
+                                           member_idx=member_idx, nonmember_idx=forget_idx, nonmember_dataset=dataset,
+                                           batch_size=batch_size, device=device)
+        out["mia"] = mia["mia"]
+    model.train(was_training)
+    return out
+
+#: CoOp's renamed Caltech-101 classes (``datasets/caltech101.py``; also drops ``BACKGROUND_Google`` and ``Faces_easy``).
+CALTECH101_COOP_NAMES = {"airplanes": "airplane", "faces": "face", "leopards": "leopard", "motorbikes": "motorbike"}
+
+def authors_classnames(dataset: str, classnames: Sequence[str]) -> list[str]:
+    """Return ``classnames`` of ``dataset`` as the authors' code (CoOp's loaders) names them.
+
+    ``stanford-cars``: the year first ("Spyker C8 Coupe 2009" -> "2009 Spyker C8 Coupe", as
+    CoOp's ``split_zhou_StanfordCars.json``); ``caltech101``: CoOp's renames
+    (:data:`CALTECH101_COOP_NAMES`; torchvision's layout keeps ``faces easy``, which CoOp
+    drops: use the split file for the authors' 100 classes). Other datasets unchanged.
+    Names read from a CoOp split file are already the authors'.
+    """
+    out = []
+    for name in classnames:
+        if dataset == "stanford-cars":
+            words = name.split()
+            if len(words) > 1 and words[-1].isdigit() and len(words[-1]) == 4:
+                name = " ".join([words[-1]] + words[:-1])
+        elif dataset == "caltech101":
+            name = CALTECH101_COOP_NAMES.get(name.lower(), name)
+        out.append(name)
+    return out
+
+def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, forgetting: dict, grid: dict,
+                            n_train: int = 64, n_val: int = 32, n_real: int | None = 64, store,
+                            device="cpu", avg_gain: bool = False, progress: bool = False) -> dict:
+    """Paper B on every target of ``tasks`` (``{target: [task per seed]}``); return the synthetic sets by (target, seed).
+
+    Per target: the original model (``original``), then ``lipschitz_synthetic`` (synthetic
+    forget images only; its grid is scored on held-out *synthetic* images and real
+    retain validation images, with the oracle score on real forget validation images
+    recorded beside it, never used) and ``lipschitz_real`` (the same procedure on
+    ``n_real`` real training images of the class, selected on real validation images),
+    each through :func:`clipunlearn.harness.run_selected`. ``forgetting``: keyword
+    arguments of :func:`run_lipschitz` (the authors' form: ``**AUTHORS_OPTIONS``). ``avg_gain``:
+    add the authors' aggregate (:func:`compute_avg_gain`, against the original model) to
+    every record. ``progress``: progress bars of the ascent and the forgetting epochs.
+    """
+    sets = {}
+    for target, seeded in tasks.items():
+        first = seeded[0]
+        original = store.find(method="original", task=first.kind, forget_class=target)
+        if original is None:
+            with metrics.autocast(device, forgetting.get("precision", "fp32")):
+                test = harness.evaluate_model(model, first, tokenizer=tokenizer, device=device)
+            original = harness.summarise_run(first, method="original", config={"seed": None}, test_metrics=test)
+            store.add(original)
+        reference = {"reference": original["metrics"]} if avg_gain else {}
+        for task in seeded:
+            sets[(target, task.seed)] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train,
+                                                                n_val=n_val, generation=generation, seed=task.seed,
+                                                                device=device, progress=progress)
+
+        def synthetic_fn(task, **candidate):
+            forget, val, cost = sets[(task.target, task.seed)]
+            return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
+                                 data_free=True, method="lipschitz_synthetic",
+                                 config={"synthetic": {k: v for k, v in cost.items()}}, device=device,
+                                 progress=progress, **reference, **{**forgetting, **candidate})
+
+        def real_fn(task, **candidate):
+            idx = task.forget_train[torch.randperm(len(task.forget_train), generator=torch.Generator().manual_seed(
+                task.seed))[:n_real]].sort().values if n_real else task.forget_train
+            return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=task.train, forget_idx=idx,
+                                 val_forget=None, data_free=False, method="lipschitz_real", device=device,
+                                 progress=progress, **reference, **{**forgetting, **candidate})
+
+        def oracle(m, task):
+            with metrics.autocast(device, forgetting.get("precision", "fp32")):
+                return harness.validate_model(m, task, tokenizer=tokenizer, device=device)
+
+        harness.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
+                                oracle_fn=oracle)
+        harness.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store)
+    return sets
+
+def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting: dict, ablations: dict, store,
+                            device="cpu") -> list[dict]:
+    """One factor at a time around the selected setting, on one task with its synthetic set; return the records.
+
+    ``ablations``: ``{"n_samples": [...], "sigma": [...], "k": [...], "layers": ["all"]}``. The
+    learning rate is the one ``lipschitz_synthetic`` selected on this task. Records have
+    task ``ablation``, ``config.ablation`` (the factor) and ``config.value``; the main run
+    is added once per factor as the reference row (``config.reference`` true).
+    """
+    main = store.find(method="lipschitz_synthetic", task=task.kind, forget_class=task.target, seed=task.seed)
+    if main is None:
+        raise ValueError("run run_synthetic_benchmark on this task first (it selects the learning rate)")
+    forget, val, _ = synthetic_set
+    lr = main["config"]["selected"]["lr"]
+    reference = {"n_samples": forgetting.get("n_samples", 25), "sigma": "schedule",
+                 "k": forgetting.get("k_start") or "paper", "layers": "top-k"}
+    out = []
+    for factor, values in ablations.items():
+        ref = dict(main, task="ablation", config={**main["config"], "ablation": factor, "value": reference[factor],
+                                                  "reference": True})
+        out.append(ref)
+        for value in values:
+            done = store.find(method="lipschitz_synthetic", task="ablation", forget_class=task.target,
+                              seed=task.seed, ablation=factor, value=value)
+            if done is None:
+                override = {"n_samples": {"n_samples": value},
+                            "sigma": {"sigma_schedule": (value,) * len(paper_sigma_schedule())},
+                            "k": {"k_start": value}, "layers": {"selective": False}}[factor]
+                _, done = run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget,
+                                        val_forget=(val, None), device=device,
+                                        config={"ablation": factor, "value": value, "reference": False},
+                                        **{**forgetting, "lr": lr, **override})
+                done["task"] = "ablation"
+                store.add(done)
+            out.append(done)
+    store.add(*[r for r in out if r["config"].get("reference")])
+    return out
+
+# --------------------------------------------------------------------------- #
+# Paper B's settings, models and tasks per profile (notebook 20)
+# --------------------------------------------------------------------------- #
+def _profile_settings(profile: str, *, precision: str) -> dict:
+    """The full-size settings of ``profile``: mini from ``configs.mini_settings()``, paper from ``paper_b.json``."""
+    if profile == "mini":
+        mini = mini_settings()  # the method settings shared with notebooks 30 and 40
+        return dict(
+            backbones={"mini": None}, forget={"fashion-mnist": ["sneaker", "shirt", "trouser"]},
+            generation=mini["lipschitz"]["generation"], forgetting=mini["lipschitz"]["forgetting"],
+            grid=mini["grids"]["lipschitz_synthetic"], n_train=mini["lipschitz"]["n_train"],
+            n_val=mini["lipschitz"]["n_val"], n_real=64,
+            task=dict(retain_per_class=300, eval_per_class=300),
+            ablations={"n_samples": [1, 5], "sigma": [0.5, 2.0], "k": [1, 15], "layers": ["all"]},
+        )
+    paper = load_paper_config("paper_b")
+    gen, forget = paper["generation"], paper["forgetting"]
+    return dict(
+        backbones=dict(paper["backbones"]), forget=paper["forget_classes"],
+        generation=dict(image_size=gen["image_size"], steps=gen["steps"], step_size=gen["step_size"],
+                        jitter=gen["jitter"], blur_every=gen["blur_every"], blur_sigma=gen["blur_sigma"],
+                        norm_weight=gen["norm_weight"], init_std=gen["init_std"], threshold_decay=gen["threshold_decay"],
+                        min_threshold=gen["min_threshold"], logit_scale="model", stop_logit_scale=gen["logit_scale"],
+                        grayscale=False, batch_size=64, parametrisation="authors",
+                        restart=gen["restart_after_failure"], max_attempts=20, precision=precision),
+        forgetting=dict(n_samples=forget["n_samples"], threshold=forget["stop_accuracy"],
+                        max_epochs=forget["max_epochs"], betas=tuple(forget["betas"]), eps=forget["eps"],
+                        weight_decay=forget["weight_decay"], batch_size=forget["batch_size"],
+                        caption_templates=(paper["loss_caption"],), **AUTHORS_OPTIONS, precision=precision),
+        grid={"lr": [2e-5, forget["lr"], 1e-4]}, n_train=gen["n_per_class"], n_val=32, n_real=None,
+        task=dict(retain_per_class=None, eval_per_class=None),
+        ablations={"n_samples": [1, 5], "sigma": [0.5, 2.0], "k": [1, 50], "layers": ["all"]},
+    )
+
+def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbone: str = "", model: str = "",
+                     pretrained: str = "", dataset: str = "", other_datasets: str = "", forget_classes: str = "",
+                     precision: str = "fp32") -> dict:
+    """Return notebook 20's settings of paper B for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
+
+    Keys: ``backbones`` (``{name: pretrained}``), ``forget`` (``{dataset: [class, ...]}``),
+    ``generation`` / ``forgetting`` (keyword arguments of :func:`generate_task_synthetic` /
+    :func:`run_lipschitz`), ``grid``, ``n_train``, ``n_val``, ``n_real``, ``task`` (sizes for
+    ``harness.build_task``), ``ablations``, ``seeds`` (list of ints) and ``others``
+    (``{dataset: [other datasets scored with their own prompts]}``, paper profile only).
+    The mini settings come from ``configs.mini_settings()``; the paper's from ``paper_b.json``.
+    The string arguments are the notebook's parameters: ``seeds`` and the lists comma-separated;
+    ``backbone`` keeps one backbone; ``model`` / ``pretrained`` / ``dataset`` / ``other_datasets`` /
+    ``precision`` are for the paper profile (``model`` / ``pretrained`` are refused by mini,
+    the others ignored). ``quick``: one class, one seed, two learning rates, short
+    generation and small evaluation sets (the CI smoke test).
+    """
+    check_profile(profile)
+    if precision not in metrics.PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(metrics.PRECISIONS)}")
+    settings = _profile_settings(profile, precision=precision)
+    seed_list = parse_seeds(seeds)
+    backbones = settings["backbones"]
+    if backbone:
+        if backbone not in backbones:
+            raise ValueError(f"unknown backbone {backbone!r} for the {profile} profile; valid: {', '.join(backbones)}"
+                             " (other architectures: model=)")
+        backbones = {backbone: backbones[backbone]}
+    if model and profile == "paper":  # other architectures (e.g. tiny test models with pretrained="random")
+        backbones, model = {m: "openai" for m in split_names(model)}, ""
+    # parses pretrained; the mini profile refuses model and pretrained
+    settings["backbones"] = models.override_backbones(backbones, profile=profile, model=model, pretrained=pretrained)
+    dataset = dataset if profile == "paper" else ""
+    for name in ([dataset] if dataset else []) + (split_names(other_datasets) if profile == "paper" else []):
+        data.get_dataset_spec(name)  # an unknown name lists the registered ones
+    if dataset:  # one dataset, any registered one (its classes: forget_classes)
+        settings["forget"] = {dataset: settings["forget"].get(dataset, [])}
+    if forget_classes:
+        wanted = split_names(forget_classes)
+        if profile == "mini":
+            data.check_classnames(wanted, data.FASHION_MNIST_CLASSES)  # an unknown class lists the valid ones
+            settings["forget"] = {ds: wanted for ds in settings["forget"]}
+        elif dataset:  # any class of that dataset (checked when it is loaded)
+            settings["forget"] = {dataset: wanted}
+        else:  # the paper's classes: each to its dataset; datasets with none are dropped
+            every = [c for classes in settings["forget"].values() for c in classes]
+            unknown = [c for c in wanted if c not in every]
+            if unknown:
+                raise ValueError(f"unknown forget class(es) {unknown}; valid: {', '.join(every)} (another "
+                                 "dataset's classes: dataset=)")
+            settings["forget"] = {ds: [c for c in wanted if c in classes]
+                                  for ds, classes in settings["forget"].items() if set(wanted) & set(classes)}
+    if not any(settings["forget"].values()):
+        raise ValueError(f"no forget class for {', '.join(settings['forget'])}: name them in forget_classes")
+    # paper B's "other" datasets: every other dataset of the run (or other_datasets), scored with their own prompts
+    settings["others"] = {}
+    if profile == "paper":
+        pool = split_names(other_datasets) or list(load_paper_config("paper_b")["forget_classes"])
+        settings["others"] = {ds: [o for o in pool if o != ds] for ds in settings["forget"]}
+    if quick:  # CI smoke test: one class, one seed, two grid values, short generation, small evaluation sets
+        seed_list = seed_list[:1]
+        settings["forget"] = {ds: classes[:1] for ds, classes in list(settings["forget"].items())[:1]}
+        settings["generation"].update(steps=min(200, settings["generation"]["steps"]))
+        if profile == "paper":
+            settings["generation"].update(max_attempts=2)
+        settings["forgetting"].update(max_epochs=10, n_samples=10)
+        settings.update(grid={"lr": settings["grid"]["lr"][1:]}, n_train=16, n_val=16, n_real=16,
+                        task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
+                                                                                       "layers": ["all"]})
+    settings["seeds"] = seed_list
+    return settings
+
+def paper_b_generation(generation: dict, *, profile: str, backbone: str, classes: Sequence[str], model) -> dict:
+    """Return ``generation`` (``paper_b_settings(...)["generation"]``) for one backbone's ``classes``.
+
+    The paper profile adds the authors' per-backbone, per-class starting thresholds
+    (``paper_b.json``; 0.8, their default, for a class it does not list), no threshold decay
+    for the classes they generated without it, and ``model``'s image size. Mini: a copy.
+    """
+    generation = dict(generation)
+    if check_profile(profile) == "paper":
+        paper = load_paper_config("paper_b")
+        generation["thresholds"] = {c: paper["thresholds"].get(backbone, {}).get(c, 0.8) for c in classes}
+        generation["threshold_decay"] = {c: 0.0 if c in paper["no_threshold_decay"].get(backbone, []) else
+                                         generation["threshold_decay"] for c in classes}
+        generation["image_size"] = models.get_image_size(model)
+    return generation
+
+def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_files: dict, device, workers: int):
+    """One split of a paper-profile dataset, decoded once and then kept in memory (``metrics.CachedImages``).
+
+    The authors' CoOp split file when it is in ``<data_dir>/<dataset>/`` (their splits and class
+    names), else the registered loader with the authors' class names (:func:`authors_classnames`).
+    """
+    split_file = get_data_dir(data_dir) / dataset / split_files.get(dataset, "none")
+    if split_file.is_file():
+        ds = data.load_dataset(dataset, split=split, transform=preprocess, split_file=split_file)
+    else:
+        ds = data.load_dataset(dataset, split=split, transform=preprocess, data_dir=data_dir)
+        ds.classnames = authors_classnames(dataset, ds.classnames)
+    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    return metrics.CachedImages(ds, dtype=dtype, device=device, num_workers=workers)
+
+def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], others: dict | None = None,
+                       retain_per_class: int | None = 300, eval_per_class: int | None = 300, device="cpu",
+                       data_dir=None, workers: int = 8) -> tuple[dict, dict]:
+    """Load paper B's models, datasets and ``forget-class`` tasks; return ``(tasks, worlds)``.
+
+    ``tasks[(backbone, dataset)]`` is ``{class: [harness.Task per seed]}`` and
+    ``worlds[(backbone, dataset)]`` is ``{"model", "tokenizer"}`` (one model per backbone,
+    shared by its datasets; runs copy it). ``backbones``: ``{name: pretrained}``
+    (``models.load_clip``); ``forget``: ``{dataset: [class, ...]}``; ``others``: ``{dataset:
+    [other datasets]}`` whose test sets (``eval_per_class`` images per class) every task
+    scores as ``extra_sets``. Fashion-MNIST is the mini world (every style, the mini model's
+    ``n_seen``); other datasets are decoded once and cached on ``device``
+    (``metrics.CachedImages``, ``workers`` DataLoader workers), from the authors' CoOp split
+    file when it is in ``<data_dir>/<dataset>/``. ``data_dir``: empty for
+    ``$CLIPUNLEARN_DATA`` or the cache.
+    """
+    data_dir = data_dir or None
+    others = others or {}
+    split_files = load_paper_config("paper_b")["split_files"]
+    loaded = {}  # one model per backbone and one cached split per (backbone, dataset, split)
+
+    def load_model(backbone):
+        if backbone not in loaded:
+            loaded[backbone] = models.load_clip(backbone, backbones[backbone], device=device)
+        return loaded[backbone]
+
+    def load_split(backbone, dataset, split):
+        key = (backbone, dataset, split)
+        if key not in loaded:
+            loaded[key] = _load_split(dataset, split, preprocess=load_model(backbone)[1], data_dir=data_dir,
+                                      split_files=split_files, device=device, workers=workers)
+        return loaded[key]
+
+    tasks, worlds = {}, {}
+    for backbone in backbones:
+        for dataset, classes in forget.items():
+            model, _, tokenizer = load_model(backbone)
+            extra = {}
+            if dataset == "fashion-mnist":
+                train, test = data.load_mini_world(data_dir=data_dir)
+                templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
+            else:
+                for other in others.get(dataset, []):
+                    ds = load_split(backbone, other, "test")
+                    extra[other] = dict(dataset=ds, classnames=ds.classnames, templates=data.get_templates(other),
+                                        indices=data.select_indices(ds, limit_per_class=eval_per_class))
+                train, test = load_split(backbone, dataset, "train"), load_split(backbone, dataset, "test")
+                templates, n_seen = data.get_templates(dataset), None
+            unknown = [c for c in classes if c not in train.classnames]
+            if unknown:
+                raise ValueError(f"unknown forget class(es) {unknown} of {dataset}; valid: "
+                                 f"{', '.join(train.classnames)}")
+            worlds[(backbone, dataset)] = dict(model=model, tokenizer=tokenizer)
+            tasks[(backbone, dataset)] = {
+                c: [harness.build_task(train, test, kind="forget-class", target=c, seed=s, templates=templates,
+                                          n_seen=n_seen, retain_per_class=retain_per_class,
+                                          eval_per_class=eval_per_class) for s in seeds] for c in classes}
+            for seeded in tasks[(backbone, dataset)].values():
+                for task in seeded:
+                    task.extra_sets.update(extra)
+    return tasks, worlds
