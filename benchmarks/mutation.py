@@ -205,14 +205,21 @@ def _stop_mutmut(proc: subprocess.Popen) -> None:
         pass
 
 
-def list_survivors(meta: dict | None) -> list[str]:
+def list_survivors(meta: dict | None, statuses: tuple[str, ...] = ("survived",)) -> list[str]:
+    """The mutants whose last result is one of ``statuses``."""
     if not meta:
         return []
-    return sorted(k for k, v in meta["exit_code_by_key"].items() if v is not None and decode_status(v) == "survived")
+    return sorted(k for k, v in meta["exit_code_by_key"].items() if v is not None and decode_status(v) in statuses)
 
 
-def run_module(target: Target, *, max_children: int, deadline: float | None, retest: bool) -> dict:
-    """Run (or resume) mutmut on one module; return this invocation's run entry."""
+def run_module(target: Target, *, max_children: int, deadline: float | None, retest: bool,
+               force_retest: bool = False) -> dict:
+    """Run (or resume) mutmut on one module; return this invocation's run entry.
+
+    When the selected tests changed since the last complete run (or ``force_retest``), the
+    survivors and the "no tests" mutants are tested again: mutmut keeps a mutant's last
+    result, and collects which tests call which function only for tests it has not seen.
+    """
     work, tests = prepare_module_dir(target)
     fingerprint = hash_tests(tests)
     runs = load_runs(work)
@@ -220,16 +227,16 @@ def run_module(target: Target, *, max_children: int, deadline: float | None, ret
              "tests_fingerprint": fingerprint, "completed": False, "error": None}
     with open(work / "mutmut.log", "a") as log:
         log.write(f"\n===== {entry['date']} =====\n")
-        previous = list_survivors(load_meta(work, target))
+        previous = list_survivors(load_meta(work, target), ("survived", "no tests"))
         code, secs, stopped = run_mutmut(work, ["run", "--max-children", str(max_children)], deadline=deadline,
                                          log=log)
         entry["seconds"] += secs
         if code == 0 and not stopped:
             # survivors judged with older tests: test them again with the current ones
             last_fp = next((r.get("tests_fingerprint") for r in reversed(runs["runs"]) if r.get("completed")), None)
-            again = [s for s in list_survivors(load_meta(work, target)) if s in previous]
-            if retest and again and last_fp is not None and last_fp != fingerprint:
-                log.write(f"tests changed since the last complete run: testing {len(again)} survivors again\n")
+            again = [s for s in list_survivors(load_meta(work, target), ("survived", "no tests")) if s in previous]
+            if again and (force_retest or (retest and last_fp is not None and last_fp != fingerprint)):
+                log.write(f"testing {len(again)} survivors and untested mutants again\n")
                 code, secs, stopped = run_mutmut(work, ["run", "--max-children", str(max_children), *again],
                                                  deadline=deadline, log=log)
                 entry["seconds"] += secs
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-at", help="stop mutating at HH:MM UTC, or after this many seconds; "
                                       "what finished is reported, the rest resumes on the next run")
     ap.add_argument("--fresh", action="store_true", help="delete the saved mutmut state of these modules first")
+    ap.add_argument("--retest", action="store_true",
+                    help="test the survivors and the untested mutants again even if the tests did not change")
     ap.add_argument("--no-retest", action="store_true",
                     help="do not test the survivors again when their tests changed")
     ap.add_argument("--tests", help="comma-separated test files replacing the modules' selection (a quick check; "
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{name}] mutmut run in {work.relative_to(ROOT)} ...", flush=True)
             entry = run_module(target, max_children=args.max_children, deadline=deadline,
-                               retest=not args.no_retest)
+                               retest=not args.no_retest, force_retest=args.retest)
             runs = load_runs(work)
             runs["runs"][-1].update(command=command, invocation=INVOCATION)
             save_runs(work, runs)

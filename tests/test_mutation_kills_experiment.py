@@ -281,3 +281,57 @@ def test_pick_classes_is_a_seeded_permutation():
     assert experiment.pick_classes(names) == [names[i] for i in
                                               torch.randperm(7, generator=torch.Generator().manual_seed(0)).tolist()]
     assert experiment.pick_classes(names, seed=3) != experiment.pick_classes(names, seed=0)
+
+
+def test_run_grid_reports_a_failed_run_as_failed():
+    _, _, rows = experiment.run_grid(run({1: {"score": 0.5, "failed": True}, 2: {"score": 0.2}}), grid={"lr": [1, 2]})
+    assert [r["failed"] for r in rows] == [True, False]
+
+
+@pytest.mark.parametrize("part,key,value", [
+    ("results", "forget_class", "coat"), ("later_results", "forget_class", "coat"),
+    ("selection", "forget_class", "coat"), ("selection", "seed", 7), ("selection", "run_task", "forget-subgroup"),
+    ("results", "seed", 7)])
+def test_run_selected_treats_a_record_of_another_target_seed_or_run_task_as_missing(tmp_path, world, part, key,
+                                                                                    value):
+    """A stored record that differs in one key is not this run's: resuming does what it does without that record."""
+    tasks, path = three_seeds(world), tmp_path / "r.json"
+    experiment.run_selected("x", tasks, run_fn=selected_runner([]), grid={"lr": [1, 2]},
+                            store=experiment.ResultStore(path, match={"profile": "mini"}))
+    chosen = {"results": lambda r: r["task"] == "forget-class",
+              "later_results": lambda r: r["task"] == "forget-class" and r["config"]["seed"] > 0,
+              "selection": lambda r: r["task"] == "selection"}[part]
+
+    def resume(change):
+        store = experiment.ResultStore(path, match={"profile": "mini"}, resume=True)
+        store.records = change(store.records)
+        calls = []
+        experiment.run_selected("x", tasks, run_fn=selected_runner(calls), grid={"lr": [1, 2]}, store=store)
+        return calls
+
+    def moved(records):
+        for r in records:
+            if chosen(r):
+                r["config"][key] = value
+        return records
+
+    deleted = resume(lambda records: [r for r in records if not chosen(r)])
+    assert deleted and resume(moved) == deleted
+
+
+def test_build_task_default_seed_is_zero(world):
+    train, test = world
+    default = experiment.build_task(train, test, target="bag")
+    zero = experiment.build_task(train, test, target="bag", seed=0)
+    one = experiment.build_task(train, test, target="bag", seed=1)
+    assert default.seed == 0 and torch.equal(default.forget_val, zero.forget_val)
+    assert torch.equal(default.retain_train, zero.retain_train) and not torch.equal(default.retain_val, one.retain_val)
+
+
+def test_calibration_split_takes_30_per_class_by_default():
+    train, test = big_world(400), big_world(4, seed=1)
+    task = experiment.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0, eval_per_class=2)
+    split = experiment.calibration_split(task)
+    assert per_class_counts(task.train, split["forget"])[data.FASHION_MNIST_CLASSES.index("sandal")] == 30
+    assert max(per_class_counts(task.train, split["retain"])) == 30
+    assert all(torch.equal(split[k], experiment.calibration_split(task, per_class=30)[k]) for k in split)

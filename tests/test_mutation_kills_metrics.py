@@ -83,3 +83,8 @@ def test_metric_errors_say_what_is_missing():
     with pytest.raises(ValueError) as err:
         metrics.retrieval_recall(torch.randn(2, 4), torch.randn(3, 4), text_groups=torch.tensor([0, 1, 2]))
     assert str(err.value) == "text_groups needs groups (the group id of every image)"
+
+
+def test_text_signature_of_a_model_without_a_text_tower_is_empty():
+    ptrs, norms = metrics._text_signature(torch.nn.Linear(2, 2))
+    assert ptrs == () and norms.shape == (0,)

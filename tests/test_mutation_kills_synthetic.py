@@ -542,3 +542,12 @@ def test_synthetic_set_getitems_returns_image_target_pairs():
     assert len(items) == 2
     assert torch.equal(items[0][0], images[3]) and int(items[0][1]) == 2
     assert torch.equal(items[1][0], images[1]) and int(items[1][1]) == 0
+
+
+def test_a_class_listed_twice_keeps_each_listings_threshold_without_restarts(monkeypatch):
+    """Without restarts every image starts at its own listing's threshold, even when a class is listed twice."""
+    fake = fake_chunk(monkeypatch)
+    synthetic.generate_synthetic(nn.Linear(1, 1), text_weights(3), classes=[0, 0], classnames=["cat", "dog", "car"],
+                                 n_per_class=2, image_size=3, steps=2, jitter=1, thresholds=[0.9, 0.6],
+                                 restart=False, batch_size=4, seed=0, progress=False)
+    assert [c["thresholds"].tolist() for c in fake.calls] == [pytest.approx([0.9, 0.9, 0.6, 0.6])]

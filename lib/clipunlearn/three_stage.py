@@ -84,15 +84,24 @@ def _layer_tensors(model, names: Sequence[str]) -> list[str]:
 
 
 def content_key(*parts) -> str:
-    """Return a SHA-1 of tensors (shape, dtype and bytes) and plain values: a cache key for data-only results."""
+    """Return a SHA-1 of tensors (shape, dtype and bytes) and plain values: a cache key for data-only results.
+
+    Every piece enters with its length in front, so that no two different sequences of parts hash the
+    same bytes (without it ``content_key(0.5, 11) == content_key(0.51, 1)``).
+    """
     h = hashlib.sha1()
+
+    def add(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
     for part in parts:
         if torch.is_tensor(part):
             t = part.detach().cpu().contiguous()
-            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+            add(f"tensor{tuple(t.shape)}{t.dtype}".encode())
+            add(t.view(-1).view(torch.uint8).numpy().tobytes())
         else:
-            h.update(repr(part).encode())
+            add(repr(part).encode())
     return h.hexdigest()
 
 
