@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clipunlearn import configs, data, experiment, explorer
+from clipunlearn.methods import three_stage
 from clipunlearn.harness import run as harness_run
 
 SMALL = dict(batch_size=8, eval_per_class=4, retain_per_class=6, n_examples=3)
@@ -108,13 +109,13 @@ def test_three_stage_runs_from_the_registry(world, monkeypatch):
     """The explorer offers the three stages and runs them through their registered ``explore`` (no name patched in)."""
     assert "three_stage" in explorer.available_methods()
     seen = {}
-    real = experiment.run_three_stage
+    real = three_stage.run_three_stage
 
     def recording_run(task, **kwargs):
         seen.update(kwargs)
         return real(task, **kwargs)
 
-    monkeypatch.setattr(experiment, "run_three_stage", recording_run)
+    monkeypatch.setattr(three_stage, "run_three_stage", recording_run)
     config = explorer.ExplorerConfig(kind="forget-subgroup", target="sandal", method="three_stage", lr=3e-3, steps=2,
                                      seed=2, **SMALL)
     result = explorer.run_explorer(config, world=world)

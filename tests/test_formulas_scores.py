@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipunlearn import experiment, layers, three_stage
+from clipunlearn import experiment, layers
+from clipunlearn.methods import three_stage, three_stage_stages
 from clipunlearn.methods.lipschitz import compute_avg_gain
 
 from .formula_helpers import (TOL, batch, feature_model, kl, label_aware_contrastive, logits_of, rows, softmax,
@@ -206,7 +207,7 @@ def test_formula_similarity_score_is_mean_pair_cosine():
     cos = [sum(x * y for x, y in zip(a, c)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in c))
            for a, c in zip(fi, ft)]
     assert float(layers.similarity_score(model, b)) == pytest.approx(sum(cos) / 3, abs=TOL)
-    assert three_stage.pair_similarities(model, b).tolist() == pytest.approx(cos, abs=TOL)
+    assert three_stage_stages.pair_similarities(model, b).tolist() == pytest.approx(cos, abs=TOL)
 
 
 # --------------------------------------------------------------------------- #
@@ -219,7 +220,7 @@ def test_formula_distillation_is_t_squared_kl_teacher_to_student(t):
     teacher = [[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]]
     fwd = sum(kl(softmax([v / t for v in tr]), softmax([v / t for v in sr])) for sr, tr in zip(student, teacher)) / 2
     rev = sum(kl(softmax([v / t for v in sr]), softmax([v / t for v in tr])) for sr, tr in zip(student, teacher)) / 2
-    got = float(three_stage.distillation_loss(torch.tensor(student), torch.tensor(teacher), temperature=t))
+    got = float(three_stage_stages.distillation_loss(torch.tensor(student), torch.tensor(teacher), temperature=t))
     assert got == pytest.approx(t * t * fwd, abs=TOL)
     assert abs(t * t * rev - got) > 1e-3
 
@@ -231,7 +232,7 @@ def test_formula_remind_loss_is_contrastive_plus_kd_weight_times_distillation(kd
     i2t, t2i = label_aware_contrastive(logits_of(model, b), b["labels"].tolist())
     student, teacher = logits_of(model, b), logits_of(original, b)
     kd = sum(kl(softmax(tr), softmax(sr)) for sr, tr in zip(student, teacher)) / 4  # image-to-text rows, T = 1
-    loss, logs = three_stage.remind_loss(model, original, b, kd_weight=kd_weight)
+    loss, logs = three_stage_stages.remind_loss(model, original, b, kd_weight=kd_weight)
     assert float(loss) == pytest.approx((i2t + t2i) / 2 + kd_weight * kd, abs=TOL)
     assert logs["contrastive"] == pytest.approx((i2t + t2i) / 2, abs=TOL)
     # the teacher is image-to-text: the text-to-image rows give another number on this example
@@ -283,7 +284,7 @@ def test_formula_alignment_loss_matches_batchnorm_running_statistics():
         for ch, (mu, sigma) in enumerate(channel_stats(inp, bn.eps)):
             total += abs(mu - float(bn.running_mean[ch]))
             total += abs(sigma - math.sqrt(float(bn.running_var[ch]) + bn.eps))
-    assert float(three_stage.alignment_loss(model, x)) == pytest.approx(total, abs=1e-5)
+    assert float(three_stage_stages.alignment_loss(model, x)) == pytest.approx(total, abs=1e-5)
 
 
 def test_formula_alignment_loss_is_zero_at_matching_statistics():
@@ -295,7 +296,7 @@ def test_formula_alignment_loss_is_zero_at_matching_statistics():
     with torch.no_grad():
         bn.running_mean.copy_(torch.tensor([2.0, 1.0, 0.0]))
         bn.running_var.copy_(torch.tensor([1.0, 1.0, 0.0]))
-    assert float(three_stage.alignment_loss(model, x)) == pytest.approx(0.0, abs=TOL)
+    assert float(three_stage_stages.alignment_loss(model, x)) == pytest.approx(0.0, abs=TOL)
     with torch.no_grad():
         bn.running_mean.copy_(torch.tensor([2.5, 1.0, 0.0]))  # |2 - 2.5| = 0.5
-    assert float(three_stage.alignment_loss(model, x)) == pytest.approx(0.5, abs=TOL)
+    assert float(three_stage_stages.alignment_loss(model, x)) == pytest.approx(0.5, abs=TOL)

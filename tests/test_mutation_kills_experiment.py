@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from clipunlearn import data, experiment
+from clipunlearn import data, experiment, metrics
 
 from .test_experiment import tiny_world
 
@@ -26,8 +26,8 @@ def fake_accuracies(monkeypatch, table):
         key = (id(dataset), None if indices is None else tuple(torch.as_tensor(indices).tolist()))
         return table.get(key, 0.999)
 
-    monkeypatch.setattr(experiment.metrics, "accuracy", accuracy)
-    monkeypatch.setattr(experiment.metrics, "build_classifier", lambda *a, **k: "classifier")
+    monkeypatch.setattr(metrics, "accuracy", accuracy)
+    monkeypatch.setattr(metrics, "build_classifier", lambda *a, **k: "classifier")
 
 
 def test_validate_model_scores_the_validation_sets_and_averages_the_siblings(monkeypatch, world):

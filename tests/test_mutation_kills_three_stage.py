@@ -22,7 +22,8 @@ from unittest.mock import ANY
 import pytest
 import torch
 
-from clipunlearn import layers, three_stage
+from clipunlearn import layers
+from clipunlearn.methods import three_stage, three_stage_stages
 from clipunlearn.models import copy_frozen
 
 IMAGE_SIZE = 32
@@ -362,7 +363,7 @@ def linear_loss(monkeypatch, weights):
         seen.append(images.detach().clone())
         return (weights * images).sum()
 
-    monkeypatch.setattr(three_stage, "alignment_loss", loss)
+    monkeypatch.setattr(three_stage_stages, "alignment_loss", loss)
     return seen
 
 
@@ -385,7 +386,7 @@ def test_align_images_steps_by_lr_over_std(tiny_resnet_clip, monkeypatch):
 
 def test_align_images_clamps_delta_to_eps_in_pixel_units_and_images_to_the_valid_range(tiny_resnet_clip, monkeypatch):
     signs, images = signs_and_images()
-    lo, hi = three_stage.lipschitz_bounds(tiny_resnet_clip.model)
+    lo, hi = three_stage_stages.lipschitz_bounds(tiny_resnet_clip.model)
     images[0, 0, 0, 0], signs[0, 0, 0, 0] = float(hi[0, 0, 0, 0]) - 0.001, -1.0  # pushed up past the pixel range
     linear_loss(monkeypatch, signs)
     aligned, _ = three_stage.align_images(tiny_resnet_clip.model, images, eps=0.01, steps=2, lr=1.0)
@@ -428,7 +429,7 @@ def test_alignment_loss_on_a_vit_says_what_to_do(tiny_clip):
     msg = ("the image tower has no BatchNorm layers (a ViT?): alignment needs running statistics; "
            "run three_stage_unlearn with align=False or on a ResNet tower")
     with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
-        three_stage.alignment_loss(tiny_clip.model, torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        three_stage_stages.alignment_loss(tiny_clip.model, torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
 
 
 def test_batchnorm_layers_finds_frozen_batchnorm(tiny_resnet_clip):

@@ -1,16 +1,17 @@
-"""Notebook 30's settings and task loading (three_stage.paper_a_settings / parse_subgroups / load_paper_a_tasks)."""
+"""Notebook 30's settings and task loading (paper_a.paper_a_settings / parse_subgroups / load_paper_a_tasks)."""
 
 import pytest
 import torch
 
-from clipunlearn import configs, data, experiment, three_stage
+from clipunlearn import configs, data, experiment
+from clipunlearn.papers import paper_a
 
 SMOKE = dict(model="tiny-rn", pretrained="random", dataset="cifar10", subgroups="automobile:automobile+truck+airplane",
              transfer="pacs")
 
 
 def settings(profile="mini", **kwargs):
-    return three_stage.paper_a_settings(profile, **kwargs)
+    return paper_a.paper_a_settings(profile, **kwargs)
 
 
 # --------------------------------------------------------------------------- #
@@ -52,20 +53,20 @@ def test_methods_and_their_grids(profile):
 
 
 def test_paper_settings_are_read_from_the_paper_configs(monkeypatch):
-    paper_a, paper_b = configs.load_paper_config("paper_a"), configs.load_paper_config("paper_b")
+    config_a, config_b = configs.load_paper_config("paper_a"), configs.load_paper_config("paper_b")
     paper = settings("paper")
-    assert (paper["model"], paper["pretrained"]) == ("RN50", paper_a["backbones"]["RN50"])
+    assert (paper["model"], paper["pretrained"]) == ("RN50", config_a["backbones"]["RN50"])
     assert paper["targets"] == {"marmoset": "forget-subgroup", "box turtle": "forget-subgroup"}
-    assert paper["dataset"] == paper_a["datasets"]["forget"] == "imagenet"
+    assert paper["dataset"] == config_a["datasets"]["forget"] == "imagenet"
     assert paper["transfer"] == ["cifar10", "food101", "stl10", "objectnet"]  # the paper's columns
-    assert paper["hierarchy"] == {"monkey": paper_a["subgroup_tasks"]["marmoset"]["classes"],
-                                  "turtle": paper_a["subgroup_tasks"]["box turtle"]["classes"]}
+    assert paper["hierarchy"] == {"monkey": config_a["subgroup_tasks"]["marmoset"]["classes"],
+                                  "turtle": config_a["subgroup_tasks"]["box turtle"]["classes"]}
     gen, forget = paper["lipschitz"]["generation"], paper["lipschitz"]["forgetting"]
-    assert gen["steps"] == paper_b["generation"]["steps"] and gen["image_size"] == 224
-    assert forget["threshold"] == paper_b["forgetting"]["stop_accuracy"]
-    assert forget["betas"] == tuple(paper_b["forgetting"]["betas"])
-    assert paper["lipschitz"]["n_train"] == paper_b["generation"]["n_per_class"]
-    assert paper_b["forgetting"]["lr"] in paper["lipschitz_grid"]["lr"]
+    assert gen["steps"] == config_b["generation"]["steps"] and gen["image_size"] == 224
+    assert forget["threshold"] == config_b["forgetting"]["stop_accuracy"]
+    assert forget["betas"] == tuple(config_b["forgetting"]["betas"])
+    assert paper["lipschitz"]["n_train"] == config_b["generation"]["n_per_class"]
+    assert config_b["forgetting"]["lr"] in paper["lipschitz_grid"]["lr"]
 
     # an edited config flows through: the values are read, not copied into the code
     def edited(name):
@@ -77,7 +78,7 @@ def test_paper_settings_are_read_from_the_paper_configs(monkeypatch):
             out["generation"]["steps"], out["forgetting"]["max_epochs"] = 1234, 7
         return out
 
-    monkeypatch.setattr(three_stage, "load_paper_config", edited)
+    monkeypatch.setattr(paper_a, "load_paper_config", edited)
     changed = settings("paper")
     assert changed["targets"] == {"tabby": "forget-subgroup"}
     assert changed["hierarchy"] == {"cat": ["tabby", "tiger cat"]}
@@ -135,7 +136,7 @@ def test_overrides():
 
 
 def test_parse_subgroups():
-    parsed = three_stage.parse_subgroups(" marmoset : marmoset + baboon ; box turtle:box turtle+mud turtle+terrapin;")
+    parsed = paper_a.parse_subgroups(" marmoset : marmoset + baboon ; box turtle:box turtle+mud turtle+terrapin;")
     assert parsed == {"marmoset": ["marmoset", "baboon"], "box turtle": ["box turtle", "mud turtle", "terrapin"]}
     two = settings("paper", subgroups="marmoset:marmoset+baboon;box turtle:box turtle+terrapin")
     assert list(two["targets"]) == ["marmoset", "box turtle"]
@@ -154,7 +155,7 @@ def test_parse_subgroups():
 ])
 def test_bad_subgroups_say_how_to_write_them(subgroups, message):
     with pytest.raises(ValueError, match=message):
-        three_stage.parse_subgroups(subgroups)
+        paper_a.parse_subgroups(subgroups)
     with pytest.raises(ValueError, match=message):
         settings("paper", subgroups=subgroups)
 
@@ -196,7 +197,7 @@ def load(data_dir, **kwargs):
     kwargs = {**dict(model=s["model"], pretrained=s["pretrained"], dataset=s["dataset"], targets=s["targets"],
                      seeds=[0, 1], hierarchy=s["hierarchy"], transfer=s["transfer"], retain_per_class=None,
                      eval_per_class=None, val_per_class=5, data_dir=data_dir), **kwargs}
-    return three_stage.load_paper_a_tasks(**kwargs)
+    return paper_a.load_paper_a_tasks(**kwargs)
 
 
 def test_subgroup_tasks_per_seed_with_the_transfer_sets(image_folders):
@@ -240,7 +241,7 @@ def test_targets_and_findings_on_the_committed_mini_records(repo_root):
     records = load_records(repo_root / "results" / "mini" / "30_subgroup_forgetting.json")
     checked = findings.check_subgroup_forgetting(records)
     assert len(checked) == 15 and all(f.holds for f in checked)
-    targets = three_stage.paper_a_targets(records)
+    targets = paper_a.paper_a_targets(records)
     assert [k.split(":")[0] for k in targets] == ["forget-subgroup"] * 3 + ["forget-style-subgroup"] * 2
     assert all(v for k, v in targets.items() if k.startswith("forget-subgroup"))
     # a sandal run that did not forget breaks the first statement and the first target
@@ -250,7 +251,7 @@ def test_targets_and_findings_on_the_committed_mini_records(repo_root):
             r["metrics"]["forget_acc"] = 0.99  # above the original's 0.96
     by_statement = {f.statement: f.holds for f in findings.check_subgroup_forgetting(broken)}
     assert not by_statement["three-stage lowers the sandal's accuracy"]
-    assert not next(iter(three_stage.paper_a_targets(broken).values()))
+    assert not next(iter(paper_a.paper_a_targets(broken).values()))
     # quick mode: the sandal statements only, at looser bars
     sandal = [r for r in records if r["task"] == "forget-subgroup"]
     quick = findings.check_subgroup_forgetting(sandal, quick=True)

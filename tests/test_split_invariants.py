@@ -12,7 +12,7 @@ and source ids (never from the library's selection helpers) and checked on:
 * the builders of both profiles on fake files: the mini world (``data.load_mini_world`` over
   fake ``*-ubyte.gz`` files, as notebooks 10 and 40 call ``build_task``; paper A's and
   paper B's loaders on ``fashion-mnist``; the explorer's ``_build_task``) and the paper
-  profile (``three_stage.load_paper_a_tasks`` and ``paper_b.load_paper_b_tasks`` over
+  profile (``paper_a.load_paper_a_tasks`` and ``paper_b.load_paper_b_tasks`` over
   ImageFolder exports, the images cached by ``metrics.CachedImages``).
 
 The invariants: forget, retain, validation and sibling sets pairwise disjoint, each holding
@@ -46,7 +46,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipunlearn import data, experiment, metrics, models, three_stage
+from clipunlearn import data, experiment, metrics, models
+from clipunlearn.papers import paper_a
 from clipunlearn.papers import paper_b
 
 PROPERTY = settings(max_examples=20, deadline=None, database=None, derandomize=True,
@@ -641,7 +642,7 @@ def test_paper_a_loader(data_dir, mini_seen, dataset):
     else:  # the paper profile on an ImageFolder export, a user-named group, a transfer set
         targets = {"automobile": "forget-subgroup"}
         hierarchy, transfer = {"car group": ["automobile", "truck", "airplane"]}, ("stl10",)
-    *_, train, test, tasks = three_stage.load_paper_a_tasks(
+    *_, train, test, tasks = paper_a.load_paper_a_tasks(
         model="tiny-rn", pretrained="random", dataset=dataset, targets=targets, seeds=[0, 1], hierarchy=hierarchy,
         transfer=transfer, data_dir=data_dir, **SMALL)
     n_seen = mini_seen if dataset == "fashion-mnist" else None

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from clipunlearn import souping, three_stage
+from clipunlearn import souping
+from clipunlearn.methods import three_stage, three_stage_stages
 from clipunlearn.models import copy_frozen
 
 IMAGE_SIZE = 32
@@ -30,7 +31,7 @@ def mixed_batch(tokenizer, seed: int = 0) -> dict:
 
 def similarity(model, batch) -> float:
     with torch.no_grad():
-        return float(three_stage.pair_similarities(model, batch).mean())
+        return float(three_stage_stages.pair_similarities(model, batch).mean())
 
 
 @pytest.fixture(params=["vit", "resnet"])
@@ -74,7 +75,7 @@ def test_alignment_lowers_the_batchnorm_statistics_gap(tiny_resnet_clip, tiny_to
     aligned, logs = three_stage.align_images(model, images, eps=eps, steps=5, lr=2 / 255)
     assert logs["loss_after"] < logs["loss_before"]
     with torch.no_grad():
-        assert float(three_stage.alignment_loss(model, aligned)) == pytest.approx(logs["loss_after"], rel=1e-5)
+        assert float(three_stage_stages.alignment_loss(model, aligned)) == pytest.approx(logs["loss_after"], rel=1e-5)
     assert float((aligned - images).abs().max()) <= eps / 0.26 + 1e-6  # pixel bound / smallest CLIP std
     assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())  # running statistics untouched
 
@@ -95,13 +96,13 @@ def test_remind_step_lowers_contrastive_plus_distillation(clip_model, tiny_token
     three_stage.forget_stage(clip_model, forget_loader=[batch], layers=layers, margin=-2.0, lr=1e-2, max_steps=2,
                              use_lora=False)
     with torch.no_grad():
-        before, parts = three_stage.remind_loss(clip_model, original, batch, kd_weight=1.0, kd_temperature=2.0)
+        before, parts = three_stage_stages.remind_loss(clip_model, original, batch, kd_weight=1.0, kd_temperature=2.0)
     assert parts["kd"] > 0
     report = three_stage.remind_stage(clip_model, original=original, retain_loader=[batch], layers=layers, lr=1e-3,
                                       steps=1, kd_weight=1.0, kd_temperature=2.0, ema_decay=0.0, use_lora=use_lora,
                                       rank=2)
     with torch.no_grad():
-        after, _ = three_stage.remind_loss(clip_model, original, batch, kd_weight=1.0, kd_temperature=2.0)
+        after, _ = three_stage_stages.remind_loss(clip_model, original, batch, kd_weight=1.0, kd_temperature=2.0)
     assert report["steps"] == 1 and report["loss_before"] == pytest.approx(float(before), rel=1e-5)
     assert after < before
 
@@ -122,8 +123,8 @@ def test_remind_keeps_the_ema_of_the_weights(tiny_resnet_clip, tiny_tokenizer):
 
 def test_distillation_loss_is_zero_for_the_teacher_and_positive_otherwise():
     logits = torch.randn(4, 4)
-    assert float(three_stage.distillation_loss(logits, logits, temperature=2.0)) == pytest.approx(0.0, abs=1e-6)
-    assert float(three_stage.distillation_loss(logits, torch.randn(4, 4), temperature=2.0)) > 0
+    assert float(three_stage_stages.distillation_loss(logits, logits, temperature=2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(three_stage_stages.distillation_loss(logits, torch.randn(4, 4), temperature=2.0)) > 0
 
 
 def test_select_alpha_criterion():

@@ -2,7 +2,8 @@
 
 The loss-based methods are one decorated loss each (:mod:`clipunlearn.losses`); the methods here
 register themselves with :func:`clipunlearn.registry.register_procedure` when imported:
-:mod:`.lipschitz` (paper B; the authors' form in :mod:`.lipschitz_authors`).
+:mod:`.lipschitz` (paper B; the authors' form in :mod:`.lipschitz_authors`) and :mod:`.three_stage`
+(paper A; its stages in :mod:`.three_stage_stages`).
 """
 
-from . import lipschitz  # noqa: F401  (registers lipschitz_synthetic and lipschitz_real)
+from . import lipschitz, three_stage  # noqa: F401  (register lipschitz_synthetic, lipschitz_real, three_stage)

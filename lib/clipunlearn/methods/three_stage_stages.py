@@ -1,0 +1,319 @@
+"""The stages of paper A's three-stage unlearning, each on its own: forgetting on the chosen layers
+(relative Fisher, LoRA), reminding (BatchNorm alignment of the retain images, contrastive fine-tuning with
+distillation and an EMA of the weights) and restoring (souping with the original, alpha on a calibration set).
+:func:`clipunlearn.methods.three_stage.three_stage_unlearn` runs them in turn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import layers as layer_scores
+from ..clip import RequiresGrad, get_normalization, make_adamw, to_device
+from ..lora import add_lora, has_lora, lora_parameters, lora_targets, merge_lora
+from ..losses import contrastive_loss, encode_pairs, lipschitz_bounds, pair_positives
+from ..souping import interpolate_state_dicts, select_alpha
+from ..unlearning import _cycle
+
+
+LAYER_CHOICES = ("fisher", "all", "random")
+
+def _layer_tensors(model, names: Sequence[str]) -> list[str]:
+    """Return the plain parameter names (``state_dict`` keys) of the modules ``names``."""
+    out = []
+    for name in names:
+        for sub, _ in model.get_submodule(name).named_parameters():
+            out.append(f"{name}.{sub}")
+    return out
+
+def _read_tensor(model, key: str) -> torch.Tensor:
+    """Return the current value of parameter ``key``, through any LoRA parametrization (``W + BA``)."""
+    owner, _, attr = key.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attr)
+
+# --------------------------------------------------------------------------- #
+# Which layers
+# --------------------------------------------------------------------------- #
+def candidate_layers(model, *, encoders: Sequence[str] = ("image", "text")) -> list[str]:
+    """Return the layers paper A may tune: adaptable modules (``lora.lora_targets``) of the given encoders.
+
+    Project's choice: the same candidates with and without LoRA (``nn.Linear``,
+    ``nn.Conv2d``, ``nn.MultiheadAttention``; normalisation layers, embeddings and the
+    final projections are never tuned), so the "without LoRA" ablation changes only
+    how the chosen layers are updated.
+    """
+    unknown = set(encoders) - {"image", "text"}
+    if unknown:
+        raise ValueError(f"unknown encoders {sorted(unknown)}; valid: image, text")
+    return [n for n in lora_targets(model) if layer_scores.encoder_of(f"{n}.weight") in encoders]
+
+def choose_layers(scores: dict[str, float] | None, candidates: Sequence[str], *, n_layers: int,
+                  layer_choice: str = "fisher", seed: int = 0) -> list[str]:
+    """Return the layers to tune: top ``n_layers`` by score, all candidates, or ``n_layers`` at random (seeded)."""
+    if layer_choice not in LAYER_CHOICES:
+        raise ValueError(f"unknown layer_choice {layer_choice!r}; valid: {', '.join(LAYER_CHOICES)}")
+    if layer_choice == "all":
+        return list(candidates)
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    if layer_choice == "random":
+        g = torch.Generator().manual_seed(seed)
+        picked = torch.randperm(len(candidates), generator=g)[:n_layers].sort().values
+        return [candidates[i] for i in picked.tolist()]
+    if scores is None:
+        raise ValueError("layer_choice='fisher' needs the layer scores")
+    return sorted(candidates, key=lambda n: -scores.get(n, float("-inf")))[:n_layers]
+
+# --------------------------------------------------------------------------- #
+# Stage 1: forgetting
+# --------------------------------------------------------------------------- #
+def pair_similarities(model, batch: dict) -> torch.Tensor:
+    """Return each pair's cosine similarity ``[B]`` between image ``i`` and its caption ``i``."""
+    img, txt = encode_pairs(model, batch)
+    return (img * txt).sum(-1)
+
+def _trainable(model, layers: Sequence[str], *, use_lora: bool, rank: int, lora_alpha: float | None):
+    """Unfreeze only ``layers`` (LoRA adapters or their full weights); return the parameters to optimise."""
+    if use_lora:
+        add_lora(model, layers, rank=rank, alpha=lora_alpha)
+        return lora_parameters(model)
+    keep = set(_layer_tensors(model, layers))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    return [p for n, p in model.named_parameters() if n in keep]
+
+def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[str], margin: float = 0.0,
+                 lr: float = 1e-3, max_steps: int = 50, use_lora: bool = True, rank: int = 4,
+                 lora_alpha: float | None = None, weight_decay: float = 0.0, retain_weight: float = 0.0,
+                 device="cpu", progress: bool = False) -> dict:
+    """Lower the forget pairs' image-text similarity by tuning only ``layers``; return what happened.
+
+    Loss: the mean cosine similarity of each forget image with its class caption
+    (``+ retain_weight *`` the label-aware CLIP loss on a retain batch; project's
+    choice ``retain_weight=0``: the paper leaves retention to the reminding stage).
+    AdamW on the LoRA adapters (``use_lora``; merged into the weights at the end) or on
+    the layers' full weights. Stop rule (project's choice): before each step the mean
+    similarity of the next forget batch is measured; the stage stops once it is below
+    ``margin``, or after ``max_steps`` updates. The model stays in eval mode and comes
+    back plain (no adapters) with its ``requires_grad`` flags unchanged.
+    Returns ``{"steps", "stopped", "similarity_before", "similarity_after", "history"}``.
+    """
+    if retain_weight and retain_loader is None:
+        raise ValueError("retain_weight > 0 needs a retain_loader")
+    model.eval()
+    history, stopped, steps = [], "max_steps", 0
+    forget_iter = _cycle(forget_loader)
+    retain_iter = _cycle(retain_loader) if retain_weight else None
+    bar = tqdm(total=max_steps, desc="forget", leave=False, disable=not progress)
+    with RequiresGrad(model):
+        params = _trainable(model, layers, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha)
+        optimizer = make_adamw(params, lr=lr, weight_decay=weight_decay)
+        try:
+            while True:
+                batch = to_device(next(forget_iter), device)
+                sims = pair_similarities(model, batch)
+                loss = sims.mean()
+                history.append({"step": steps, "similarity": float(loss.detach())})
+                if history[-1]["similarity"] < margin:
+                    stopped = "margin"
+                    break
+                if steps >= max_steps:
+                    break
+                if retain_iter is not None:
+                    retain = to_device(next(retain_iter), device)
+                    img, txt = encode_pairs(model, retain)
+                    retain_loss = contrastive_loss(img, txt, model.logit_scale.exp(),
+                                                   positives=pair_positives(retain["labels"]))
+                    loss = loss + retain_weight * retain_loss
+                    history[-1]["retain_loss"] = float(retain_loss.detach())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                bar.update()
+        finally:
+            bar.close()
+            if has_lora(model):
+                merge_lora(model)
+    return {"steps": steps, "stopped": stopped, "similarity_before": history[0]["similarity"],
+            "similarity_after": history[-1]["similarity"], "history": history}
+
+# --------------------------------------------------------------------------- #
+# Stage 2a: alignment to the BatchNorm statistics
+# --------------------------------------------------------------------------- #
+def batchnorm_layers(model) -> list[tuple[str, torch.nn.Module]]:
+    """Return the image tower's 2-d batch-norm layers (modules with running mean / var), in forward order."""
+    return [(n, m) for n, m in model.visual.named_modules()
+            if isinstance(m, torch.nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d"]
+
+def alignment_loss(model, images: torch.Tensor) -> torch.Tensor:
+    """Return ``sum_l |mu_l - BN_mu_l|_1 + |sigma_l - BN_sigma_l|_1`` over the image tower's BatchNorm layers.
+
+    ``mu_l`` / ``sigma_l``: per-channel mean and standard deviation (over batch and
+    space) of the features entering BatchNorm ``l`` (forward pre-hooks);
+    ``BN_mu_l`` / ``BN_sigma_l``: its running mean and ``sqrt(running_var + eps)``. Raises
+    a ValueError for an image tower without BatchNorm (a ViT).
+    """
+    bns = batchnorm_layers(model)
+    if not bns:
+        raise ValueError("the image tower has no BatchNorm layers (a ViT?): alignment needs running statistics; "
+                         "run three_stage_unlearn with align=False or on a ResNet tower")
+    terms = []
+
+    def hook(module, inputs):
+        x = inputs[0].float()
+        mu = x.mean(dim=(0, 2, 3))
+        sigma = (x.var(dim=(0, 2, 3), unbiased=False) + module.eps).sqrt()
+        terms.append((mu - module.running_mean).abs().sum()
+                     + (sigma - (module.running_var + module.eps).sqrt()).abs().sum())
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in bns]
+    try:
+        model.encode_image(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(terms).sum()
+
+def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: int = 10, lr: float = 2 / 255,
+                 device="cpu") -> tuple[torch.Tensor, dict]:
+    """Return ``(aligned images, {"loss_before", "loss_after"})``: ``images + delta`` minimising :func:`alignment_loss`.
+
+    ``delta`` is learnt with Adam (``steps`` steps, learning rate ``lr`` in pixel units)
+    and bounded in pixel units, ``||delta||_inf <= eps`` of the [0, 1] pixel range (project's choice:
+    8/255, as in adversarial-perturbation work), then mapped to model space with the
+    model's normalisation; aligned images stay in the valid pixel range. ``model`` is
+    not changed (use the original model: its statistics define the pre-training
+    distribution).
+    """
+    model.eval()
+    images = images.to(device)
+    _, std = get_normalization(model)
+    scale = torch.tensor(std, device=device, dtype=images.dtype).view(1, -1, 1, 1)
+    lo, hi = lipschitz_bounds(model, device=device)
+    delta = torch.zeros_like(images, requires_grad=True)  # pixel units
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    apply = lambda d: torch.maximum(torch.minimum(images + d / scale, hi), lo)
+    before = None
+    for _ in range(steps):
+        loss = alignment_loss(model, apply(delta))
+        before = float(loss.detach()) if before is None else before  # delta = 0 at the first step
+        (grad,) = torch.autograd.grad(loss, [delta])
+        optimizer.zero_grad(set_to_none=True)
+        delta.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            delta.clamp_(-eps, eps)
+    with torch.no_grad():
+        aligned = apply(delta)
+        after = float(alignment_loss(model, aligned))
+    return aligned.detach(), {"loss_before": after if before is None else before, "loss_after": after}
+
+# --------------------------------------------------------------------------- #
+# Stage 2b: reminding (contrastive + distillation + EMA)
+# --------------------------------------------------------------------------- #
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Return ``T^2 * KL(softmax(teacher / T) || softmax(logits / T))`` per row, averaged (Hinton et al.)."""
+    t = temperature
+    return t * t * F.kl_div((logits / t).log_softmax(1), (teacher_logits / t).log_softmax(1), log_target=True,
+                            reduction="batchmean")
+
+def remind_loss(model, original, batch: dict, *, kd_weight: float = 1.0,
+                kd_temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Return the reminding loss on a retain batch and its parts: contrastive ``+ kd_weight *`` distillation.
+
+    Contrastive: ``losses.contrastive_loss`` with label-aware positives. Distillation
+    (project's choice of target): the original model's in-batch image-to-text
+    distribution, ``softmax(logit_scale * cos)`` over the batch's captions, taught to
+    the model with :func:`distillation_loss` at ``kd_temperature``.
+    """
+    img, txt = encode_pairs(model, batch)
+    logits = model.logit_scale.exp() * img @ txt.T
+    contrastive = contrastive_loss(img, txt, model.logit_scale.exp(), positives=pair_positives(batch["labels"]))
+    if not kd_weight:
+        return contrastive, {"contrastive": float(contrastive.detach()), "kd": 0.0}
+    with torch.no_grad():
+        img_o, txt_o = encode_pairs(original, batch)
+        teacher = original.logit_scale.exp() * img_o @ txt_o.T
+    kd = distillation_loss(logits, teacher, temperature=kd_temperature)
+    return contrastive + kd_weight * kd, {"contrastive": float(contrastive.detach()), "kd": float(kd.detach())}
+
+def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: float = 1e-4, steps: int = 30,
+                 kd_weight: float = 1.0, kd_temperature: float = 1.0, ema_decay: float = 0.9, use_lora: bool = True,
+                 rank: int = 4, lora_alpha: float | None = None, weight_decay: float = 0.0,
+                 align_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, device="cpu",
+                 progress: bool = False) -> dict:
+    """Fine-tune ``layers`` on retain pairs with :func:`remind_loss`; leave the model at the EMA weights.
+
+    ``align_fn(images) -> images`` (e.g. :func:`align_images` on the original model)
+    transforms each retain batch first. Trains the same kind of parameters as the
+    forgetting stage (fresh LoRA adapters, merged at the end, or full weights). The
+    EMA (project's choice: of the *effective* weights of ``layers``, i.e. ``W + BA``
+    under LoRA, ``ema <- decay * ema + (1 - decay) * W`` after every step, started at
+    the weights before the stage) replaces the weights at the end; ``ema_decay=0``
+    keeps the last weights. ``kd_weight=0`` turns distillation off.
+    Returns ``{"steps", "loss_before", "loss_after", "history"}`` (``loss_*``: the
+    first and last batch's loss).
+    """
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    model.eval()
+    original.eval()
+    keys = _layer_tensors(model, layers)
+    ema = {k: _read_tensor(model, k).detach().clone() for k in keys}
+    history = []
+    retain_iter = _cycle(retain_loader)
+    bar = tqdm(total=steps, desc="remind", leave=False, disable=not progress)
+    with RequiresGrad(model):
+        params = _trainable(model, layers, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha)
+        optimizer = make_adamw(params, lr=lr, weight_decay=weight_decay)
+        try:
+            for step in range(steps):
+                batch = to_device(next(retain_iter), device)
+                if align_fn is not None:
+                    batch = {**batch, "images": align_fn(batch["images"])}
+                loss, logs = remind_loss(model, original, batch, kd_weight=kd_weight, kd_temperature=kd_temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    for k in keys:
+                        ema[k].mul_(ema_decay).add_(_read_tensor(model, k).detach(), alpha=1.0 - ema_decay)
+                history.append({"step": step + 1, "loss": float(loss.detach()), **logs})
+                bar.update()
+        finally:
+            bar.close()
+            if has_lora(model):
+                merge_lora(model)
+    with torch.no_grad():
+        for k in keys:
+            _read_tensor(model, k).copy_(ema[k])
+    return {"steps": len(history), "loss_before": history[0]["loss"] if history else math.nan,
+            "loss_after": history[-1]["loss"] if history else math.nan, "history": history}
+
+# --------------------------------------------------------------------------- #
+# Stage 3: restoring by souping
+# --------------------------------------------------------------------------- #
+def restore_stage(model, *, original_state: dict, unlearned_state: dict, calib_fn: Callable[[torch.nn.Module], dict],
+                  alphas: Sequence[float], max_forget: float = 0.05, forget_key: str = "forget_acc",
+                  retain_key: str | Sequence[str] = "retain_acc") -> dict:
+    """Score ``alpha * unlearned + (1 - alpha) * original`` for each alpha and load the chosen soup into ``model``.
+
+    ``calib_fn(model) -> dict`` evaluates on a calibration set; the choice is
+    ``souping.select_alpha`` (largest retained accuracy with forget accuracy <=
+    ``max_forget``). Returns ``{"alpha", "alpha_curve": [{"alpha", **metrics}], "metrics"}``.
+    """
+    curve = []
+    for alpha in alphas:
+        model.load_state_dict(interpolate_state_dicts(original_state, unlearned_state, float(alpha)))
+        model.eval()
+        curve.append({"alpha": float(alpha), **calib_fn(model)})
+    alpha = select_alpha(curve, forget_key=forget_key, retain_key=retain_key, max_forget=max_forget)
+    model.load_state_dict(interpolate_state_dicts(original_state, unlearned_state, alpha))
+    model.eval()
+    return {"alpha": alpha, "alpha_curve": curve, "metrics": next(t for t in curve if t["alpha"] == alpha)}
