@@ -66,7 +66,7 @@ def test_unknown_names_list_valid_ones():
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr(data.fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         data.read_fashion_mnist("test", data_dir=tmp_path)
 
@@ -154,7 +154,7 @@ def test_fashion_mnist_reads_root(tmp_path, monkeypatch):
         pytest.skip("Debian's Fashion-MNIST is not installed")
     for f in files:
         (tmp_path / f).symlink_to(data.DEBIAN_FASHION_MNIST / f)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr(data.fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     ds = data.load_dataset("fashion-mnist", split="test", root=tmp_path, data_dir=tmp_path / "none")
     assert len(ds) == 10_000
     with pytest.raises(FileNotFoundError, match="missing in root"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clipunlearn import data, models
+from clipunlearn.paths import get_data_dir
 
 
 def test_caption_vocabulary_masks_true_descriptions():
@@ -74,7 +75,7 @@ def test_copy_frozen_has_no_grads():
 
 
 def test_get_mini_clip_trains_once_then_loads(tmp_path, monkeypatch):
-    if data._find_fashion_mnist(data.get_data_dir()) is None:
+    if data._find_fashion_mnist(get_data_dir()) is None:
         pytest.skip("Fashion-MNIST not installed")
     calls = []
     real_train = models.train_mini_clip

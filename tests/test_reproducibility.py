@@ -39,7 +39,7 @@ def test_get_mini_clip_loads_the_shipped_weights_by_default(monkeypatch):
 
 
 def test_shipped_zero_shot_accuracy_equals_the_committed_notebook_00_record(repo_root, monkeypatch):
-    if data._find_fashion_mnist(data.get_data_dir()) is None:
+    if data._find_fashion_mnist(paths.get_data_dir()) is None:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     monkeypatch.delenv(paths.MINI_SEED_ENV, raising=False)
     model, _, tokenizer, _ = models.get_mini_clip("mini")
