@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", help="comma-separated test files replacing the modules' selection (a quick check; "
                                     "a changed selection makes mutmut test the module's mutants again)")
     ap.add_argument("--killer-seconds", type=float,
-                    help="time for naming the tests that kill former survivors (default: unlimited; "
-                         "with --stop-at: 240 s after it)")
+                    help="time for naming the tests that kill former survivors, counted from when the naming "
+                         "starts (0: name none; default: unlimited, or 240 s with --stop-at)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from the saved state")
     ap.add_argument("--out", type=Path, default=REPORT, help="report path (default: benchmarks/mutation.md)")
     args = ap.parse_args(argv)
@@ -310,8 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/mutation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     command = command.strip()
     deadline = parse_stop_at(args.stop_at)
-    killer_deadline = (None if deadline is None and args.killer_seconds is None
-                       else (deadline or time.time()) + (240 if args.killer_seconds is None else args.killer_seconds))
     t0 = time.monotonic()
     stage_info = sync_stage()
     if not args.report_only:
@@ -340,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             n = len(meta["exit_code_by_key"]) if meta else 0
             print(f"[{name}] {format_secs(entry['seconds'])}, {n} mutants, "
                   f"{'complete' if entry['completed'] else entry['error']}", flush=True)
+    killer_seconds = args.killer_seconds if args.killer_seconds is not None else (240 if deadline else None)
+    killer_deadline = None if killer_seconds is None else time.time() + killer_seconds  # from now, after mutmut
     write_report(args.out, targets=targets, command=command, invocation=INVOCATION, wall=time.monotonic() - t0,
                  stage_info=stage_info, max_children=args.max_children, killer_deadline=killer_deadline)
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")

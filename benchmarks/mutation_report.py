@@ -268,6 +268,12 @@ def write_report(path: Path, *, targets: dict[str, Target], command: str, invoca
         f"- wall time of that command: {format_secs(wall)}",
         f"- mutmut {getattr(mutmut, '__version__', '?')}, Python {platform.python_version()}, torch "
         f"{torch.__version__}, {os.cpu_count()} CPUs, `--max-children {max_children}`, one torch thread per worker",
+        "- timeout: a mutant may use 16x its tests' measured CPU time (`timeout_multiplier = 8` in `pyproject.toml`;",
+        "  timeouts count as killed, as in mutmut's own score); the modules last run before 2026-12-03 10:30 used",
+        "  mutmut's default 30x, lipschitz's last run (10:58) 6x, with no timeout (a change of the timeout",
+        "  setting retests the timed-out mutants)",
+        "- the counts of each module come from its last complete mutmut state; the command above may have run",
+        "  only some modules (their `mutmut wall` column says which)",
         "",
         "How: mutmut runs per module in `.mutation/<module>/` on a copy of `lib/` whose decorators are written",
         "out as assignments (mutmut 3 skips decorated functions, e.g. the registered losses), with the",

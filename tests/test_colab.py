@@ -218,7 +218,7 @@ def test_colab_cell_in_a_simulated_colab(tmp_path):
     cell = notebook_cells()["00_setup_and_baseline.ipynb"]
 
     # before the cell, the simulated Colab really lacks open_clip, and has torch
-    probe = subprocess.run([str(python), "-c", "import torch\nimport open_clip"], env=env, capture_output=True,
+    probe = subprocess.run([str(python), "-c", "import importlib.util\nassert importlib.util.find_spec('torch')\nimport open_clip"], env=env, capture_output=True,
                            text=True, timeout=120)
     assert "No module named 'open_clip'" in probe.stderr
 

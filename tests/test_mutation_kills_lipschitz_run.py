@@ -81,8 +81,9 @@ def test_run_lipschitz_forwards_every_setting_and_writes_the_record(tiny_clip, m
     rec = patch_run(monkeypatch, history=HISTORY)
     before = model.text_projection.detach().clone()
     forget_data, val_forget, idx = list(range(10)), ("VAL", [1, 2]), torch.tensor([4, 5, 6])
+    task = fake_task()
     unlearned, record = lipschitz.run_lipschitz(
-        fake_task(), model=model, tokenizer=tokenizer, forget_data=forget_data, forget_idx=idx, val_forget=val_forget,
+        task, model=model, tokenizer=tokenizer, forget_data=forget_data, forget_idx=idx, val_forget=val_forget,
         lr=3e-4, n_samples=7, sigma_schedule=(0.2, 0.4), selective=False, threshold=0.15, max_epochs=9,
         betas=(0.8, 0.9), eps=1e-7, weight_decay=0.05, batch_size=16, data_free=False, method="lip_x",
         config={"extra": 1}, progress=True)
@@ -104,6 +105,7 @@ def test_run_lipschitz_forwards_every_setting_and_writes_the_record(tiny_clip, m
     # validation: once inside the forgetting (eval_fn), once on the final model, on the synthetic set
     assert [c[1] for c in rec.validate.calls] == [dict(tokenizer=tokenizer, device="cpu", forget_data=val_forget)] * 2
     assert all(c[0][0] is unlearned for c in rec.validate.calls + rec.evaluate.calls)
+    assert all(c[0][1] is task for c in rec.validate.calls + rec.evaluate.calls)
     assert rec.evaluate.calls[0][1] == dict(tokenizer=tokenizer, device="cpu")
     assert rec.autocast == [False, False, False]
     assert record["method"] == "lip_x" and record["task"] == "forget-class"
@@ -137,7 +139,7 @@ def test_run_lipschitz_options_precision_caption_k_start_and_avg_gain(tiny_clip,
         **{**lipschitz.AUTHORS_OPTIONS, "accumulate": 2})
     (_, kw), = rec.forget.calls
     assert kw["k_schedule"] == lipschitz.paper_k_schedule(model, k_image=7, k_text=7) != lipschitz.paper_k_schedule(model)
-    assert kw["precision"] == "bf16" and kw["stop_indices"] is None
+    assert kw["precision"] == "bf16" and kw["stop_indices"] is None and kw["progress"] is False
     assert {k: kw[k] for k in lipschitz.AUTHORS_OPTIONS} == {**lipschitz.AUTHORS_OPTIONS, "accumulate": 2}
     assert rec.loader.calls[0][1]["templates"] == ("A picture of {}",) and rec.loader.calls[0][1]["seed"] == 0
     assert rec.autocast == [True, True, True]  # every evaluation under bf16 autocast

@@ -551,3 +551,9 @@ def test_a_class_listed_twice_keeps_each_listings_threshold_without_restarts(mon
                                  n_per_class=2, image_size=3, steps=2, jitter=1, thresholds=[0.9, 0.6],
                                  restart=False, batch_size=4, seed=0, progress=False)
     assert [c["thresholds"].tolist() for c in fake.calls] == [pytest.approx([0.9, 0.9, 0.6, 0.6])]
+
+
+def test_pixel_bounds_are_float32_1x3x1x1_whatever_the_input_type():
+    lo, hi = synthetic.pixel_bounds(np.array([0.5, 0.25, 0.0]), torch.tensor([0.5, 0.25, 2.0], dtype=torch.float64))
+    assert lo.dtype == hi.dtype == torch.float32 and lo.shape == hi.shape == (1, 3, 1, 1)
+    assert lo.flatten().tolist() == [-1.0, -1.0, 0.0] and hi.flatten().tolist() == [1.0, 3.0, 0.5]

@@ -495,3 +495,48 @@ def test_restore_stage_passes_its_keys_and_bar_to_select_alpha():
                                     alphas=(0.0, 0.9, 0.96, 1.0), max_forget=0.2, forget_key="f", retain_key="r")
     assert out["alpha"] == 0.9 and [t["alpha"] for t in out["alpha_curve"]] == [0.0, 0.9, 0.96, 1.0]
     assert float(model.weight.detach()) == pytest.approx(0.9)
+
+
+# --------------------------------------------------------------------------- #
+# three_stage_unlearn: the reminding cache key, no reminding, the cached reminded weights
+# --------------------------------------------------------------------------- #
+def test_switching_alignment_misses_the_remind_cache(tiny_resnet_clip, monkeypatch):
+    """The reminded weights depend on whether the retain images were aligned: align on / off must not share them."""
+    model, tokenizer = tiny_resnet_clip
+    fakes, result = cached_runs(model, tokenizer, monkeypatch, changed=dict(align=False))
+    assert len(fakes.forget) == 1 and len(fakes.remind) == 2
+    assert fakes.remind[0]["align_fn"] is not None and fakes.remind[1]["align_fn"] is None
+    assert result.reused == ["fisher", "forget"]
+
+
+@pytest.mark.parametrize("remind_steps", [0, 1])
+def test_no_reminding_at_zero_steps_says_so_in_both_reports(tiny_resnet_clip, monkeypatch, remind_steps):
+    model, tokenizer = tiny_resnet_clip
+    fakes = Fakes(monkeypatch)
+    result = three_stage.three_stage_unlearn(
+        copy.deepcopy(model), forget_loader=batches(tokenizer, n_batches=1, seed=1),
+        retain_loader=batches(tokenizer, n_batches=1, seed=2), remind_steps=remind_steps, soup=False)
+    if remind_steps == 0:
+        assert fakes.remind == [] and fakes.align == []
+        assert result.remind == {"skipped": "remind_steps=0"}
+        assert result.alignment == {"skipped": "no retain batches were reminded (remind_steps=0)"}
+    else:
+        assert len(fakes.remind) == 1 and fakes.remind[0]["steps"] == 1
+        assert result.remind["steps"] == 1 and result.alignment["batches"] == 1
+
+
+def test_the_cached_reminded_weights_are_a_snapshot_not_the_live_weights(tiny_resnet_clip, monkeypatch):
+    model, tokenizer = tiny_resnet_clip
+    Fakes(monkeypatch)
+    cache = {}
+    unlearned = copy.deepcopy(model)
+    three_stage.three_stage_unlearn(unlearned, forget_loader=batches(tokenizer, n_batches=1, seed=1),
+                                    retain_loader=batches(tokenizer, n_batches=1, seed=2), soup=False, cache=cache)
+    (key,) = [k for k in cache if k[0] == "remind"]
+    (_, _, weights), _ = cache[key]
+    before = {k: v.clone() for k, v in weights.items()}
+    assert before
+    with torch.no_grad():
+        for p in unlearned.parameters():
+            p.add_(100.0)  # the model changes in place after the run (e.g. the next stage, a caller)
+    assert all(torch.equal(weights[k], before[k]) for k in weights)
