@@ -1,4 +1,4 @@
-"""Pins of paper A's stage functions in ``clipunlearn.three_stage`` that the other tests left open.
+"""Pins of paper A's stage functions in ``clipunlearn.methods.three_stage_stages`` that the other tests left open.
 
 ``forget_stage`` and ``remind_stage`` are driven with recording fakes of the layer set-up (``_trainable``),
 the optimiser (``make_adamw``: a fake that records ``zero_grad`` and the gradients it is stepped with), the
@@ -8,7 +8,7 @@ both sides of the boundary, the step counts, the history entries, the returned r
 batches are moved to (``"meta"``: a device that exists on any machine) and the progress bar (only when
 asked) are compared with values written out here. ``remind_loss`` and ``distillation_loss`` are checked
 by a hand computation on 2x2 logits; ``choose_layers``, ``candidate_layers``, ``pair_similarities``,
-``_trainable``, ``_read_tensor``, ``_layer_tensors``, ``_to_device`` and ``_Flags`` on a two-layer toy
+``_trainable``, ``_read_tensor``, ``_layer_tensors``, ``clip.to_device`` and ``clip.RequiresGrad`` on a two-layer toy
 model (benchmarks/mutation.md lists their survivors).
 """
 
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipunlearn import three_stage
+from clipunlearn.clip import RequiresGrad, to_device
+from clipunlearn.methods import three_stage_stages as three_stage
 from clipunlearn.lora import lora_parameter_names
 
 
@@ -445,7 +446,7 @@ def test_candidate_layers_per_encoder_and_its_error(tiny_clip):
 
 
 # --------------------------------------------------------------------------- #
-# pair_similarities, _trainable, _read_tensor, _layer_tensors, _to_device, _Flags
+# pair_similarities, _trainable, _read_tensor, _layer_tensors, clip.to_device, clip.RequiresGrad
 # --------------------------------------------------------------------------- #
 def test_pair_similarities_is_the_cosine_of_each_pair():
     model = Toy()
@@ -486,15 +487,15 @@ def test_read_tensor_and_layer_tensors():
 
 def test_to_device_moves_tensors_and_keeps_the_rest():
     batch = {"images": torch.ones(2), "names": ["a", "b"], "n": 3}
-    moved = three_stage._to_device(batch, "meta")
+    moved = to_device(batch, "meta")
     assert moved["images"].device.type == "meta" and moved["names"] is batch["names"] and moved["n"] == 3
     assert sorted(moved) == ["images", "n", "names"]
 
 
-def test_flags_puts_back_every_flag_and_leaves_new_parameters_alone():
+def test_requires_grad_puts_back_every_flag_and_leaves_new_parameters_alone():
     model = Toy()
     model.text.weight.requires_grad_(False)
-    with three_stage._Flags(model) as flags:
+    with RequiresGrad(model) as flags:
         assert flags.model is model
         for p in model.parameters():
             p.requires_grad_(not p.requires_grad)
