@@ -634,7 +634,7 @@ def test_resume_refuses_a_failed_run(tmp_path, monkeypatch):
 # The progress bar
 # --------------------------------------------------------------------------- #
 class FakeBar:
-    """Stands for ``tqdm.auto.tqdm``: records how it was made and used."""
+    """Stands for ``tqdm.auto.tqdm`` (``unlearning.tqdm``): records how it was made and used."""
 
     made = []
 
@@ -656,10 +656,8 @@ class FakeBar:
 
 
 def test_progress_bar_counts_the_steps_of_the_method(toy_loss, tmp_path, monkeypatch):
-    import tqdm.auto
-
     monkeypatch.setattr(FakeBar, "made", [])
-    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    monkeypatch.setattr(unlearning, "tqdm", FakeBar)
     with pytest.raises(Interrupted):
         run(tmp_path, eval_every=None, interrupt_at=2)
     run(tmp_path, eval_every=None, progress=True)

@@ -1,11 +1,13 @@
 """Paper A's three stages: each moves its loss the right way, and the whole pipeline runs on tiny CLIPs."""
 
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
 
-from clipunlearn import souping
+from clipunlearn import configs, souping
 from clipunlearn.methods import three_stage, three_stage_stages
 from clipunlearn.models import copy_frozen
 
@@ -360,3 +362,20 @@ def test_subgroup_benchmark_and_ablation_records(tmp_path, tiny_resnet_clip):
     with pytest.raises(ValueError, match="valid: three_stage, lipschitz_synthetic"):
         experiment.run_subgroup_benchmark(tasks, model=model, tokenizer=tokenizer, methods=["erase"], grids={},
                                           store=store)
+
+
+def test_three_stage_settings_build_from_defaults_dicts_and_changes():
+    S = three_stage.ThreeStageSettings
+    assert S.build() == S()
+    built = S.build({"n_layers": 3, "remind_steps": 10}, remind_steps=60)
+    assert (built.n_layers, built.remind_steps, built.rank) == (3, 60, 4)  # changes win; the rest are defaults
+    assert S.build(built, soup=False) == S(n_layers=3, remind_steps=60, soup=False)
+    assert S.build(configs.mini_settings()["three_stage"]["settings"]).margin == -0.2  # mini.json's keys are fields
+    valid = ", ".join(f.name for f in dataclasses.fields(S))
+    with pytest.raises(ValueError, match="^" + re.escape(f"unknown three-stage settings ['lr', 'steps']; valid: {valid}")):
+        S.build({"steps": 3}, lr=1e-3)
+
+
+def test_three_stage_unlearn_refuses_an_unknown_setting(tiny_resnet_clip):
+    with pytest.raises(ValueError, match=r"unknown three-stage settings \['n_layer'\]"):
+        three_stage.three_stage_unlearn(tiny_resnet_clip.model, forget_loader=[], retain_loader=[], n_layer=2)

@@ -12,11 +12,14 @@ compared across tasks in one table or heat map.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .scores import SCORE_RETAINED, unlearning_score
+import pandas as pd
+
 from .results import load_records
+from .scores import SCORE_RETAINED, unlearning_score
 
 __all__ = ["KEPT_METRICS", "add_scores", "collect_records", "missing_pairs",
            "summary_table"]
@@ -83,10 +86,6 @@ def summary_table(records: Sequence[dict], *, tasks: Sequence[str], methods: Seq
     (``metrics.unlearning_score``); with ``numeric=True`` floats (means) instead of
     ``"mean ± sd"`` strings. The original model is the first row.
     """
-    import statistics
-
-    import pandas as pd
-
     def stats(values):
         values = [v for v in values if v is not None and math.isfinite(v)]
         if not values:

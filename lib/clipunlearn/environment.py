@@ -15,14 +15,15 @@ import sys
 import warnings
 from pathlib import Path
 
+import open_clip
+import torch
+
 #: Profiles meant for a GPU: resolving them to the CPU warns.
 GPU_PROFILES = ("paper",)
 
 
 def cuda_problem() -> str | None:
     """Return why torch cannot use a GPU here (None when it can)."""
-    import torch
-
     if torch.cuda.is_available():
         return None
     if torch.version.cuda is None:
@@ -46,8 +47,6 @@ def resolve_device(device: str = "auto", *, profile: str | None = None) -> str:
     With ``profile`` in :data:`GPU_PROFILES` (``"paper"``), resolving to the CPU warns
     with the reason (:func:`cuda_problem`), since such a run takes hours there.
     """
-    import torch
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
@@ -67,8 +66,6 @@ def configure_torch(device, *, tf32: bool = True, benchmark: bool = True) -> dic
     ``benchmark``: cuDNN picks the fastest convolution algorithms for the shapes it sees.
     Nothing changes on the CPU.
     """
-    import torch
-
     if str(device).startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
@@ -103,9 +100,6 @@ def default_progress() -> bool:
 
 def describe_environment() -> dict:
     """Return versions of Python and the key packages, the device and the CPU threads in use."""
-    import open_clip
-    import torch
-
     info = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -116,7 +110,7 @@ def describe_environment() -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     try:
-        import torchvision
+        import torchvision  # optional
 
         info["torchvision"] = torchvision.__version__
     except Exception as err:  # torchvision is optional for the mini world
@@ -126,8 +120,6 @@ def describe_environment() -> dict:
 
 def describe_machine() -> dict:
     """Return the CPU model, core count and torch's CPU kernel level: what decides a trained model's last bits."""
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -22,12 +22,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
+import pandas as pd
 import torch
 
 from . import data, experiment, metrics, models, plots
-from .report import metric_label
 from .configs import mini_settings
 from .registry import get_method, method_names
+from .report import metric_label
 
 __all__ = ["DEFAULT_TARGETS", "default_lr", "ExplorerConfig", "World", "ExplorerResult",
            "available_methods", "target_choices", "check_config", "load_world", "run_explorer", "summary_table",
@@ -223,9 +224,8 @@ def run_explorer(config: ExplorerConfig, *, world: World) -> ExplorerResult:
     task = _build_task(config, world)
     key = (config.kind, config.target, config.seed, config.eval_per_class, config.retain_per_class)
     if key not in world.cache:
-        world.cache[key] = experiment.summarise_run(
-            task, method="original", config={"seed": None},
-            test_metrics=experiment.evaluate_model(world.model, task, tokenizer=world.tokenizer, device=world.device))
+        world.cache[key] = experiment.record_original({task.target: [task]}, model=world.model,
+                                                      tokenizer=world.tokenizer, device=world.device)[task.target]
     original = world.cache[key]
     model, record = _run(task, config, world)
     record["config"]["explorer"] = config.to_dict()
@@ -239,8 +239,6 @@ def run_explorer(config: ExplorerConfig, *, world: World) -> ExplorerResult:
 # --------------------------------------------------------------------------- #
 def summary_table(result: ExplorerResult):
     """Return a DataFrame: one row per test metric, columns ``before`` / ``after`` / ``change``."""
-    import pandas as pd
-
     rows = []
     for name in SUMMARY_METRICS:
         before, after = result.original["metrics"].get(name), result.record["metrics"].get(name)
@@ -255,8 +253,6 @@ def summary_table(result: ExplorerResult):
 
 def examples_table(result: ExplorerResult):
     """Return a DataFrame of the example images: true class and top predictions before and after."""
-    import pandas as pd
-
     ex = result.examples
     fmt = lambda preds: ", ".join(f"{c} {p:.2f}" for c, p in preds)
     rows = [{"row": row, "true": ex["labels"][r][c], "before": fmt(ex["before"][r][c]), "after": fmt(ex["after"][r][c])}
@@ -332,8 +328,8 @@ class ExplorerUI:
 
 def _show(result: ExplorerResult) -> None:
     """Display a result in the current output (a notebook cell or an Output widget)."""
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads with the first figure (the CLI picks its backend first)
+    from IPython.display import display  # notebook-only dependency
 
     rec = result.record["metrics"]
     status = "FAILED (non-finite loss)" if result.failed else f"best step {rec.get('best_step', '-')}"
@@ -356,7 +352,7 @@ def build_explorer_ui(world: World, *, initial: ExplorerConfig | None = None,
     its default (:func:`default_lr`).
     """
     try:
-        import ipywidgets as w
+        import ipywidgets as w  # notebook-only dependency
     except ImportError as err:
         raise ImportError("the explorer's UI needs ipywidgets: pip install -c constraints.txt -e '.[notebooks]' "
                           "(run_explorer and plot_result work without it)") from err

@@ -237,7 +237,7 @@ def confusion_matrix(logits: torch.Tensor, targets: torch.Tensor, *, num_classes
 
     Counts from ``sklearn.metrics.confusion_matrix``; a class with no sample has a zero row.
     """
-    from sklearn import metrics as sklearn_metrics
+    from sklearn import metrics as sklearn_metrics  # lazy: scikit-learn takes about 1 s to import
 
     c = num_classes or logits.shape[1]
     counts = sklearn_metrics.confusion_matrix(targets.cpu().numpy(), logits.argmax(1).cpu().numpy(),
@@ -294,7 +294,7 @@ def auc_score(positive: torch.Tensor, negative: torch.Tensor) -> float:
 
     NaN when either side is empty.
     """
-    from sklearn import metrics as sklearn_metrics
+    from sklearn import metrics as sklearn_metrics  # lazy: scikit-learn takes about 1 s to import
 
     pos, neg = positive.detach().double().flatten().cpu(), negative.detach().double().flatten().cpu()
     if not len(pos) or not len(neg):
@@ -332,7 +332,7 @@ def _rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:  # not Linux: fall back to the lifetime peak
-        import resource
+        import resource  # Unix only
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -16,6 +16,7 @@ keys: ``metrics=a,b,c``, ``by=method,variant``, ``classes=all|each``,
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -24,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import pandas as pd
 
 from . import registry
 from .comparison import compare_dirs, format_comparison
@@ -220,8 +223,6 @@ def summarise(records: list[dict], *, task: str, metrics: Sequence[str] | None =
     left out, when there are any). Metrics that no record has are dropped, and so are
     records that lack a ``by`` key other than ``method`` (e.g. no ``config.variant``).
     """
-    import pandas as pd
-
     if classes not in ("all", "each"):
         raise ValueError(f"classes must be 'all' or 'each', not {classes!r}")
     by = list(by)
@@ -272,8 +273,6 @@ def oracle_table(records: list[dict], *, method: str, task: str = "selection"):
     reference only. Columns: the chosen and the oracle's values of the grid, and the test
     ``forget_acc`` / ``retain_acc`` of both candidates.
     """
-    import pandas as pd
-
     rows = []
     chosen_records = [r for r in records if r["task"] == task and r["method"] == method]
     keys = sorted({(get_forget_class(r), r["config"].get("seed")) for r in chosen_records}, key=str)
@@ -391,8 +390,6 @@ def main(argv=None) -> int:
 
     ``--compare DIR``: check a run's records against the committed ones (``comparison``).
     """
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m clipunlearn report", description=main.__doc__)
     parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="markdown file with results blocks")
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import pandas as pd
 import torch
 
 REQUIRED_KEYS = ("method", "task", "config", "metrics")
@@ -98,7 +99,5 @@ def load_records(path, *, task: str | None = None, method: str | None = None) ->
 
 def records_to_frame(records: list[dict]):
     """Return a pandas DataFrame with one row per record: method, task, then config and metric columns."""
-    import pandas as pd
-
     rows = [{"method": r["method"], "task": r["task"], **r["config"], **r["metrics"]} for r in records]
     return pd.DataFrame(rows)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from .losses import get_loss
-from .metrics import round_score
 from .checkpoints import load_checkpoint, save_checkpoint
 from .clip import RequiresGrad, autocast, copy_frozen, make_adamw, to_device
+from .losses import get_loss
+from .metrics import round_score
 
 
 # --------------------------------------------------------------------------- #
@@ -308,8 +309,6 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     result = UnlearnResult()
     tracker = _Tracker(model, eval_fn=eval_fn, select_fn=select_fn, result=result)
     step, finished = checkpoint.restore(model=model, optimizer=optimizer, tracker=tracker)
-
-    from tqdm.auto import tqdm
 
     start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=method, disable=not progress, leave=False)

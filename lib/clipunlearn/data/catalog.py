@@ -4,15 +4,19 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.error import URLError
 
+import torchvision.datasets as tvd
+from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
 from ..paths import get_data_dir
 from .fashion_mnist import FASHION_MNIST_TEMPLATES, fetch_fashion_mnist, load_fashion_mnist
-from .folders import (CIFAR10_CLASSES, CIFAR_TEMPLATES, FLOWERS102_CLASSES, FLOWER_TEMPLATES, FOOD_TEMPLATES,
-                      LabeledImages, PACS_DOMAINS, PACS_TEST_FRACTION, PHOTO_TEMPLATES, STL10_TEMPLATES,
+from .folders import (CIFAR10_CLASSES, CIFAR_TEMPLATES, FLOWER_TEMPLATES, FLOWERS102_CLASSES, FOOD_TEMPLATES,
+                      PACS_DOMAINS, PACS_TEST_FRACTION, PHOTO_TEMPLATES, STL10_TEMPLATES, LabeledImages,
                       load_coco_captions, load_image_folder, load_karpathy_captions, load_pacs, load_split_file)
 
 
@@ -30,8 +34,6 @@ class DatasetSpec:
     default_split: str = "test"
 
 def _torchvision(name: str, root: Path, split: str, transform, download: bool):
-    import torchvision.datasets as tvd
-
     train = split == "train"
     if name == "cifar10":
         ds = tvd.CIFAR10(str(root), train=train, transform=transform, download=download)
@@ -112,8 +114,6 @@ def _load_coco_captions(*, split="val", transform=None, data_dir=None, root=None
     return load_coco_captions(folder, annotation_file, transform=transform)
 
 def _imagenet_classnames():
-    from open_clip import IMAGENET_CLASSNAMES
-
     return IMAGENET_CLASSNAMES
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -181,15 +181,11 @@ def load_dataset(name: str, *, split: str | None = None, transform=None, data_di
 def get_templates(name: str) -> tuple:
     """Return the prompt templates (format strings or callables) of registered dataset ``name``."""
     if name in ("imagenet", "objectnet"):
-        from open_clip import OPENAI_IMAGENET_TEMPLATES
-
         return tuple(OPENAI_IMAGENET_TEMPLATES)
     return get_dataset_spec(name).templates
 
 def main(argv=None) -> int:
     """``python -m clipunlearn data --fetch``: make the default (mini) data available."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m clipunlearn data", description=main.__doc__)
     parser.add_argument("--fetch", action="store_true", help="get Fashion-MNIST (Debian copy or download)")
     parser.add_argument("--data-dir", default=None, help="data folder (default $CLIPUNLEARN_DATA or the cache)")

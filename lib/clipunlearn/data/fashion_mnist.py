@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision.datasets import FashionMNIST
 
 from ..paths import get_data_dir
-
 
 # --------------------------------------------------------------------------- #
 # Fashion-MNIST: classes, hierarchy, styles, prompts
@@ -128,8 +128,6 @@ def fetch_fashion_mnist(*, data_dir=None) -> Path:
         return found
     target = root / "fashion-mnist"
     try:
-        from torchvision.datasets import FashionMNIST
-
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
     except Exception as err:  # offline, blocked mirror, ...

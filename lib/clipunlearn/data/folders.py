@@ -4,12 +4,16 @@ PACS, CoOp-style split files, caption datasets for retrieval, and their class na
 
 from __future__ import annotations
 
+import json
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset
-
+from PIL import Image
+from torch.utils.data import ConcatDataset, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 # --------------------------------------------------------------------------- #
 # Paper world: class names, prompts and loaders of the papers' datasets
@@ -76,8 +80,6 @@ _NO_TRANSFORM = (
 
 def _check_tensors(images) -> None:
     """Raise a TypeError that says to pass ``transform=`` when ``images`` holds PIL images."""
-    from PIL import Image
-
     if any(isinstance(x, Image.Image) for x in images):
         raise TypeError(_NO_TRANSFORM.format(n=sum(isinstance(x, Image.Image) for x in images)))
 
@@ -128,8 +130,6 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        from torchvision.datasets.folder import default_loader
-
         image = default_loader(str(self.paths[index]))
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 
@@ -142,8 +142,6 @@ def _folder_name_to_class(name: str) -> str:
 def load_image_folder(root, *, transform=None, classnames: Sequence[str] | None = None) -> LabeledImages:
     """Load an ImageFolder tree ``root/<class>/<image>``; class names come from the folder names
     (WordNet ids stripped, underscores to spaces) unless ``classnames`` (in sorted-folder order) is given."""
-    from torchvision.datasets import ImageFolder
-
     if root is None:
         raise ValueError("pass root=<folder with one sub-folder of images per class>")
     root = Path(root).expanduser()
@@ -156,8 +154,6 @@ def load_image_folder(root, *, transform=None, classnames: Sequence[str] | None 
     return LabeledImages(base, base.targets, names, paths=[path for path, _ in base.samples])
 
 def _group_seed(seed: int, key: str) -> int:
-    import zlib
-
     return seed * 1_000_003 + zlib.crc32(key.encode())
 
 def load_pacs(root, *, domains: Sequence[str] = PACS_DOMAINS, split: str = "all",
@@ -169,8 +165,6 @@ def load_pacs(root, *, domains: Sequence[str] = PACS_DOMAINS, split: str = "all"
     so a group's split does not depend on which other domains are loaded), ``"train"`` the
     rest and ``"all"`` every image.
     """
-    from torch.utils.data import ConcatDataset
-
     if split not in ("train", "test", "all"):
         raise ValueError(f"unknown PACS split {split!r}; valid: train, test, all")
     unknown = [d for d in domains if d not in PACS_DOMAINS]
@@ -213,8 +207,6 @@ def load_split_file(split_file, *, split: str = "test", root=None, transform=Non
     layouts, the first sub-folder of it holding the images, e.g. ``101_ObjectCategories/``
     or ``jpg/``). Class names come from every split of the file, in label order.
     """
-    import json
-
     split_file = Path(split_file).expanduser()
     if not split_file.is_file():
         raise FileNotFoundError(f"split file {split_file} does not exist (a CoOp-style JSON, e.g. "
@@ -278,8 +270,6 @@ class CaptionImages(Dataset):
 
     def load_image(self, index: int):
         """Return image ``index`` (transformed when the dataset has a transform)."""
-        from torchvision.datasets.folder import default_loader
-
         image = default_loader(str(self.paths[index]))
         return self.transform(image) if self.transform is not None else image
 
@@ -310,8 +300,6 @@ def load_karpathy_captions(root, karpathy_file, *, split: str = "test", transfor
     (COCO's also has ``"filepath"``); images are ``root/[filepath/]filename``. ``split``:
     "train", "val", "test", "restval" (COCO) or "all".
     """
-    import json
-
     karpathy_file = Path(karpathy_file).expanduser()
     if not karpathy_file.is_file():
         raise FileNotFoundError(f"Karpathy split file {karpathy_file} does not exist (e.g. dataset_flickr30k.json)")
@@ -334,8 +322,6 @@ def load_coco_captions(root, annotation_file, *, transform=None) -> CaptionImage
     ``torchvision.datasets.CocoCaptions``, read without pycocotools; ``source_ids`` are
     the COCO image ids.
     """
-    import json
-
     annotation_file = Path(annotation_file).expanduser()
     if not annotation_file.is_file():
         raise FileNotFoundError(f"COCO annotation file {annotation_file} does not exist (e.g. "

@@ -15,16 +15,16 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from .. import metrics
-from ..clip import copy_frozen, release_memory
+from ..clip import autocast, copy_frozen, release_memory
 from ..registry import get_method
 from ..results import make_record
-from ..scores import selection_score
+from ..scores import selection_score, unlearning_score
 from ..unlearning import make_pair_loader, unlearn
 from .evaluate import evaluate_model, validate_model
 from .select import run_selected, summarise_run
 from .task import Task, build_task, class_prompts
 
-__all__ = ["MINI_LR_GRID", "run_ablation", "run_forget_benchmark", "run_forget_ratio",
+__all__ = ["MINI_LR_GRID", "record_original", "run_ablation", "run_forget_benchmark", "run_forget_ratio",
            "run_method"]
 
 #: The learning-rate grid of every loss-based method in the mini profile (log-spaced, a decade apart).
@@ -85,6 +85,36 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     return unlearned, record
 
 
+def record_original(tasks: dict[str, Sequence[Task]], *, model, tokenizer, store=None, extra_metrics=None,
+                    validate: bool = False, score: bool = False, precision: str = "fp32",
+                    device="cpu") -> dict[str, dict]:
+    """Return ``{target: record}`` of the untouched model (method ``original``, ``config.seed`` None) on the
+    first seed's task of each target of ``tasks`` (``{target: [task per seed]}``); a record in ``store`` is
+    reused, a new one is added to it.
+
+    ``extra_metrics(model, task)`` adds test metrics; ``validate`` adds the validation metrics and
+    ``score`` the ``unlearning_score`` of the model against itself (paper A's records); ``precision``
+    evaluates under autocast (``"bf16"``: paper B's runs on a GPU). The one place the original record is made.
+    """
+    out = {}
+    for target, seeded in tasks.items():
+        first = seeded[0]
+        rec = store.find(method="original", task=first.kind, forget_class=target) if store is not None else None
+        if rec is None:
+            with autocast(device, precision):
+                test = evaluate_model(model, first, tokenizer=tokenizer, device=device)
+            if extra_metrics is not None:
+                test.update(extra_metrics(model, first))
+            val = validate_model(model, first, tokenizer=tokenizer, device=device) if validate else None
+            rec = summarise_run(first, method="original", config={"seed": None}, test_metrics=test, val=val)
+            if score:
+                rec["metrics"]["unlearning_score"] = unlearning_score(rec["metrics"], rec["metrics"])
+            if store is not None:
+                store.add(rec)
+        out[target] = rec
+    return out
+
+
 def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]], *, model, tokenizer,
                          grid: dict[str, Sequence], steps: int, batch_size: int = 32, eval_every: int | None = None,
                          store=None, device="cpu", precision: str = "fp32", progress: bool = True) -> list[dict]:
@@ -95,16 +125,7 @@ def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]
     the other seeds with the selected values). Returns every record; with ``store``
     they are saved as they come and finished runs are skipped on resume.
     """
-    records = []
-    for target, seeded in tasks.items():
-        first = seeded[0]
-        rec = store.find(method="original", task=first.kind, forget_class=target) if store else None
-        if rec is None:
-            rec = summarise_run(first, method="original", config={"seed": None},
-                                test_metrics=evaluate_model(model, first, tokenizer=tokenizer, device=device))
-            if store is not None:
-                store.add(rec)
-        records.append(rec)
+    records = list(record_original(tasks, model=model, tokenizer=tokenizer, store=store, device=device).values())
     jobs = [(m, t) for t in tasks for m in methods]
     for method, target in tqdm(jobs, desc="methods x targets", disable=not progress):
         def run_fn(task, **candidate):

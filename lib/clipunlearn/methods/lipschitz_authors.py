@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import layers, metrics
 from ..clip import make_adamw
@@ -68,12 +69,12 @@ def _own_epoch(model, *, optimizer, forget_loader, loss_fn, candidates, selectiv
                progress: bool, desc: str) -> tuple[list[str], str | None]:
     """One epoch of the authors' loop; return (tensors stepped, why it stopped early or None).
 
+    Their order of steps, not ``unlearning.unlearn``'s (``docs/ARCHITECTURE.md``, "Loops outside the one loop").
+
     Per batch: loss / accumulation, backward, top-k selection on this gradient (``rescore="batch"``)
     or the epoch's ``trainable``, other gradients dropped, optimiser step every ``accumulate``
     batches, then ``on_step(model) -> stop?``.
     """
-    from tqdm.auto import tqdm
-
     n_batches = len(forget_loader)
     acc_step = max(1, min(n_batches, accumulate))
     stepped: dict[str, None] = {}

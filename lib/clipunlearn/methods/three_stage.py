@@ -31,7 +31,7 @@ import hashlib
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
 
 import torch
@@ -66,7 +66,8 @@ THREE_STAGE_PAPER_ABLATIONS = ("three_stage-no_fisher_all", "three_stage-no_fish
                                "three_stage-no_distill", "three_stage-no_soup", "three_stage-no_lora")
 
 __all__ = [
-    "THREE_STAGE_ABLATIONS", "THREE_STAGE_PAPER_ABLATIONS", "ThreeStageResult", "three_stage_unlearn", "content_key",
+    "THREE_STAGE_ABLATIONS", "THREE_STAGE_PAPER_ABLATIONS", "ThreeStageResult", "ThreeStageSettings",
+    "three_stage_unlearn", "content_key",
     "loader_key", "run_three_stage", "explore_three_stage",
     # the stages (clipunlearn.methods.three_stage_stages), re-exported: the procedure is read here
     "candidate_layers", "choose_layers", "forget_stage", "batchnorm_layers", "align_images", "remind_stage",
@@ -117,24 +118,63 @@ class ThreeStageResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
-                        calib_fn: Callable[[torch.nn.Module], dict] | None = None, n_layers: int = 2,
-                        layer_choice: str = "fisher", encoders: Sequence[str] = ("image", "text"),
-                        fisher_batches: int = 2, align: bool = True, distill: bool = True, use_lora: bool = True,
-                        soup: bool = True, alphas: Sequence[float] = tuple(i / 10 for i in range(11)),
-                        max_forget: float = 0.05, forget_key: str = "forget_acc",
-                        retain_key: str | Sequence[str] = "retain_acc", rank: int = 4,
-                        lora_alpha: float | None = None, forget_lr: float = 1e-3, forget_steps: int = 100,
-                        margin: float = -0.2, retain_weight: float = 0.0, align_eps: float = 8 / 255,
-                        align_steps: int = 3, align_lr: float = 2 / 255, remind_lr: float = 3e-3,
-                        remind_steps: int = 30, kd_weight: float = 1.0, kd_temperature: float = 1.0,
-                        ema_decay: float = 0.9, stage_fn: Callable[[str, torch.nn.Module], dict] | None = None,
-                        cache: dict | None = None, device="cpu", seed: int = 0,
-                        progress: bool = False) -> ThreeStageResult:
+@dataclass(frozen=True)
+class ThreeStageSettings:
+    """The hyper-parameters and ablation switches of :func:`three_stage_unlearn` (its docstring says what each
+    does); the defaults are the project's choices on the mini model. Build one with :meth:`build`."""
+
+    n_layers: int = 2
+    layer_choice: str = "fisher"  # fisher, all or random
+    encoders: Sequence[str] = ("image", "text")
+    fisher_batches: int = 2
+    align: bool = True
+    distill: bool = True
+    use_lora: bool = True
+    soup: bool = True
+    alphas: Sequence[float] = tuple(i / 10 for i in range(11))
+    max_forget: float = 0.05
+    forget_key: str = "forget_acc"
+    retain_key: str | Sequence[str] = "retain_acc"
+    rank: int = 4
+    lora_alpha: float | None = None
+    forget_lr: float = 1e-3
+    forget_steps: int = 100
+    margin: float = -0.2
+    retain_weight: float = 0.0
+    align_eps: float = 8 / 255
+    align_steps: int = 3
+    align_lr: float = 2 / 255
+    remind_lr: float = 3e-3
+    remind_steps: int = 30
+    kd_weight: float = 1.0
+    kd_temperature: float = 1.0
+    ema_decay: float = 0.9
+    seed: int = 0
+
+    @classmethod
+    def build(cls, settings: ThreeStageSettings | dict | None = None, **changes) -> ThreeStageSettings:
+        """Return ``settings`` (a :class:`ThreeStageSettings`, a dict of its fields such as
+        ``configs/mini.json``'s ``three_stage.settings``, or None for the defaults) with ``changes``;
+        an unknown name is refused with the list of valid ones."""
+        base = asdict(settings) if isinstance(settings, ThreeStageSettings) else dict(settings or {})
+        given = {**base, **changes}
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown three-stage settings {unknown}; valid: {', '.join(valid)}")
+        return cls(**given)
+
+
+def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None, *, original=None, forget_loader,
+                        retain_loader, calib_fn: Callable[[torch.nn.Module], dict] | None = None,
+                        stage_fn: Callable[[str, torch.nn.Module], dict] | None = None, cache: dict | None = None,
+                        device="cpu", progress: bool = False, **changes) -> ThreeStageResult:
     """Unlearn a subgroup with paper A's three stages, in place; return a :class:`ThreeStageResult`.
 
     Batches are dicts ``{"images", "texts", "labels"}`` (``unlearning.make_pair_loader``).
-    ``original``: the frozen starting model (default: a frozen copy taken first).
+    ``original``: the frozen starting model (default: a frozen copy taken first). The hyper-parameters and
+    ablation switches are a :class:`ThreeStageSettings` (or a dict of its fields), ``changes`` any of its
+    fields given by name (``three_stage_unlearn(model, settings, remind_steps=60, ...)``):
 
     * layers: ``layer_choice="fisher"`` ranks ``candidate_layers(encoders)`` by relative
       Fisher on ``fisher_batches`` forget and retain batches and keeps the top
@@ -170,13 +210,12 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
     image stem erases every sneaker and reminding must bring the photos back: the LoRA
     ``B`` starts at zero, and at 1e-4 thirty steps hardly move it); a real CLIP may need others.
     """
-    if soup and calib_fn is None:
+    s = ThreeStageSettings.build(settings, **changes)
+    if s.soup and calib_fn is None:
         raise ValueError("soup=True needs calib_fn(model) -> {forget_key: ..., retain_key: ...} to choose alpha")
-    config = {k: v for k, v in locals().items() if k not in ("model", "original", "forget_loader", "retain_loader",
-                                                              "calib_fn", "stage_fn", "cache", "device", "progress")}
-    config["encoders"], config["alphas"] = list(encoders), [float(a) for a in alphas]
+    config = {**asdict(s), "encoders": list(s.encoders), "alphas": [float(a) for a in s.alphas]}
     start = time.perf_counter()
-    torch.manual_seed(seed)
+    torch.manual_seed(s.seed)
     model.eval()
     original = copy_frozen(model) if original is None else original.eval()
     result = ThreeStageResult(config=config)
@@ -192,28 +231,29 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
 
     # stage 1: which layers, then forget
     t = time.perf_counter()
-    candidates = candidate_layers(model, encoders=encoders)
-    if layer_choice == "fisher":
+    candidates = candidate_layers(model, encoders=s.encoders)
+    if s.layer_choice == "fisher":
         names = _layer_tensors(model, candidates)
-        forget_batches = [to_device(b, device) for b in itertools.islice(_cycle(forget_loader), fisher_batches)]
-        retain_batches = [to_device(b, device) for b in itertools.islice(_cycle(retain_loader), fisher_batches)]
+        forget_batches = [to_device(b, device) for b in itertools.islice(_cycle(forget_loader), s.fisher_batches)]
+        retain_batches = [to_device(b, device) for b in itertools.islice(_cycle(retain_loader), s.fisher_batches)]
         key = ("fisher", content_key(*(b[k] for b in forget_batches + retain_batches for k in ("images", "texts")),
                                      names))
         result.layer_scores = dict(_cached(cache, key, result, "fisher", lambda: layer_scores.relative_fisher_scores(
             model, forget_batches, retain_batches, names=names, per="layer", device=device, progress=progress)))
-    result.layers = choose_layers(result.layer_scores or None, candidates, n_layers=n_layers,
-                                  layer_choice=layer_choice, seed=seed)
+    result.layers = choose_layers(result.layer_scores or None, candidates, n_layers=s.n_layers,
+                                  layer_choice=s.layer_choice, seed=s.seed)
     seconds["fisher"] = time.perf_counter() - t
     t = time.perf_counter()
     tuned = _layer_tensors(model, result.layers)
-    forget_cache_key = ("forget", loader_key(forget_loader), loader_key(retain_loader) if retain_weight else None,
-                  content_key(result.layers, margin, forget_lr, forget_steps, use_lora, rank, lora_alpha, retain_weight,
-                              seed))
+    forget_cache_key = ("forget", loader_key(forget_loader), loader_key(retain_loader) if s.retain_weight else None,
+                        content_key(result.layers, s.margin, s.forget_lr, s.forget_steps, s.use_lora, s.rank,
+                                    s.lora_alpha, s.retain_weight, s.seed))
 
     def run_forget():
         report_ = forget_stage(model, forget_loader=forget_loader, retain_loader=retain_loader, layers=result.layers,
-                               margin=margin, lr=forget_lr, max_steps=forget_steps, use_lora=use_lora, rank=rank,
-                               lora_alpha=lora_alpha, retain_weight=retain_weight, device=device, progress=progress)
+                               margin=s.margin, lr=s.forget_lr, max_steps=s.forget_steps, use_lora=s.use_lora,
+                               rank=s.rank, lora_alpha=s.lora_alpha, retain_weight=s.retain_weight, device=device,
+                               progress=progress)
         return report_, {k: _read_tensor(model, k).detach().to("cpu", copy=True) for k in tuned}
 
     result.forget, weights = _cached(cache, forget_cache_key, result, "forget", run_forget)
@@ -222,10 +262,10 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
     report("forget")
 
     # stage 2: align (lazily, per retain batch) and remind
-    torch.manual_seed(seed + 1)  # the same draws whether or not the forgetting stage came from the cache
+    torch.manual_seed(s.seed + 1)  # the same draws whether or not the forgetting stage came from the cache
     align_fn, align_logs = None, []
     seconds["align"] = 0.0
-    if not align:
+    if not s.align:
         alignment = {"skipped": "align=False"}
     elif not batchnorm_layers(original):
         alignment = {"skipped": "the image tower has no BatchNorm running statistics (ViT): not aligned"}
@@ -234,23 +274,23 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
 
         def align_fn(images):
             t0 = time.perf_counter()
-            key = ("align", content_key(images, align_eps, align_steps, align_lr))
+            key = ("align", content_key(images, s.align_eps, s.align_steps, s.align_lr))
             aligned, logs = _cached(cache, key, result, "align", lambda: _on_cpu(align_images(
-                original, images, eps=align_eps, steps=align_steps, lr=align_lr, device=device)))
+                original, images, eps=s.align_eps, steps=s.align_steps, lr=s.align_lr, device=device)))
             align_logs.append(logs)
             seconds["align"] += time.perf_counter() - t0
             return aligned.to(device)
     t = time.perf_counter()
-    kd = kd_weight if distill else 0.0
+    kd = s.kd_weight if s.distill else 0.0
     remind_cache_key = ("remind", forget_cache_key, loader_key(retain_loader),
-                  content_key(remind_lr, remind_steps, kd, kd_temperature, ema_decay, use_lora, rank, lora_alpha,
-                              align_fn is not None, align_eps, align_steps, align_lr, seed))
+                        content_key(s.remind_lr, s.remind_steps, kd, s.kd_temperature, s.ema_decay, s.use_lora, s.rank,
+                                    s.lora_alpha, align_fn is not None, s.align_eps, s.align_steps, s.align_lr, s.seed))
 
     def run_remind():
-        if remind_steps > 0:
+        if s.remind_steps > 0:
             report_ = remind_stage(model, original=original, retain_loader=retain_loader, layers=result.layers,
-                                   lr=remind_lr, steps=remind_steps, kd_weight=kd, kd_temperature=kd_temperature,
-                                   ema_decay=ema_decay, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha,
+                                   lr=s.remind_lr, steps=s.remind_steps, kd_weight=kd, kd_temperature=s.kd_temperature,
+                                   ema_decay=s.ema_decay, use_lora=s.use_lora, rank=s.rank, lora_alpha=s.lora_alpha,
                                    align_fn=align_fn, device=device, progress=progress)
         else:
             report_ = {"skipped": "remind_steps=0"}
@@ -269,11 +309,11 @@ def three_stage_unlearn(model, *, original=None, forget_loader, retain_loader,
 
     # stage 3: restore by souping
     t = time.perf_counter()
-    if soup:
+    if s.soup:
         unlearned = {k: v.detach().clone() for k, v in model.state_dict().items()}
         restored = restore_stage(model, original_state=original.state_dict(), unlearned_state=unlearned,
-                                 calib_fn=calib_fn, alphas=alphas, max_forget=max_forget, forget_key=forget_key,
-                                 retain_key=retain_key)
+                                 calib_fn=calib_fn, alphas=s.alphas, max_forget=s.max_forget, forget_key=s.forget_key,
+                                 retain_key=s.retain_key)
         result.alpha, result.alpha_curve, result.metrics = restored["alpha"], restored["alpha_curve"], \
             restored["metrics"]
     elif calib_fn is not None:
@@ -390,10 +430,11 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
     original = copy_frozen(model)
     with metrics.measure_run(device=device) as cost:
         result = three_stage_unlearn(
-            unlearned, original=original, forget_loader=pairs(task.forget_train, 0),
-            retain_loader=pairs(task.retain_train, 1), calib_fn=calib, forget_key="forget_acc",
-            retain_key=("sibling_acc", "retain_acc") if has_siblings else "retain_acc", forget_lr=lr,
-            stage_fn=stage_fn, cache=cache, device=device, seed=seed, progress=progress, **settings)
+            unlearned, ThreeStageSettings.build(
+                settings, forget_key="forget_acc", forget_lr=lr, seed=seed,
+                retain_key=("sibling_acc", "retain_acc") if has_siblings else "retain_acc"),
+            original=original, forget_loader=pairs(task.forget_train, 0), retain_loader=pairs(task.retain_train, 1),
+            calib_fn=calib, stage_fn=stage_fn, cache=cache, device=device, progress=progress)
     del original
     # the method's own cost: stage reports left out, work reused from the cache counted at its original time
     cost["seconds"] = max(0.0, cost["seconds"] - result.seconds.get("report", 0.0)) + result.seconds.get("reused", 0.0)

@@ -93,6 +93,9 @@ def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[s
                  device="cpu", progress: bool = False) -> dict:
     """Lower the forget pairs' image-text similarity by tuning only ``layers``; return what happened.
 
+    Its own loop, not ``unlearning.unlearn``: a stop check on the next batch before each step and adapters made
+    and merged here (``docs/ARCHITECTURE.md``, "Loops outside the one loop").
+
     Loss: the mean cosine similarity of each forget image with its class caption
     (``+ retain_weight *`` the label-aware CLIP loss on a retain batch; project's
     choice ``retain_weight=0``: the paper leaves retention to the reminding stage).
@@ -249,6 +252,9 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
                  align_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, device="cpu",
                  progress: bool = False) -> dict:
     """Fine-tune ``layers`` on retain pairs with :func:`remind_loss`; leave the model at the EMA weights.
+
+    Its own loop, not ``unlearning.unlearn``: a weight average after every step replaces the weights at the end,
+    and each batch may be aligned first (``docs/ARCHITECTURE.md``, "Loops outside the one loop").
 
     ``align_fn(images) -> images`` (e.g. :func:`align_images` on the original model)
     transforms each retain batch first. Trains the same kind of parameters as the

@@ -1,5 +1,5 @@
 """Each paper on the shared harness: its settings per profile, tasks, benchmark and ablation drivers.
 
-:mod:`.paper_a` (notebook 30) and :mod:`.paper_b` (notebook 20); CLIPErase (paper C) is one registered loss
-and runs through the harness's benchmark (notebook 10).
+:mod:`.paper_c` (notebook 10: CLIPErase is one registered loss and runs through the harness's drivers),
+:mod:`.paper_b` (notebook 20) and :mod:`.paper_a` (notebook 30).
 """

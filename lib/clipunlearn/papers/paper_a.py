@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import data, harness, models
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
-from ..harness import Task, evaluate_model, run_method, run_selected, summarise_run, validate_model
+from ..harness import Task, run_method, run_selected, validate_model
 from ..losses import LOSSES
 from ..methods.lipschitz import generate_task_synthetic, run_lipschitz
 from ..methods.three_stage import THREE_STAGE_ABLATIONS, THREE_STAGE_PAPER_ABLATIONS, run_three_stage
@@ -22,7 +22,7 @@ from ..results import make_record
 from ..scores import unlearning_score
 
 __all__ = ["PAPER_A_BASELINES", "MINI_STYLE_ABLATIONS", "PAPER_A_COLUMNS", "PAPER_A_TRANSFER", "PAPER_A_METHODS",
-           "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets", "record_original",
+           "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets",
            "run_subgroup_benchmark", "run_three_stage_ablation", "paper_a_table"]
 
 
@@ -227,25 +227,6 @@ def _with_extras(run_fn: Callable[..., tuple], *, original: dict | None,
         return model, record
     return wrapped
 
-def record_original(tasks: dict[str, Sequence[Task]], *, model, tokenizer, store=None,
-                    extra_metrics: Callable[[object, Task], dict] | None = None, device="cpu") -> dict[str, dict]:
-    """Return ``{target: record}`` of the untouched model (method ``original``, ``config.seed`` None) per target."""
-    out = {}
-    for target, seeded in tasks.items():
-        first = seeded[0]
-        rec = store.find(method="original", task=first.kind, forget_class=target) if store is not None else None
-        if rec is None:
-            test = evaluate_model(model, first, tokenizer=tokenizer, device=device)
-            if extra_metrics is not None:
-                test.update(extra_metrics(model, first))
-            rec = summarise_run(first, method="original", config={"seed": None}, test_metrics=test,
-                                val=validate_model(model, first, tokenizer=tokenizer, device=device))
-            rec["metrics"]["unlearning_score"] = unlearning_score(rec["metrics"], rec["metrics"])
-            if store is not None:
-                store.add(rec)
-        out[target] = rec
-    return out
-
 def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer, methods: Sequence[str],
                            grids: dict[str, dict], steps: int = 30, batch_size: int = 32,
                            three_stage: dict | None = None, lipschitz: dict | None = None,
@@ -253,7 +234,7 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
                            cache: dict | None = None, device="cpu", progress: bool = True) -> list[dict]:
     """Run paper A's comparison on ``tasks`` (``{target: [task per seed]}``); return every record.
 
-    The untouched model first (:func:`record_original`), then each of ``methods`` on every
+    The untouched model first (:func:`harness.record_original`), then each of ``methods`` on every
     target through :func:`run_selected` (``grids[method]`` searched on the first seed by
     :func:`selection_score`, the other seeds rerun the chosen values):
 
@@ -279,8 +260,9 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
     missing = [m for m in methods if m not in grids]
     if missing:
         raise ValueError(f"no grid for {missing}: give grids={{method: {{'lr': [...]}}}} for every method")
-    originals = record_original(tasks, model=model, tokenizer=tokenizer, store=store, extra_metrics=extra_metrics,
-                                device=device)
+    originals = harness.record_original(tasks, model=model, tokenizer=tokenizer, store=store,
+                                        extra_metrics=extra_metrics, validate=True, score=True,
+                                        device=device)
     records = list(originals.values())
     synthetic: dict = {}
     three_kwargs = dict(three_stage or {})

@@ -91,13 +91,8 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
     """
     sets = {}
     for target, seeded in tasks.items():
-        first = seeded[0]
-        original = store.find(method="original", task=first.kind, forget_class=target)
-        if original is None:
-            with metrics.autocast(device, forgetting.get("precision", "fp32")):
-                test = harness.evaluate_model(model, first, tokenizer=tokenizer, device=device)
-            original = harness.summarise_run(first, method="original", config={"seed": None}, test_metrics=test)
-            store.add(original)
+        original = harness.record_original({target: seeded}, model=model, tokenizer=tokenizer, store=store,
+                                           precision=forgetting.get("precision", "fp32"), device=device)[target]
         reference = {"reference": original["metrics"]} if avg_gain else {}
         for task in seeded:
             sets[(target, task.seed)] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train,

@@ -20,14 +20,16 @@ from .paper_a import (SUBGROUP_TASKS, plot_alpha_curve, plot_layer_ranking, plot
                       plot_three_stage_ablation, plot_three_stage_examples, reported_three_stage_ablation)
 from .notebooks import (FIGURES, FORGET_TASKS, draw_figures, figures_benchmark, figures_cliperase,
                         figures_setup_and_baseline, figures_subgroup_forgetting, figures_synthetic_lipschitz,
-                        figures_unlearning, main, reported_ablation)
+                        figures_unlearning, image_figure_name, main, reported_ablation,
+                        save_notebook_figures)
 
 __all__ = ["FIGURES", "FORGET_TASKS", "NoDataError", "ORACLE_LABEL", "ORIGINAL_COLOUR", "SUBGROUP_TASKS",
            "draw_figures", "figures_benchmark", "figures_cliperase", "figures_setup_and_baseline",
-           "figures_subgroup_forgetting", "figures_synthetic_lipschitz", "figures_unlearning", "main", "method_colour",
+           "figures_subgroup_forgetting", "figures_synthetic_lipschitz", "figures_unlearning", "image_figure_name", "main",
+           "method_colour",
            "plot_ablation", "plot_alpha_curve", "plot_benchmark_heatmap", "plot_confusion", "plot_curves",
            "plot_embedding_map", "plot_forget_confusion", "plot_forget_ratio", "plot_forgetting_curves",
            "plot_image_grid", "plot_layer_ranking", "plot_method_bars", "plot_per_class", "plot_prediction_grid",
            "plot_selection", "plot_stages", "plot_stages_by_style", "plot_three_stage_ablation",
            "plot_three_stage_examples", "plot_tradeoff", "reported_ablation", "reported_three_stage_ablation",
-           "save_figure", "save_figures"]
+           "save_figure", "save_figures", "save_notebook_figures"]

@@ -24,14 +24,14 @@ class NoDataError(ValueError):
 # Small helpers
 # --------------------------------------------------------------------------- #
 def _pyplot():
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads with the first figure (the CLI picks its backend first)
 
     return plt
 
 
 def method_colour(method: str):
     """Return the colour of ``method``, the same in every figure (grey for ``original``)."""
-    import seaborn as sns
+    import seaborn as sns  # lazy: seaborn (and pyplot) load with the first figure
 
     if method == "original":
         return ORIGINAL_COLOUR

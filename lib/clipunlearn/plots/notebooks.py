@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable
 
 from ..configs import load_paper_config
 from ..paths import REPO_ROOT, check_profile, get_run_name
-from ..results import load_records
 from ..report import get_forget_class, get_metric
+from ..results import load_records
 from .common import NoDataError, _slug, save_figures
+from .paper_a import (SUBGROUP_TASKS, plot_alpha_curve, plot_layer_ranking, plot_stages, plot_stages_by_style,
+                      plot_three_stage_ablation, reported_three_stage_ablation)
 from .records import (plot_ablation, plot_benchmark_heatmap, plot_forget_confusion, plot_forget_ratio,
                       plot_forgetting_curves, plot_method_bars, plot_per_class, plot_selection, plot_tradeoff)
 from .tensors import plot_confusion, plot_curves, plot_embedding_map
-from .paper_a import (SUBGROUP_TASKS, plot_alpha_curve, plot_layer_ranking, plot_stages, plot_stages_by_style,
-                      plot_three_stage_ablation, reported_three_stage_ablation)
+
 
 # --------------------------------------------------------------------------- #
 # The figures of each notebook, from its records
@@ -153,6 +155,26 @@ FIGURES: dict[str, Callable[[list[dict]], dict]] = {
 }
 
 
+def image_figure_name(stem: str, key: str) -> str:
+    """The file name of a figure drawn from images rather than records: ``<NN>_<key>.png`` (``NN`` the
+    notebook's number, ``key`` made file-safe), e.g. ``("30_subgroup_forgetting", "examples sketch:sneaker")``
+    -> ``30_examples_sketch_sneaker.png``."""
+    return f"{stem.split('_')[0]}_{_slug(key)}.png"
+
+
+def save_notebook_figures(stem: str, folder, *, records: list[dict] | None = None,
+                          images: dict | None = None) -> list[Path]:
+    """Save notebook ``stem``'s figures into ``folder`` and return the paths: those ``FIGURES[stem]`` draws
+    from ``records`` and the ``images`` figures (``{key: figure}``, named by :func:`image_figure_name`).
+
+    The one way notebooks save figures, so every file name comes from here."""
+    if stem not in FIGURES:
+        raise ValueError(f"no figures registered for {stem!r}; notebooks with figures: {', '.join(FIGURES)}")
+    drawn = FIGURES[stem](records) if records is not None else {}
+    drawn.update({image_figure_name(stem, key): fig for key, fig in (images or {}).items()})
+    return save_figures(drawn, folder)
+
+
 def draw_figures(*, profile: str = "mini", quick: bool = False, only: str | None = None, results_dir=None,
                  figures_dir=None, log=print) -> dict[str, list[Path]]:
     """Redraw the figures of every results file of ``profile`` with a ``FIGURES`` entry; return
@@ -181,8 +203,6 @@ def draw_figures(*, profile: str = "mini", quick: bool = False, only: str | None
 
 def main(argv=None) -> int:
     """``python -m clipunlearn figures [--profile mini] [--only STEM]``: redraw figures from results."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m clipunlearn figures", description=main.__doc__)
     parser.add_argument("--profile", default="mini", help="mini or paper (default mini)")
     parser.add_argument("--quick", action="store_true", help="the quick runs (results/quick-<profile>/)")
@@ -191,7 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--figures-dir", default=None, help="folder to write <profile>/ into (default figures/)")
     args = parser.parse_args(argv)
     if "matplotlib.pyplot" not in sys.modules:
-        import matplotlib
+        import matplotlib  # lazy: to choose the Agg backend before pyplot loads
 
         matplotlib.use("Agg")  # files only, no window
     try:

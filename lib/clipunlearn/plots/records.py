@@ -8,8 +8,9 @@ import numpy as np
 
 from ..report import (class_means, get_forget_class, get_metric, get_value, mean_std, method_label, metric_label,
                       order_methods, select_records)
-from .common import (NoDataError, ORACLE_LABEL, ORIGINAL_COLOUR, _annotate_bars, _chosen, _grid, _is_accuracy, _pyplot,
+from .common import (ORACLE_LABEL, ORIGINAL_COLOUR, NoDataError, _annotate_bars, _chosen, _grid, _is_accuracy, _pyplot,
                      _seeds_note, _set_value_axis, _spread, _stats, _tops, method_colour)
+
 
 # --------------------------------------------------------------------------- #
 # Figures from records
@@ -128,7 +129,7 @@ def plot_forget_confusion(records: list[dict], *, forget_class: str, methods: Se
                           task: str = "forget-class"):
     """Heat map of where the forget class's test images go: one row per method (original first),
     columns the predicted class, mean over seeds; from ``metrics.forget_confusion``."""
-    import seaborn as sns
+    import seaborn as sns  # lazy: seaborn (and pyplot) load with the first figure
 
     chosen = _chosen(records, task, forget_class=forget_class)
     chosen = [r for r in chosen if isinstance(r["metrics"].get("forget_confusion"), dict)]
@@ -313,7 +314,7 @@ def plot_selection(records: list[dict], *, task: str = "selection", score: str =
     classes and seeds (+- std), the chosen candidates as stars. Oracle numbers (candidates with
     ``config.oracle`` true, or a ``metrics.oracle_<score>`` beside the validation score) are a dashed
     line of hollow squares labelled as peeking at real forget images."""
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import NullFormatter  # lazy, as pyplot
 
     chosen = [r for r in _chosen(records, task)
               if isinstance(get_value(r, "lr"), (int, float)) and get_metric(r, score) is not None]
@@ -390,8 +391,6 @@ def plot_tradeoff(records: list[dict], *, task: str | None = "forget-class", met
 def plot_benchmark_heatmap(records: list[dict], *, tasks: Sequence[str], methods: Sequence[str] | None = None,
                            metric: str = "unlearning_score"):
     """Methods x tasks heat map of ``metric`` (mean over seeds, annotated "mean\n± sd"); the original is left out."""
-    import numpy as np
-
     present = [r for r in records if r["task"] in tasks and r["method"] != "original"
                and get_metric(r, metric) is not None]
     if not present:
@@ -406,7 +405,7 @@ def plot_benchmark_heatmap(records: list[dict], *, tasks: Sequence[str], methods
                 values[i, j] = mean
                 labels[i][j] = f"{mean:.2f}" + (f"\n± {std:.2f}" if std is not None and n > 1 else "")
     plt = _pyplot()
-    import seaborn as sns
+    import seaborn as sns  # lazy: seaborn (and pyplot) load with the first figure
 
     fig, ax = plt.subplots(figsize=(1.9 * len(tasks) + 2.2, 0.5 * len(order) + 1.4))
     sns.heatmap(values, annot=np.array(labels, dtype=object), fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax,

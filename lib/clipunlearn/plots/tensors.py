@@ -37,7 +37,7 @@ def plot_image_grid(images: torch.Tensor, *, row_labels: Sequence[str] = (), col
 
 def plot_confusion(matrix, classnames: Sequence[str], *, title: str = ""):
     """Plot a row-normalised confusion matrix (tensor, array or nested list) as a heatmap; return the figure."""
-    import seaborn as sns
+    import seaborn as sns  # lazy: seaborn (and pyplot) load with the first figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(0.55 * len(classnames) + 2, 0.5 * len(classnames) + 1.5))
@@ -71,7 +71,7 @@ def plot_curves(history: Sequence[dict], *, x: str, ys: Sequence[str], title: st
 def plot_embedding_map(points, labels: Sequence[str], *, kinds: Sequence[str], title: str = ""):
     """Scatter 2-D ``points`` (tensor, array or list of pairs) coloured by label: images as dots, texts as
     large crosses; return the figure."""
-    import seaborn as sns
+    import seaborn as sns  # lazy: seaborn (and pyplot) load with the first figure
 
     plt = _pyplot()
     points = np.asarray(points, dtype=float)
