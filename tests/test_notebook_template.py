@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+from matplotlib.figure import Figure
 import pytest
 
 from clipunlearn import plots
@@ -65,7 +66,7 @@ def test_save_notebook_figures_names_record_and_image_figures(tmp_path, monkeypa
     made = []
 
     def figure():
-        fig = matplotlib.figure.Figure()
+        fig = Figure()
         made.append(fig)
         return fig
 
