@@ -139,10 +139,14 @@ def package_imports_are_edges(modules: dict[str, Module]) -> dict[str, Module]:
 
 def format_tree(modules: dict[str, Module]) -> str:
     """The package as an indented tree with line counts."""
-    lines = []
+    lines, shown = [], set()
     for name in sorted(modules, key=lambda n: modules[n].path):
         mod = modules[name]
         rel = mod.path.relative_to(PACKAGE_DIR)
+        for depth, folder in enumerate(rel.parts[:-1]):
+            if rel.parts[:depth + 1] not in shown:  # a folder's name above its modules
+                shown.add(rel.parts[:depth + 1])
+                lines.append(f"{'  ' * depth}{folder}/")
         depth = len(rel.parts) - 1
         lines.append(f"{'  ' * depth}{rel.name:<{32 - 2 * depth}} {mod.lines:>5}")
     return "\n".join(lines)
