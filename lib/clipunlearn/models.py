@@ -392,7 +392,8 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
     weights, info_path = folder / "model.pt", folder / "info.json"
     model, preprocess, tokenizer = create_mini_model(name, device=device)
     if weights.exists() and info_path.exists() and not force:
-        model.load_state_dict(load_checkpoint(weights))
+        model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {folder} and the model is trained "
+                                              "again on next use (or pass force=True)"))
         info = json.loads(info_path.read_text())
         return model.eval(), preprocess, tokenizer, {**info, "source": "trained", "path": str(weights)}
     trained, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)
