@@ -34,7 +34,9 @@ Options:
                      seed SEED (trained on first use, ~4 min; cached) instead of
                      the shipped one; results and figures go to
                      results/mini-seedSEED/ and figures/mini-seedSEED/
-  -p NAME VALUE      extra papermill parameter (repeatable)
+  -p NAME VALUE      extra papermill parameter (repeatable); NAME must be declared
+                     by a notebook to run (its parameters cell), else the run stops
+                     with the list of each notebook's parameters
   -h, --help         show this help and exit
 
 Every run uses the same number of CPU threads (OMP_NUM_THREADS and
@@ -92,6 +94,20 @@ if ((${#notebooks[@]} == 0)); then
     ((${#only[@]})) && die "no notebook matches --only ${only[*]}"
     die "no notebooks found in notebooks/ (expected notebooks/NN_name.ipynb)"
 fi
+
+# --- every -p NAME must be a parameter some notebook to run declares ----------
+declared() {  # the names in a notebook's cell tagged "parameters" (NAME: type = value  # help)
+    grep -oE '^ *"[A-Z][A-Z0-9_]*: (str|bool|int|float) = ' "$1" | sed -E 's/^ *"([A-Z0-9_]+):.*/\1/'
+}
+for ((k = 1; k < ${#extra[@]}; k += 3)); do
+    name="${extra[k]}"; found=0
+    for nb in "${notebooks[@]}"; do declared "$nb" | grep -qx -- "$name" && found=1; done
+    if ((!found)); then
+        msg="no notebook to run declares the parameter '$name'; their parameters:"
+        for nb in "${notebooks[@]}"; do msg+=$'\n'"  $(basename "$nb" .ipynb): $(declared "$nb" | tr '\n' ' ')"; done
+        die "$msg"
+    fi
+done
 
 # --- set-up: environment, package, data; exports PYTHON ----------------------
 # shellcheck source=scripts/setup_env.sh

@@ -49,6 +49,13 @@ cd "$ROOT"
 # shellcheck source=scripts/setup_env.sh
 source "$ROOT/scripts/setup_env.sh"
 
+# the peer the one evaluation is checked against (tests/test_peer_evaluation.py); --no-deps: its zero-shot
+# module needs only torch, tqdm and scikit-learn, not the rest of its requirements (transformers, ...)
+if ((do_unit)) && ! "$PYTHON" -c "import clip_benchmark" 2>/dev/null; then
+    "$PYTHON" -m pip install -q --no-deps "clip-benchmark==1.6.2" \
+        || echo "run_tests: could not install clip-benchmark; tests/test_peer_evaluation.py will be skipped" >&2
+fi
+
 rcs=()   # pytest exit codes of the parts that ran
 shopt -s nullglob
 

@@ -40,7 +40,7 @@ def toy_method(monkeypatch):
 
 def test_registry_keeps_the_report_order_labels_and_needs():
     assert list(registry.method_labels()) == [
-        "original", "ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase", "lipschitz",
+        "original", "retrain", "ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase", "lipschitz",
         "lipschitz_synthetic", "lipschitz_real", "three_stage", "three_stage-no_fisher"]
     assert [m for m in registry.METHODS if registry.METHODS[m].needs_class_texts] == [
         "ga", "graddiff", "neggrad_plus", "random_labels"]

@@ -67,3 +67,12 @@ def test_run_tests_help(repo_root):
     assert proc.returncode == 0, proc.stderr
     for option in ("--unit", "--notebooks"):
         assert option in proc.stdout
+
+
+def test_a_parameter_no_notebook_declares_stops_with_their_lists(repo_root):
+    proc = run_script(repo_root, "run_all.sh", "--only", "10", "-p", "SEEDS", "0", "-p", "NOSUCH", "1")
+    assert proc.returncode == 2
+    assert "no notebook to run declares the parameter 'NOSUCH'; their parameters:" in proc.stderr
+    listed = next(line for line in proc.stderr.splitlines() if line.strip().startswith("10_cliperase:"))
+    assert {"PROFILE", "QUICK", "SEEDS", "FORGET_CLASSES"} <= set(listed.split(":", 1)[1].split())
+    assert "setup:" not in proc.stdout + proc.stderr  # refused before any set-up

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,12 +39,23 @@ def sha256_file(path, *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path) -> dict:
-    """Load a state dict saved by this project (``weights_only=True``; accepts ``{"state_dict": ...}``)."""
+def load_torch_file(path, *, restore: str = "delete it and make it again") -> dict:
+    """``torch.load(path, weights_only=True)`` on the CPU; a truncated or corrupted file raises a
+    :class:`CheckpointError` naming it and saying how to restore it (``restore``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is truncated or corrupted ({err.__class__.__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no detail'}); {restore}") from err
+
+
+def load_checkpoint(path, *, restore: str = "delete it and make it again") -> dict:
+    """Load a state dict saved by this project (``weights_only=True``; accepts ``{"state_dict": ...}``);
+    a corrupted file raises a :class:`CheckpointError` that names it and says how to restore it."""
+    state = load_torch_file(path, restore=restore)
     return state.get("state_dict", state)
 
 

@@ -202,6 +202,10 @@ def get_logit_scale(model) -> float:
     return float(torch.as_tensor(scale).detach().float().exp())
 
 
+class NonFiniteOutputError(ValueError):
+    """A model's outputs are NaN or infinite: it diverged, and a metric of it means nothing."""
+
+
 @torch.no_grad()
 def predict_logits(model, classifier: torch.Tensor, dataset, *, indices=None, batch_size: int = 512,
                    device="cpu", logit_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +218,12 @@ def predict_logits(model, classifier: torch.Tensor, dataset, *, indices=None, ba
     feats, targets = encode_images(model, dataset, indices=indices, batch_size=batch_size, device=device)
     if not len(targets):
         return torch.empty(0, classifier.shape[1]), targets
-    return scale * feats @ classifier.float().cpu(), targets
+    logits = scale * feats @ classifier.float().cpu()
+    bad = int((~torch.isfinite(logits)).any(1).sum())
+    if bad:  # a diverged model: an accuracy would be an argmax over NaN
+        raise NonFiniteOutputError(f"the model's outputs on {bad} of {len(logits)} images are not finite "
+                                   "(a diverged run?)")
+    return logits, targets
 
 
 def accuracy(model, classifier, dataset, *, indices=None, batch_size: int = 512, device="cpu") -> float:
@@ -299,6 +308,8 @@ def auc_score(positive: torch.Tensor, negative: torch.Tensor) -> float:
     pos, neg = positive.detach().double().flatten().cpu(), negative.detach().double().flatten().cpu()
     if not len(pos) or not len(neg):
         return float("nan")
+    if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):
+        raise NonFiniteOutputError("scores for the AUC are not finite (a diverged run?)")
     labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
     return float(sklearn_metrics.roc_auc_score(labels.numpy(), torch.cat([pos, neg]).numpy()))
 

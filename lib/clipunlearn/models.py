@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import open_clip
 import torch
@@ -220,6 +221,20 @@ def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Ten
     return contrastive_loss(image_features, text_features, logit_scale, positives=positives)
 
 
+def excluded_pairs(exclude: dict[str, Sequence[str]] | None) -> torch.Tensor:
+    """Return the mask ``[styles, classes]`` of the (style, class) images ``exclude`` (``{class: [styles]}``)
+    names; an unknown class or style lists the valid ones."""
+    mask = torch.zeros(len(data.STYLES), len(data.FASHION_MNIST_CLASSES), dtype=torch.bool)
+    for name, styles in (exclude or {}).items():
+        if name not in data.FASHION_MNIST_CLASSES:
+            raise ValueError(f"unknown class {name!r}; valid: {', '.join(data.FASHION_MNIST_CLASSES)}")
+        for style in styles:
+            if style not in data.STYLES:
+                raise ValueError(f"unknown style {style!r}; valid: {', '.join(data.STYLES)}")
+            mask[data.STYLES.index(style), data.FASHION_MNIST_CLASSES.index(name)] = True
+    return mask
+
+
 def _mini_key(name: str, settings: dict) -> str:
     arch = MINI_MODELS[name]
     config = json.loads((CONFIG_DIR / f"{arch}.json").read_text())
@@ -266,13 +281,20 @@ def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"]
                     batch_size: int = MINI_TRAINING["batch_size"], lr: float = MINI_TRAINING["lr"],
                     weight_decay: float = MINI_TRAINING["weight_decay"],
                     warmup_steps: int = MINI_TRAINING["warmup_steps"], val_images: int = MINI_TRAINING["val_images"],
-                    seed: int = MINI_TRAINING["seed"], max_train_images: int | None = None, data_dir=None,
-                    device="cpu", progress: bool = True):
+                    seed: int = MINI_TRAINING["seed"], max_train_images: int | None = None,
+                    exclude: dict[str, Sequence[str]] | None = None, data_dir=None, device="cpu",
+                    progress: bool = True):
     """Train a mini CLIP from scratch on Fashion-MNIST train; return ``(model, info)``.
 
     The last ``val_images`` training images (photo style) are held out to track
     zero-shot accuracy per epoch. ``info`` holds the settings, the history
     (``{"step", "loss"}`` and ``{"epoch", "val_acc"}`` entries) and ``train_seconds``.
+
+    ``exclude`` (``{class name: [styles]}``): the unlearning literature's gold standard, a model that never
+    saw those images. Every batch draws what the full recipe draws (the same images, styles and order from
+    the same seed) and leaves out the excluded (class, style) images, and the caption vocabulary leaves out
+    every caption that describes only excluded pairs (``"a photo of a sandal."``; ``"a photo of a shoe."``
+    stays while other shoes are photographed). Without it the recipe is unchanged.
     """
     start, load_start = time.perf_counter(), _load_average()
     model, _, tokenizer = create_mini_model(name, device=device, seed=seed)
@@ -282,6 +304,10 @@ def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"]
     val_idx = torch.arange(n_source - val_images, n_source)  # photo style
     val_images_t, val_labels = train.get_batch(val_idx)
     captions, compatible = build_caption_vocabulary()
+    excluded = excluded_pairs(exclude)
+    if excluded.any():  # captions that describe only excluded pairs go too
+        kept = (compatible & ~excluded[:, :, None]).flatten(0, 1).any(0)
+        captions, compatible = [c for c, k in zip(captions, kept.tolist()) if k], compatible[:, :, kept]
     tokens = tokenizer(captions).to(device)
 
     steps_per_epoch = max(1, n_train // batch_size)
@@ -304,6 +330,9 @@ def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"]
         for batch in order:
             styles = torch.randint(len(data.STYLES), (len(batch),), generator=g)
             images, labels = train.get_batch(batch + styles * n_source)
+            keep = ~excluded[styles, labels]
+            if not keep.all():  # the gold standard: the same draws without the excluded images
+                images, labels, styles = images[keep], labels[keep], styles[keep]
             positives = compatible[styles, labels].to(device)
             loss = train_step(model, optimizer, images.to(device, memory_format=torch.channels_last), tokens,
                               positives)
@@ -321,7 +350,8 @@ def train_mini_clip(name: str = "mini", *, epochs: int = MINI_TRAINING["epochs"]
     bar.close()
     model.visual.to(memory_format=torch.contiguous_format)
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                    warmup_steps=warmup_steps, val_images=val_images, seed=seed, max_train_images=max_train_images)
+                    warmup_steps=warmup_steps, val_images=val_images, seed=seed, max_train_images=max_train_images,
+                    **({"exclude": {k: list(v) for k, v in exclude.items()}} if exclude else {}))
     info = {"name": name, "arch": MINI_MODELS[name], "version": MINI_VERSION, "config": settings,
             "captions": len(captions), "history": history, "train_seconds": time.perf_counter() - start,
             "torch_threads": torch.get_num_threads(), "load_average": {"start": load_start, "end": _load_average()}}
@@ -392,7 +422,8 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
     weights, info_path = folder / "model.pt", folder / "info.json"
     model, preprocess, tokenizer = create_mini_model(name, device=device)
     if weights.exists() and info_path.exists() and not force:
-        model.load_state_dict(load_checkpoint(weights))
+        model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {folder} and the model is trained "
+                                              "again on next use (or pass force=True)"))
         info = json.loads(info_path.read_text())
         return model.eval(), preprocess, tokenizer, {**info, "source": "trained", "path": str(weights)}
     trained, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)

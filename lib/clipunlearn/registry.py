@@ -130,10 +130,16 @@ def method_names(*, kind: str | None = None, explorable: bool | None = None) -> 
             and (explorable is None or s.explorable == explorable)]
 
 
+#: Reference models, shown before the methods: the untouched model and the retrained gold standard.
+REFERENCES = ("original", "retrain")
+
+
 def method_labels() -> dict[str, str]:
-    """Return ``{name: label}``: the untouched model first, then the methods in registration order, then variants."""
-    return {"original": _EXTRA_LABELS["original"], **{n: s.label for n, s in METHODS.items()},
-            **{n: v for n, v in _EXTRA_LABELS.items() if n != "original"}}
+    """Return ``{name: label}``: the references first (:data:`REFERENCES` with a label), then the methods in
+    registration order, then variants."""
+    refs = {n: _EXTRA_LABELS[n] for n in REFERENCES if n in _EXTRA_LABELS}
+    return {**refs, **{n: s.label for n, s in METHODS.items()},
+            **{n: v for n, v in _EXTRA_LABELS.items() if n not in refs}}
 
 
 def method_label(name: str) -> str:

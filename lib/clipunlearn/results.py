@@ -88,12 +88,24 @@ def save_records(path, records: Iterable[dict]) -> Path:
     return write_json_atomic(path, {"records": records})
 
 
+class ResultsFileError(ValueError):
+    """A results file cannot be read (truncated or edited by hand); the message names it and the way out."""
+
+
 def load_records(path, *, task: str | None = None, method: str | None = None) -> list[dict]:
     """Return the records of ``path``, optionally only those of one task and/or method."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no results at {path}; run the notebook that writes it (./run_all.sh --only {path.stem})")
-    records = json.loads(path.read_text())["records"]
+    try:
+        records = json.loads(path.read_text())["records"]
+        if not isinstance(records, list):
+            raise TypeError(f"'records' is a {type(records).__name__}, not a list")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ResultsFileError(
+            f"{path} is not a results file ({err.__class__.__name__}: {err}); it may have been cut short. Nothing "
+            f"was overwritten. Restore the committed copy with `git checkout -- {path.name}` in its folder, or move it "
+            f"away and rerun its notebook (./run_all.sh --only {path.stem})") from err
     return [r for r in records if (task is None or r["task"] == task) and (method is None or r["method"] == method)]
 
 

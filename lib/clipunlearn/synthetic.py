@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from .images import (clamp_to_range, gaussian_blur, image_generator, minmax_rescale,  # noqa: F401  (re-exported)
                      pixel_bounds, roll_images)
 
+from .checkpoints import load_torch_file
 from .clip import PRECISIONS
 from .data import check_classnames
 from .results import save_torch_atomic
@@ -138,7 +139,7 @@ def save_synthetic(path, synthetic: SyntheticSet) -> Path:
 
 def load_synthetic(path) -> SyntheticSet:
     """Load a set written by :func:`save_synthetic` (``weights_only=True``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, restore="delete it and the set is generated again on next use")
     return SyntheticSet(state.pop("images"), state.pop("targets"), **state)
 
 

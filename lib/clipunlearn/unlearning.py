@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .checkpoints import load_checkpoint, save_checkpoint
 from .clip import RequiresGrad, autocast, copy_frozen, make_adamw, to_device
 from .losses import get_loss
-from .metrics import round_score
+from .metrics import NonFiniteOutputError, round_score
 
 
 # --------------------------------------------------------------------------- #
@@ -133,6 +133,49 @@ def _select_trainable(model, trainable) -> list[tuple[str, torch.nn.Parameter]]:
     return chosen
 
 
+def _is_count(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def check_run_settings(*, lr=None, epochs=None, max_steps=None, steps=None, batch_size=None,
+                       eval_every=None) -> None:
+    """Raise a ValueError naming every setting out of range: ``lr`` a positive finite number; ``epochs``,
+    ``steps``, ``batch_size`` and ``eval_every`` whole numbers >= 1; ``max_steps`` a whole number >= 0
+    (0: evaluate the starting model only). None: not given."""
+    problems = []
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
+                               and lr > 0):
+        problems.append(f"lr must be a positive finite number, got {lr!r}")
+    for name, value, least in (("epochs", epochs, 1), ("max_steps", max_steps, 0), ("steps", steps, 1),
+                               ("batch_size", batch_size, 1), ("eval_every", eval_every, 1)):
+        if value is not None and not _is_count(value, least):
+            problems.append(f"{name} must be a whole number >= {least}, got {value!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _finite_weights(model) -> bool:
+    """True when every parameter of ``model`` is finite (no NaN, no infinity)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _fail(model, tracker, result, reason: str, *, method: str) -> None:
+    """Stop a diverged run: warn, put back the last good state and mark the result failed with ``reason``."""
+    warnings.warn(f"{method}: {reason}; restoring the last good state")
+    model.load_state_dict(tracker.good_state)
+    result.stopped_early, result.failed = reason, True
+
+
+def _evaluate_or_fail(model, tracker, result, step: int, *, method: str) -> bool:
+    """Evaluate at ``step``; outputs that are not finite fail the run (:func:`_fail`). Return whether it went on."""
+    try:
+        tracker.evaluate(step)
+        return True
+    except NonFiniteOutputError:
+        _fail(model, tracker, result, f"non-finite outputs at step {step}", method=method)
+        return False
+
+
 def _cpu_state(model) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -213,7 +256,7 @@ class _Checkpoint:
         """Return the saved state of this run, None when there is none; raise when it cannot be resumed."""
         if self.path is None or not self.path.exists():
             return None
-        state = load_checkpoint(self.path)
+        state = load_checkpoint(self.path, restore="delete it (or pass resume='restart') to start the run afresh")
         fresh = f"delete {self.path.parent} (or pass resume='restart') to start afresh"
         saved = state.get("settings")
         if saved is None:
@@ -287,6 +330,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     state stay float32), for GPUs; the default ``"fp32"`` changes nothing.
     """
     loss_fn = get_loss(method)
+    check_run_settings(lr=lr, epochs=epochs, max_steps=max_steps)
     amp_device = device if device is not None else next(model.parameters()).device
     autocast(amp_device, precision)  # an unknown precision fails here, before any work
     loss_kwargs = dict(loss_kwargs or {})
@@ -325,9 +369,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
                 loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
             loss = loss.float()
             if not torch.isfinite(loss):
-                warnings.warn(f"{method}: non-finite loss at step {step}; restoring the last good state")
-                model.load_state_dict(tracker.good_state)
-                result.stopped_early, result.failed = f"non-finite loss at step {step}", True
+                _fail(model, tracker, result, f"non-finite loss at step {step}", method=method)
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -336,15 +378,21 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
             result.history.append({"step": step, "loss": float(loss.detach()), **logs})
-            if eval_every and step % eval_every == 0 and step < total:
-                tracker.evaluate(step)
+            at_eval = eval_every and step % eval_every == 0 and step < total
+            if at_eval and not _finite_weights(model):  # never keep or score a diverged state
+                _fail(model, tracker, result, f"non-finite weights at step {step}", method=method)
+                break
+            if at_eval and not _evaluate_or_fail(model, tracker, result, step, method=method):
+                break
             if step % checkpoint_every == 0:
                 checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=False)
             if stop_fn is not None and stop_fn(model, step, tracker.last_eval):
                 result.stopped_early = f"stop_fn at step {step}"
                 break
+        if not result.failed and not _finite_weights(model):
+            _fail(model, tracker, result, f"non-finite weights at step {step}", method=method)
         if not result.failed and eval_fn is not None and not tracker.evaluated_at(step):
-            tracker.evaluate(step)
+            _evaluate_or_fail(model, tracker, result, step, method=method)
         checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=True)
     if tracker.best_state is not None:
         model.load_state_dict(tracker.best_state)

@@ -19,7 +19,7 @@ from ..clip import autocast, copy_frozen, release_memory
 from ..registry import get_method
 from ..results import make_record
 from ..scores import selection_score, unlearning_score
-from ..unlearning import make_pair_loader, unlearn
+from ..unlearning import check_run_settings, make_pair_loader, unlearn
 from .evaluate import evaluate_model, validate_model
 from .select import run_selected, summarise_run
 from .task import Task, build_task, class_prompts
@@ -46,6 +46,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     a non-finite loss is recorded with ``metrics.failed = True``. ``precision="bf16"``:
     the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept in the config.
     """
+    check_run_settings(lr=lr, steps=steps, batch_size=batch_size, eval_every=eval_every)
     release_memory()
     kwargs = dict(loss_kwargs or {})
     if get_method(method).needs_class_texts:  # the forget term classifies over every class prompt
@@ -71,7 +72,11 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     best = next((e for e in evals if e["step"] == run.best_step), evals[-1] if evals else {})
     val = {k: best[k] for k in ("val_forget_acc", "val_retain_acc", "score") if k in best}
     failed = bool(getattr(run, "failed", False) or (run.stopped_early or "").startswith("non-finite"))
-    test = evaluate_model(unlearned, task, tokenizer=tokenizer, device=device) if evaluate else {}
+    stopped = run.stopped_early
+    try:
+        test = evaluate_model(unlearned, task, tokenizer=tokenizer, device=device) if evaluate else {}
+    except metrics.NonFiniteOutputError as err:  # diverged outputs: recorded as failed, the notebook goes on
+        test, failed, stopped = {}, True, f"non-finite outputs: {err}"
     hparams = {k: v for k, v in kwargs.items() if k != "class_texts"}
     record = summarise_run(
         task, method=method,
@@ -80,8 +85,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
         test_metrics=test, cost=cost, val=val,
         history=[{"step": e["step"], **{k: e[k] for k in ("val_forget_acc", "val_retain_acc", "score") if k in e}}
                  for e in evals])
-    record["metrics"].update(steps=run.steps, best_step=run.best_step, stopped_early=run.stopped_early,
-                             failed=failed)
+    record["metrics"].update(steps=run.steps, best_step=run.best_step, stopped_early=stopped, failed=failed)
     return unlearned, record
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
-from ..results import load_records, save_records
+from ..results import ResultsFileError, load_records, save_records
 
 __all__ = ["ResultStore"]
 
@@ -20,9 +22,16 @@ class ResultStore:
     def __init__(self, path, *, match: dict | None = None, resume: bool = False):
         self.path, self.match = Path(path), dict(match or {})
         self.records: list[dict] = []
-        if resume and self.path.exists():
+        if resume and self.path.exists():  # an unreadable file raises results.ResultsFileError, untouched
             self.records = [r for r in load_records(self.path)
                             if all(r["config"].get(k) == v for k, v in self.match.items())]
+        elif self.path.exists():  # a fresh run replaces the file; an unreadable one is kept aside first
+            try:
+                load_records(self.path)
+            except ResultsFileError as err:
+                kept = self.path.with_name(self.path.name + ".unreadable")
+                os.replace(self.path, kept)
+                warnings.warn(f"{err.args[0].split(';')[0]}; kept as {kept}, and this run starts {self.path} afresh")
 
     def add(self, *records: dict) -> None:
         """Append ``records`` (replacing earlier ones with the same identity) and save the file."""
