@@ -17,7 +17,7 @@ from clipunlearn.methods import retrain
 from .test_experiment import tiny_world
 
 # the recording train_step never steps the optimiser
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 
 
 class IndexImages:

@@ -334,6 +334,63 @@ def membership_inference(model, classifier, dataset, *, member_idx, nonmember_id
             "nonmember_loss": float(nonmember.mean())}
 
 
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Return the Jensen-Shannon divergence (base 2, in [0, 1]) between the rows of ``p`` and ``q`` ``[N, C]``.
+
+    ``JS = (KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2``; terms with a zero probability count 0.
+    """
+    p, q = p.double(), q.double()
+    m = (p + q) / 2
+
+    def kl(a, b):
+        return torch.where(a > 0, a * (torch.log2(a.clamp_min(1e-300)) - torch.log2(b.clamp_min(1e-300))),
+                           torch.zeros_like(a)).sum(1)
+
+    return ((kl(p, m) + kl(q, m)) / 2).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def output_divergence(model, reference, dataset, *, tokenizer, classnames, templates, indices=None,
+                      batch_size: int = 512, device="cpu") -> float:
+    """Return the mean Jensen-Shannon divergence of the zero-shot output distributions of ``model`` and
+    ``reference`` on ``dataset`` (``indices``): each model with its own classifier and temperature.
+
+    0 means the two models answer alike on these images (e.g. an unlearned model and the retrained one
+    on the forget images).
+    """
+    def probs(m):
+        clf = build_classifier(m, tokenizer, classnames, templates, device=device)
+        logits, _ = predict_logits(m, clf, dataset, indices=indices, batch_size=batch_size, device=device)
+        return logits.softmax(1)
+
+    out = js_divergence(probs(model), probs(reference))
+    return float(out.mean()) if len(out) else float("nan")
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Return the entropy (nats) of each row's softmax ``[N]``."""
+    logp = logits.double().log_softmax(1)
+    return -(logp.exp() * logp).sum(1)
+
+
+def mia_efficacy(member: torch.Tensor, nonmember: torch.Tensor, forget: torch.Tensor) -> float:
+    """Return the fraction of ``forget`` samples an entropy attack calls non-members (higher: more forgotten).
+
+    The attack of the saliency-unlearning literature ("MIA-efficacy"): a logistic regression on one
+    feature, the prediction entropy (:func:`prediction_entropy`), fitted on ``member`` (the retain training
+    images, label 1) against ``nonmember`` (test images, label 0), balanced by class weights, then applied to
+    the forget images. Inputs are entropies ``[N]``.
+    """
+    from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn takes about 1 s to import
+
+    x = torch.cat([member, nonmember]).double().view(-1, 1).numpy()
+    y = torch.cat([torch.ones(len(member)), torch.zeros(len(nonmember))]).numpy()
+    if not len(member) or not len(nonmember) or not len(forget):
+        return float("nan")
+    attack = LogisticRegression(class_weight="balanced").fit(x, y)
+    return float((attack.predict(forget.double().view(-1, 1).numpy()) == 0).mean())
+
+
 # --------------------------------------------------------------------------- #
 # Time and memory
 # --------------------------------------------------------------------------- #

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..clip import release_memory
@@ -18,7 +19,37 @@ from ..results import make_record
 from ..scores import CRITERION, round_score
 from .task import Task
 
-__all__ = ["run_grid", "run_selected", "summarise_run"]
+__all__ = ["GridExtension", "run_grid", "run_selected", "summarise_run"]
+
+
+@dataclass(frozen=True)
+class GridExtension:
+    """How :func:`run_grid` extends a one-parameter grid whose choice lands on an end.
+
+    One more value beyond that end, the next power of ``factor`` (10 ** 0.5: half a decade, so 1e-3,
+    3.16e-3, 1e-2, ...; three significant digits), until the choice is interior or the next value
+    would leave ``bounds`` (inclusive). With an extension, ties go to the smallest value (the
+    gentlest learning rate).
+    """
+
+    name: str = "lr"
+    factor: float = 10 ** 0.5
+    bounds: tuple[float, float] = (1e-7, 1e-1)
+
+    def next_value(self, values: Sequence[float], chosen: float) -> tuple[float | None, str]:
+        """Return ``(value to try next or None, where the choice sits)``: ``"interior"``, ``"lower edge"``,
+        ``"upper edge"`` (a value is left to try) or ``"lower bound"`` / ``"upper bound"`` (none is)."""
+        values = sorted(values)
+        if len(values) > 1 and values[0] < chosen < values[-1]:
+            return None, "interior"
+        side = "lower" if chosen == values[0] else "upper"
+        step = math.log10(self.factor)  # the lattice of powers of factor, so that rounding does not drift
+        k = round(math.log10(values[0] if side == "lower" else values[-1]) / step) + (-1 if side == "lower" else 1)
+        nxt = float(f"{10 ** (k * step):.3g}")
+        lo, hi = self.bounds
+        if not lo * (1 - 1e-9) <= nxt <= hi * (1 + 1e-9):
+            return None, f"{side} bound"
+        return nxt, f"{side} edge"
 
 
 def summarise_run(task: Task, *, method: str, config: dict, test_metrics: dict, cost: dict | None = None,
@@ -31,7 +62,8 @@ def summarise_run(task: Task, *, method: str, config: dict, test_metrics: dict, 
 
 
 def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_key: str = "score",
-             oracle_fn: Callable[[object], dict] | None = None) -> tuple[object, dict, list[dict]]:
+             oracle_fn: Callable[[object], dict] | None = None,
+             extend: GridExtension | None = None) -> tuple[object, dict, list[dict]]:
     """Run ``run_fn(**candidate)`` for every candidate of ``grid``; keep the best by validation score.
 
     ``grid``: ``{name: values}`` (the product is taken; keep it small). ``run_fn``
@@ -42,36 +74,79 @@ def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_k
     rows (plus ``oracle_score`` from ``oracle_fn(model)`` when given — a reference that
     peeks at data the method may not use, never used for the choice). The best record
     gets ``config.grid`` and ``config.selected``; the other models are released.
+
+    ``extend`` (a :class:`GridExtension`, one-parameter grids): while the choice sits at an end of
+    the grid, one more value beyond it is run, up to the extension's bounds; ``config.grid`` is then
+    the final grid (ascending) and ``config.edge`` says where the choice sits (``{name: "interior"}``,
+    or ``"lower bound"`` / ``"upper bound"`` when the grid could not go further).
     """
     names = list(grid)
+    if extend is not None and names != [extend.name]:
+        raise ValueError(f"a grid extension needs a grid over {extend.name!r} alone, got {names}")
+    if extend is not None and list(grid[extend.name]) != sorted(grid[extend.name]):
+        raise ValueError("an extended grid lists its values ascending (the gentlest first), got "
+                         f"{list(grid[extend.name])}")
     best_model, best_record, rows = None, None, []
     for values in itertools.product(*(grid[n] for n in names)):
         candidate = dict(zip(names, values))
         model, record = run_fn(**candidate)
-        m = record["metrics"]
-        score = -math.inf if m.get("failed") else float(m.get(score_key, -math.inf))
-        score = score if math.isinf(score) else round_score(score)  # ties: the earlier candidate
-        row = {**candidate, "score": score, "val_forget_acc": m.get("val_forget_acc"),
-               "val_retain_acc": m.get("val_retain_acc"), "failed": bool(m.get("failed")), "record": record}
-        if oracle_fn is not None:
-            row["oracle"] = oracle_fn(model)
+        score, row = _row(candidate, model, record, score_key=score_key, oracle_fn=oracle_fn)
         rows.append(row)
-        if best_record is None or score > best_record["_score"]:
+        if best_record is None or score > best_record["_score"]:  # ties: the earlier candidate
             best_model, best_record = model, dict(record, _score=score)
         else:
             del model
         release_memory()
+    final = {n: list(grid[n]) for n in names}
+    if extend is not None:
+        best_model, best_record, edge = _extend(run_fn, rows, best_model, best_record, extend=extend,
+                                                score_key=score_key, oracle_fn=oracle_fn)
+        final = {extend.name: sorted(r[extend.name] for r in rows)}
     best_record.pop("_score")
     for row in rows:
         row["selected"] = row["record"] is best_record or all(row.get(n) == best_record["config"].get(n)
                                                                for n in names)
-    best_record["config"]["grid"] = {n: list(grid[n]) for n in names}
+    best_record["config"]["grid"] = final
     best_record["config"]["selected"] = {n: best_record["config"].get(n) for n in names}
+    if extend is not None:
+        best_record["config"]["edge"] = {extend.name: edge}
     return best_model, best_record, rows
 
 
+def _row(candidate: dict, model, record: dict, *, score_key: str, oracle_fn) -> tuple[float, dict]:
+    """The grid row of one candidate and its score (rounded: float noise decides nothing; failed: -inf)."""
+    m = record["metrics"]
+    score = -math.inf if m.get("failed") else float(m.get(score_key, -math.inf))
+    score = score if math.isinf(score) else round_score(score)
+    row = {**candidate, "score": score, "val_forget_acc": m.get("val_forget_acc"),
+           "val_retain_acc": m.get("val_retain_acc"), "failed": bool(m.get("failed")), "record": record}
+    if oracle_fn is not None:
+        row["oracle"] = oracle_fn(model)
+    return score, row
+
+
+def _extend(run_fn, rows: list[dict], best_model, best_record: dict, *, extend: GridExtension, score_key: str,
+            oracle_fn) -> tuple[object, dict, str]:
+    """Run values beyond the end the choice sits at (:class:`GridExtension`); return the new best and its edge."""
+    name = extend.name
+    while True:
+        top, chosen = best_record["_score"], best_record["config"][name]  # records hold their candidate
+        nxt, edge = extend.next_value([r[name] for r in rows], chosen)
+        if nxt is None:
+            return best_model, best_record, edge
+        model, record = run_fn(**{name: nxt})
+        score, row = _row({name: nxt}, model, record, score_key=score_key, oracle_fn=oracle_fn)
+        rows.append(row)
+        if score > top or (score == top and nxt < chosen):
+            best_model, best_record = model, dict(record, _score=score)
+        else:
+            del model
+        release_memory()
+
+
 def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tuple], grid: dict[str, Sequence],
-                 store=None, oracle_fn: Callable | None = None, keep_models: bool = False) -> list[dict]:
+                 store=None, oracle_fn: Callable | None = None, keep_models: bool = False,
+                 extend: GridExtension | None = None) -> list[dict]:
     """Run ``method`` on ``tasks`` (one forget target, several seeds) with one selection protocol.
 
     The grid is searched on the first task (its seed's validation split, by
@@ -80,7 +155,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     per seed, ``config.grid`` / ``config.selected`` filled) followed by the ``selection``
     records of the grid (one per candidate, ``config.selected`` true/false, and an
     ``oracle_score`` where ``oracle_fn`` is given). With ``store`` (a :class:`ResultStore`)
-    every record is saved as soon as it exists and finished runs are not repeated.
+    every record is saved as soon as it exists and finished runs are not repeated. ``extend``: see
+    :func:`run_grid`; every seed's record then holds the final grid and where the choice sits.
     """
     first, rest = tasks[0], list(tasks[1:])
     cached = store.find(method=method, task=first.kind, forget_class=first.target, seed=first.seed) if store else None
@@ -89,7 +165,7 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     if cached is not None and sel_cached:
         best, selection = cached, sel_cached
     else:
-        model, best, rows = run_grid(lambda **c: run_fn(first, **c), grid=grid,
+        model, best, rows = run_grid(lambda **c: run_fn(first, **c), grid=grid, extend=extend,
                                      oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, first)))
         del model
         selection = []
@@ -114,8 +190,10 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             model, rec = run_fn(task, **chosen)
             del model
             release_memory()
-            rec["config"]["grid"] = {k: list(v) for k, v in grid.items()}
+            rec["config"]["grid"] = {k: list(v) for k, v in best["config"]["grid"].items()}
             rec["config"]["selected"] = dict(chosen)
+            if "edge" in best["config"]:
+                rec["config"]["edge"] = dict(best["config"]["edge"])
             rec["config"]["selected_on_seed"] = first.seed
             if store is not None:
                 store.add(rec)
