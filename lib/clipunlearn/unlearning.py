@@ -86,7 +86,12 @@ def make_pair_loader(dataset, *, tokenizer, templates, indices=None, batch_size:
 # --------------------------------------------------------------------------- #
 RESUME_MODES = ("auto", "restart")
 #: Settings a checkpoint may leave out (written only when not the default): compared with these values.
-SETTING_DEFAULTS = {"precision": "fp32"}
+SETTING_DEFAULTS = {"precision": "fp32", "logit_scale": "trainable"}
+#: What happens to CLIP's learned temperature (``logit_scale``) during unlearning: ``trainable`` (updated like any
+#: weight, unbounded), ``clamped`` (updated, then clamped to [0, ln 100] after every step as open_clip's training
+#: does) or ``frozen`` (not trained).
+LOGIT_SCALE_MODES = ("trainable", "clamped", "frozen")
+LOGIT_SCALE_MAX = math.log(100)
 
 
 @dataclass
@@ -303,7 +308,8 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             trainable: Callable | Collection[str] | None = None, eval_fn: Callable | None = None,
             eval_every: int | None = None, eval_at_start: bool = False, select_fn: Callable | None = None,
             stop_fn: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 50, device=None,
-            precision: str = "fp32", seed: int = 0, progress: bool = True, resume: str = "auto") -> UnlearnResult:
+            precision: str = "fp32", seed: int = 0, progress: bool = True, resume: str = "auto",
+            logit_scale: str = "trainable") -> UnlearnResult:
     """Unlearn in place with method ``method``; return an ``UnlearnResult``.
 
     Steps: ``max_steps`` when given (the loaders cycle through as many epochs as
@@ -327,10 +333,14 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     the saved run failed; ``resume="restart"`` deletes it and starts afresh. The model
     stays in eval mode (BatchNorm statistics of the original are kept). ``precision="bf16"``
     computes the loss under bf16 autocast (``clip.autocast``; weights, gradients and AdamW
-    state stay float32), for GPUs; the default ``"fp32"`` changes nothing.
+    state stay float32), for GPUs; the default ``"fp32"`` changes nothing. ``logit_scale``: one of
+    :data:`LOGIT_SCALE_MODES` (the temperature trained freely, clamped to [0, ln 100] after every step, or
+    frozen).
     """
     loss_fn = get_loss(method)
     check_run_settings(lr=lr, epochs=epochs, max_steps=max_steps)
+    if logit_scale not in LOGIT_SCALE_MODES:
+        raise ValueError(f"unknown logit_scale mode {logit_scale!r}; valid: {', '.join(LOGIT_SCALE_MODES)}")
     amp_device = device if device is not None else next(model.parameters()).device
     autocast(amp_device, precision)  # an unknown precision fails here, before any work
     loss_kwargs = dict(loss_kwargs or {})
@@ -342,12 +352,17 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     if original is None:
         original = copy_frozen(model)
     chosen = _select_trainable(model, trainable)
+    if logit_scale == "frozen":
+        chosen = [(n, p) for n, p in chosen if n != "logit_scale"] or _select_trainable(model, [])
+    scale = getattr(model, "logit_scale", None) if logit_scale == "clamped" else None
     settings = {"method": method, "lr": float(lr), "weight_decay": float(weight_decay),
                 "betas": [float(b) for b in betas], "eps": float(eps), "loss_kwargs": _describe(loss_kwargs),
                 "epochs": int(epochs), "max_steps": max_steps, "seed": int(seed),
                 "trainable": sorted(n for n, _ in chosen)}
     if precision != "fp32":  # fp32 checkpoints of earlier versions still resume
         settings["precision"] = precision
+    if logit_scale != "trainable":  # as precision: checkpoints of earlier versions still resume
+        settings["logit_scale"] = logit_scale
     checkpoint = _Checkpoint(checkpoint_dir, settings=settings, resume=resume)
     optimizer = make_adamw([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     result = UnlearnResult()
@@ -374,6 +389,9 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scale is not None:
+                with torch.no_grad():
+                    scale.clamp_(0, LOGIT_SCALE_MAX)
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -34,7 +34,7 @@ MINI_LR_GRID = (1e-5, 1e-4, 1e-3)
 def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int = 32,
                eval_every: int | None = None, loss_kwargs: dict | None = None, trainable=None,
                device="cpu", precision: str = "fp32", progress: bool = False, evaluate: bool = True,
-               config: dict | None = None):
+               config: dict | None = None, logit_scale: str = "trainable"):
     """Unlearn a fresh copy of ``model`` on ``task`` with registered loss ``method``; return ``(model, record)``.
 
     The copy is trained for ``steps`` steps of ``batch_size`` forget and retain pairs
@@ -44,7 +44,9 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     ``evaluate=False``), the validation numbers at the kept step, the wall time and
     the rise of peak memory of the run, and the validation history. A run stopped by
     a non-finite loss is recorded with ``metrics.failed = True``. ``precision="bf16"``:
-    the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept in the config.
+    the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept in the config;
+    ``logit_scale`` (``unlearning.LOGIT_SCALE_MODES``): the temperature trained, clamped or frozen, kept in
+    the config unless ``"trainable"``.
     """
     check_run_settings(lr=lr, steps=steps, batch_size=batch_size, eval_every=eval_every)
     release_memory()
@@ -66,7 +68,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
                       loss_kwargs=kwargs, trainable=trainable,
                       eval_fn=lambda m: validate_model(m, task, tokenizer=tokenizer, device=device),
                       eval_every=eval_every, select_fn=selection_score, device=device, precision=precision,
-                      seed=task.seed, progress=progress)
+                      seed=task.seed, progress=progress, logit_scale=logit_scale)
     del original
     evals = run.evals
     best = next((e for e in evals if e["step"] == run.best_step), evals[-1] if evals else {})
@@ -81,7 +83,8 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     record = summarise_run(
         task, method=method,
         config={"lr": lr, "steps": steps, "batch_size": batch_size, "eval_every": eval_every, **hparams,
-                **({"precision": precision} if precision != "fp32" else {}), **(config or {})},
+                **({"precision": precision} if precision != "fp32" else {}),
+                **({"logit_scale": logit_scale} if logit_scale != "trainable" else {}), **(config or {})},
         test_metrics=test, cost=cost, val=val,
         history=[{"step": e["step"], **{k: e[k] for k in ("val_forget_acc", "val_retain_acc", "score") if k in e}}
                  for e in evals])
