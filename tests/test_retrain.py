@@ -133,3 +133,15 @@ def test_run_retrain_scores_the_retrained_model_on_the_task(monkeypatch, tiny_cl
         k: expected[k] for k in ("forget_acc", "sibling_acc", "retain_acc", "mia")}
     val = harness.validate_model(tiny_clip.model, task, tokenizer=tiny_clip.tokenizer)
     assert record["metrics"]["score"] == val["score"]
+
+
+def test_the_references_have_fixed_colours_and_shift_no_method_colour():
+    import seaborn as sns
+
+    from clipunlearn import plots, registry
+
+    methods = [m for m in registry.method_labels() if m not in registry.REFERENCES]
+    assert methods[0] == "ft" and "retrain" in registry.method_labels()
+    assert plots.method_colour("retrain") == "#222222" and plots.method_colour("original") == plots.ORIGINAL_COLOUR
+    palette = sns.color_palette("tab10", 10)
+    assert [plots.method_colour(m) for m in methods[:3]] == palette[:3]  # ft, ga, graddiff as before retrain

@@ -9,10 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..registry import method_labels
+from ..registry import REFERENCES, method_labels
 from ..report import check_task, get_forget_class, select_records
 
 ORIGINAL_COLOUR = "#9a9a9a"
+#: The reference models' fixed colours (the untouched model grey, the retrained gold standard black); the
+#: methods' colours follow their registration order without them, so adding a reference recolours nothing.
+REFERENCE_COLOURS = {"original": ORIGINAL_COLOUR, "retrain": "#222222"}
 ORACLE_LABEL = "oracle (peeks at real forget images)"
 
 
@@ -30,13 +33,13 @@ def _pyplot():
 
 
 def method_colour(method: str):
-    """Return the colour of ``method``, the same in every figure (grey for ``original``)."""
+    """Return the colour of ``method``, the same in every figure (:data:`REFERENCE_COLOURS` for the references)."""
     import seaborn as sns  # lazy: seaborn (and pyplot) load with the first figure
 
-    if method == "original":
-        return ORIGINAL_COLOUR
+    if method in REFERENCE_COLOURS:
+        return REFERENCE_COLOURS[method]
     palette = sns.color_palette("tab10", 10)
-    known = [m for m in method_labels() if m != "original"]
+    known = [m for m in method_labels() if m not in REFERENCES]
     i = known.index(method) if method in known else zlib.crc32(method.encode())
     return palette[i % 10]
 
