@@ -65,11 +65,12 @@ def test_mia_advantage_is_the_distance_from_chance():
 
 
 def test_the_auc_standard_error_matches_a_simulation():
-    # 2000 random attacks at chance with 30 members and 40 non-members: the AUCs' spread is the formula's
+    # 600 random attacks at chance with 30 members and 40 non-members: the AUCs' spread is the formula's (within 10%,
+    # about 3.4 standard errors of a standard deviation estimated from 600 draws)
     g = torch.Generator().manual_seed(0)
     aucs = torch.tensor([metrics.auc_score(torch.rand(30, generator=g), torch.rand(40, generator=g))
-                         for _ in range(2000)])
-    assert float(aucs.std()) == pytest.approx(scores.auc_standard_error(0.5, 30, 40), rel=0.05)
+                         for _ in range(600)])
+    assert float(aucs.std()) == pytest.approx(scores.auc_standard_error(0.5, 30, 40), rel=0.1)
 
 
 # --------------------------------------------------------------------------- #
