@@ -6,6 +6,7 @@ with a recording ``train_step``, so the test sees exactly which images and capti
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from clipunlearn import data, harness, models
 from clipunlearn.methods import retrain
+from clipunlearn.paths import get_data_dir
 
 from .test_experiment import tiny_world
 
@@ -145,3 +147,23 @@ def test_the_references_have_fixed_colours_and_shift_no_method_colour():
     assert plots.method_colour("retrain") == "#222222" and plots.method_colour("original") == plots.ORIGINAL_COLOUR
     palette = sns.color_palette("tab10", 10)
     assert [plots.method_colour(m) for m in methods[:3]] == palette[:3]  # ft, ga, graddiff as before retrain
+
+
+def test_run_retrain_trains_a_real_tiny_model_once_on_fashion_mnist(tmp_path, monkeypatch):
+    """The whole path on real data: a one-epoch recipe on 512 images without sandal photos, cached, then scored."""
+    if data._find_fashion_mnist(get_data_dir()) is None:
+        pytest.skip("Fashion-MNIST not installed (python -m clipunlearn data --fetch)")
+    train, test = data.load_mini_world()
+    task = harness.build_task(train, test, kind="forget-subgroup", target="sandal", seed=0, eval_per_class=20,
+                              retain_per_class=20, val_per_class=10)
+    tiny = dict(epochs=1, max_train_images=512, val_images=200, batch_size=128)
+    monkeypatch.setattr(models, "evaluate_mini_clip", lambda *a, **k: {"acc": 0.0})  # its 30 000 test images
+    model, record = retrain.run_retrain(task, cache_dir=tmp_path, training=tiny)
+    (folder,) = (tmp_path / "models").iterdir()
+    info = json.loads((folder / "info.json").read_text())
+    assert info["config"]["exclude"] == {"sandal": ["photo"]} and info["captions"] == len(
+        models.build_caption_vocabulary()[0]) - 2
+    assert record["method"] == "retrain" and 0.0 <= record["metrics"]["forget_acc"] <= 1.0
+    again, _ = retrain.run_retrain(task, cache_dir=tmp_path, training=tiny)  # cached: no second training
+    assert len(list((tmp_path / "models").iterdir())) == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
