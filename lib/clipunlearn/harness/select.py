@@ -146,7 +146,7 @@ def _extend(run_fn, rows: list[dict], best_model, best_record: dict, *, extend: 
 
 def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tuple], grid: dict[str, Sequence],
                  store=None, oracle_fn: Callable | None = None, keep_models: bool = False,
-                 extend: GridExtension | None = None) -> list[dict]:
+                 extend: GridExtension | None = None, selection_task: Task | None = None) -> list[dict]:
     """Run ``method`` on ``tasks`` (one forget target, several seeds) with one selection protocol.
 
     The grid is searched on the first task (its seed's validation split, by
@@ -157,17 +157,33 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     ``oracle_score`` where ``oracle_fn`` is given). With ``store`` (a :class:`ResultStore`)
     every record is saved as soon as it exists and finished runs are not repeated. ``extend``: see
     :func:`run_grid`; every seed's record then holds the final grid and where the choice sits.
+
+    ``selection_task``: search the grid on this task instead (a selection seed that is not reported):
+    every task of ``tasks`` then runs at the chosen values, the search's own runs are kept only as
+    ``selection`` records (the chosen one holds the final grid, ``config.search_grid``), and every
+    result says ``config.selected_on_seed``.
     """
-    first, rest = tasks[0], list(tasks[1:])
-    cached = store.find(method=method, task=first.kind, forget_class=first.target, seed=first.seed) if store else None
-    sel_cached = store.find_all(method=method, task="selection", forget_class=first.target, seed=first.seed,
-                                run_task=first.kind) if store else []
-    if cached is not None and sel_cached:
-        best, selection = cached, sel_cached
+    search = tasks[0] if selection_task is None else selection_task
+    reported = list(tasks[1:]) if selection_task is None else list(tasks)
+    cached = store.find(method=method, task=search.kind, forget_class=search.target, seed=search.seed) \
+        if store is not None and selection_task is None else None
+    sel_cached = store.find_all(method=method, task="selection", forget_class=search.target, seed=search.seed,
+                                run_task=search.kind) if store is not None else []
+    out = []
+    if sel_cached and (cached is not None or selection_task is not None):
+        selection = sel_cached
+        if selection_task is None:
+            best = cached
+            final, edge = best["config"]["grid"], best["config"].get("edge")
+        else:
+            chosen_rec = next(r for r in selection if r["config"]["selected"])
+            final, edge = chosen_rec["config"]["search_grid"], chosen_rec["config"].get("edge")
+            best = {"config": {"selected": {k: chosen_rec["config"][k] for k in grid}}}
     else:
-        model, best, rows = run_grid(lambda **c: run_fn(first, **c), grid=grid, extend=extend,
-                                     oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, first)))
+        model, best, rows = run_grid(lambda **c: run_fn(search, **c), grid=grid, extend=extend,
+                                     oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, search)))
         del model
+        final, edge = best["config"]["grid"], best["config"].get("edge")
         selection = []
         for row in rows:
             rec = row["record"]
@@ -176,25 +192,27 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             if "oracle" in row:
                 m.update({f"oracle_{k}": v for k, v in row["oracle"].items()})
             m.update({k: rec["metrics"].get(k) for k in ("forget_acc", "retain_acc", "best_step")})
+            extra = {"search_grid": final} if selection_task is not None and row["selected"] else {}
             selection.append(make_record(method=method, task="selection",
-                                         config={**rec["config"], **cand, "run_task": first.kind,
-                                                 "selected": bool(row["selected"]), "grid": None},
+                                         config={**rec["config"], **cand, "run_task": search.kind,
+                                                 "selected": bool(row["selected"]), "grid": None, **extra},
                                          metrics=m))
         if store is not None:
-            store.add(best, *selection)
+            store.add(*([best] if selection_task is None else []), *selection)
     chosen = {k: best["config"]["selected"][k] for k in grid}
-    out = [best]
-    for task in rest:
+    if selection_task is None:
+        out.append(best)
+    for task in reported:
         rec = store.find(method=method, task=task.kind, forget_class=task.target, seed=task.seed) if store else None
         if rec is None:
             model, rec = run_fn(task, **chosen)
             del model
             release_memory()
-            rec["config"]["grid"] = {k: list(v) for k, v in best["config"]["grid"].items()}
+            rec["config"]["grid"] = {k: list(v) for k, v in final.items()}
             rec["config"]["selected"] = dict(chosen)
-            if "edge" in best["config"]:
-                rec["config"]["edge"] = dict(best["config"]["edge"])
-            rec["config"]["selected_on_seed"] = first.seed
+            if edge is not None:
+                rec["config"]["edge"] = dict(edge)
+            rec["config"]["selected_on_seed"] = search.seed
             if store is not None:
                 store.add(rec)
         out.append(rec)
