@@ -7,6 +7,8 @@ import torch
 
 from clipunlearn import data, metrics
 
+from .test_experiment import tiny_world
+
 
 class ToyImages(torch.utils.data.Dataset):
     """Images whose pixels encode their class, for a model that reads the class back."""
@@ -181,3 +183,10 @@ def test_measure_run_without_the_kernel_peak_counter_samples(monkeypatch):
     with metrics.measure_run() as idle:
         pass
     assert 0 <= idle["peak_mem_mb"] < 20
+
+
+def test_cached_images_keep_float16_on_a_gpu_and_float32_elsewhere():
+    base = tiny_world(n_per_class=1)
+    assert metrics.CachedImages(base).dtype == torch.float32
+    assert metrics.CachedImages(base, device="cuda").dtype == torch.float16  # nothing is allocated until a batch
+    assert metrics.CachedImages(base, device="cuda", dtype=torch.float32).dtype == torch.float32

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from clipunlearn import data, harness, models
+from clipunlearn import data, harness, models, plots, registry
 from clipunlearn.methods import retrain
 from clipunlearn.paths import get_data_dir
 
@@ -138,9 +138,7 @@ def test_run_retrain_scores_the_retrained_model_on_the_task(monkeypatch, tiny_cl
 
 
 def test_the_references_have_fixed_colours_and_shift_no_method_colour():
-    import seaborn as sns
-
-    from clipunlearn import plots, registry
+    import seaborn as sns  # pyplot and seaborn load only in the tests that draw
 
     methods = [m for m in registry.method_labels() if m not in registry.REFERENCES]
     assert methods[0] == "ft" and "retrain" in registry.method_labels()

@@ -171,14 +171,19 @@ def _fail(model, tracker, result, reason: str, *, method: str) -> None:
     result.stopped_early, result.failed = reason, True
 
 
-def _evaluate_or_fail(model, tracker, result, step: int, *, method: str) -> bool:
-    """Evaluate at ``step``; outputs that are not finite fail the run (:func:`_fail`). Return whether it went on."""
-    try:
-        tracker.evaluate(step)
-        return True
-    except NonFiniteOutputError:
-        _fail(model, tracker, result, f"non-finite outputs at step {step}", method=method)
+def _check_and_evaluate(model, tracker, result, step: int, *, method: str, evaluate: bool = True) -> bool:
+    """Fail the run (:func:`_fail`) on non-finite weights, else evaluate at ``step`` (when ``evaluate``) and fail
+    it on non-finite outputs: a diverged state is never kept or scored. Return whether the run goes on."""
+    if not _finite_weights(model):
+        _fail(model, tracker, result, f"non-finite weights at step {step}", method=method)
         return False
+    if evaluate:
+        try:
+            tracker.evaluate(step)
+        except NonFiniteOutputError:
+            _fail(model, tracker, result, f"non-finite outputs at step {step}", method=method)
+            return False
+    return True
 
 
 def _cpu_state(model) -> dict:
@@ -397,20 +402,16 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             bar.set_postfix(loss=f"{loss.item():.3f}")
             result.history.append({"step": step, "loss": float(loss.detach()), **logs})
             at_eval = eval_every and step % eval_every == 0 and step < total
-            if at_eval and not _finite_weights(model):  # never keep or score a diverged state
-                _fail(model, tracker, result, f"non-finite weights at step {step}", method=method)
-                break
-            if at_eval and not _evaluate_or_fail(model, tracker, result, step, method=method):
+            if at_eval and not _check_and_evaluate(model, tracker, result, step, method=method):
                 break
             if step % checkpoint_every == 0:
                 checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=False)
             if stop_fn is not None and stop_fn(model, step, tracker.last_eval):
                 result.stopped_early = f"stop_fn at step {step}"
                 break
-        if not result.failed and not _finite_weights(model):
-            _fail(model, tracker, result, f"non-finite weights at step {step}", method=method)
-        if not result.failed and eval_fn is not None and not tracker.evaluated_at(step):
-            _evaluate_or_fail(model, tracker, result, step, method=method)
+        if not result.failed:
+            _check_and_evaluate(model, tracker, result, step, method=method,
+                                evaluate=eval_fn is not None and not tracker.evaluated_at(step))
         checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=True)
     if tracker.best_state is not None:
         model.load_state_dict(tracker.best_state)

@@ -169,21 +169,19 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
         if store is not None and selection_task is None else None
     sel_cached = store.find_all(method=method, task="selection", forget_class=search.target, seed=search.seed,
                                 run_task=search.kind) if store is not None else []
-    out = []
     if sel_cached and (cached is not None or selection_task is not None):
         selection = sel_cached
-        if selection_task is None:
+        if selection_task is None:  # the search seed's own result holds the choice
             best = cached
-            final, edge = best["config"]["grid"], best["config"].get("edge")
-        else:
-            chosen_rec = next(r for r in selection if r["config"]["selected"])
-            final, edge = chosen_rec["config"]["search_grid"], chosen_rec["config"].get("edge")
-            best = {"config": {"selected": {k: chosen_rec["config"][k] for k in grid}}}
+            chosen, final, edge = best["config"]["selected"], best["config"]["grid"], best["config"].get("edge")
+        else:  # the chosen selection record does
+            best, picked = None, next(r["config"] for r in selection if r["config"]["selected"])
+            chosen, final, edge = picked, picked["search_grid"], picked.get("edge")
     else:
         model, best, rows = run_grid(lambda **c: run_fn(search, **c), grid=grid, extend=extend,
                                      oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, search)))
         del model
-        final, edge = best["config"]["grid"], best["config"].get("edge")
+        chosen, final, edge = best["config"]["selected"], best["config"]["grid"], best["config"].get("edge")
         selection = []
         for row in rows:
             rec = row["record"]
@@ -199,9 +197,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
                                          metrics=m))
         if store is not None:
             store.add(*([best] if selection_task is None else []), *selection)
-    chosen = {k: best["config"]["selected"][k] for k in grid}
-    if selection_task is None:
-        out.append(best)
+    chosen = {k: chosen[k] for k in grid}
+    out = [best] if selection_task is None else []
     for task in reported:
         rec = store.find(method=method, task=task.kind, forget_class=task.target, seed=task.seed) if store else None
         if rec is None:

@@ -294,8 +294,7 @@ def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_files: 
     else:
         ds = data.load_dataset(dataset, split=split, transform=preprocess, data_dir=data_dir)
         ds.classnames = authors_classnames(dataset, ds.classnames)
-    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-    return metrics.CachedImages(ds, dtype=dtype, device=device, num_workers=workers)
+    return metrics.CachedImages(ds, device=device, num_workers=workers)
 
 def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], others: dict | None = None,
                        retain_per_class: int | None = 300, eval_per_class: int | None = 300, device="cpu",

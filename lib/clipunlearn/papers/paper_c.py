@@ -102,10 +102,9 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
         train, test = data.load_mini_world(data_dir=data_dir)
         templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
     else:
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         train, test = (CachedImages(data.load_dataset(settings["dataset"], split=s, transform=preprocess,
                                                       data_dir=data_dir, download=True),
-                                    dtype=dtype, device=device, num_workers=workers)
+                                    device=device, num_workers=workers)
                        for s in ("train", "test"))
         prompts = load_paper_config("paper_c")["prompts"]
         templates, n_seen = (prompts.get(settings["dataset"], "a photo of a {}."),), None
