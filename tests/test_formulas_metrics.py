@@ -155,14 +155,17 @@ def forget_task(train, test, **kw):
 
 
 def test_formula_mia_members_are_exactly_the_forget_class_images_the_model_trained_on():
-    """Members: every forget-class training image with ``image_id < n_seen`` (never retain images, never unseen)."""
+    """Members: every forget-class training image with ``image_id < n_seen`` that is not a forget validation image
+    of the unlearner (never retain images, never unseen, never validation)."""
     _, train, test, _ = toy_world()
     task = forget_task(train, test, n_seen=10)
-    expected = [i for i in range(len(train)) if int(train.targets[i]) == 0 and int(train.image_ids[i]) < 10]
-    assert expected == [0, 3, 6, 9]
-    assert task.member_idx.tolist() == expected
-    # without n_seen: every forget-class training image
-    assert forget_task(train, test).member_idx.tolist() == [0, 3, 6, 9, 12]
+    seen = [i for i in range(len(train)) if int(train.targets[i]) == 0 and int(train.image_ids[i]) < 10]
+    assert seen == [0, 3, 6, 9] and len(task.forget_val) == 1  # val_fraction 0.25 of the class's 5 images
+    expected = [i for i in seen if i not in task.forget_val.tolist()]
+    assert task.member_idx.tolist() == expected and len(expected) == 3
+    # without n_seen: every forget-class training image but the validation one
+    assert forget_task(train, test).member_idx.tolist() == [i for i in [0, 3, 6, 9, 12]
+                                                             if i not in task.forget_val.tolist()]
     # non-members of the evaluation: the forget test images (never trained on)
     assert task.eval_sets["forget"].tolist() == [i for i in range(len(test)) if int(test.targets[i]) == 0]
     # members_limit caps the draw, still forget-class seen images only
@@ -176,7 +179,8 @@ def test_formula_evaluate_model_mia_is_forget_train_members_vs_forget_test_image
     model, train, test, clf = toy_world()
     task = forget_task(train, test, n_seen=10)
     out = experiment.evaluate_model(model, task, tokenizer=None, classifier=clf)
-    members = [i for i in range(len(train)) if int(train.targets[i]) == 0 and int(train.image_ids[i]) < 10]
+    members = [i for i in range(len(train)) if int(train.targets[i]) == 0 and int(train.image_ids[i]) < 10
+               and i not in task.forget_val.tolist()]
     nonmembers = [i for i in range(len(test)) if int(test.targets[i]) == 0]
     m_loss, n_loss = naive_losses(model, train, members, clf), naive_losses(model, test, nonmembers, clf)
     expected = auc_pairs([-v for v in m_loss], [-v for v in n_loss])

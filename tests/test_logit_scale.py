@@ -32,7 +32,16 @@ def test_logit_scale_modes(tiny_clip, task, mode):
         assert after == start
     elif mode == "clamped":
         assert after <= math.log(100) + 1e-7
-    assert (record["config"].get("logit_scale") == mode) == (mode != "trainable")
+    assert record["config"]["logit_scale"] == mode  # stated in every record
+
+
+def test_run_method_clamps_the_temperature_by_default(tiny_clip, task):
+    model = tiny_clip.model
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100) - 1e-3)
+    unlearned, record = harness.run_method("ga", task, model=model, tokenizer=tiny_clip.tokenizer, lr=0.5, steps=3)
+    assert record["config"]["logit_scale"] == "clamped"
+    assert float(unlearned.logit_scale.detach()) <= math.log(100) + 1e-7
 
 
 def test_trainable_logit_scale_moves_past_the_clamp_and_an_unknown_mode_is_refused(tiny_clip, monkeypatch):

@@ -217,11 +217,11 @@ def test_build_task_default_caps_and_fixed_draws():
                            data.select_indices(test, classes=[bag], styles=[0], limit_per_class=300, seed=0))
         assert torch.equal(again.eval_sets["retain"],
                            data.select_indices(test, exclude_classes=[bag], styles=[0], limit_per_class=300, seed=0))
-        # MIA members: a fixed draw (seed 0) of the forget photos, the same for every task seed
-        assert torch.equal(again.member_idx, task.member_idx)
-    photos = data.select_indices(train, classes=[bag], styles=[0])
-    expected = photos[torch.randperm(len(photos), generator=torch.Generator().manual_seed(0))[:300]].sort().values
-    assert torch.equal(task.member_idx, expected)
+        # MIA members: a fixed draw (seed 0) of the seed's forget training photos, never a validation photo
+        pool = again.forget_train  # uncapped here: every forget training photo
+        expected = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:300]].sort().values
+        assert torch.equal(again.member_idx, expected)
+        assert not set(again.member_idx.tolist()) & set(again.forget_val.tolist())
 
 
 def test_forget_limit_is_a_sorted_draw_that_depends_on_the_seed_only(world):

@@ -240,7 +240,7 @@ def test_targets_and_findings_on_the_committed_mini_records(repo_root):
 
     records = load_records(repo_root / "results" / "mini" / "30_subgroup_forgetting.json")
     checked = findings.check_subgroup_forgetting(records)
-    assert len(checked) == 15 and all(f.holds for f in checked)
+    assert len(checked) == 17 and all(f.holds for f in checked)
     targets = paper_a.paper_a_targets(records)
     assert [k.split(":")[0] for k in targets] == ["forget-subgroup"] * 3 + ["forget-style-subgroup"] * 2
     assert all(v for k, v in targets.items() if k.startswith("forget-subgroup"))

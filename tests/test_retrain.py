@@ -126,15 +126,40 @@ def test_run_retrain_scores_the_retrained_model_on_the_task(monkeypatch, tiny_cl
 
     monkeypatch.setattr(retrain, "get_mini_clip", fake_get)
     model, record = retrain.run_retrain(task, training={"epochs": 1})
-    assert calls == [dict(exclude={"sandal": ["photo"]}, cache_dir=None, device="cpu", progress=False, epochs=1)]
+    assert calls == [dict(exclude={"sandal": ["photo"]}, cache_dir=None, device="cpu", progress=False, seed=None,
+                          epochs=1)]
     assert model is tiny_clip.model and record["method"] == "retrain" and record["task"] == "forget-subgroup"
-    assert record["config"]["exclude"] == {"sandal": ["photo"]} and record["config"]["seed"] == 2
-    assert record["config"]["weights"] == "/cache/model.pt" and record["metrics"]["train_seconds"] == 12.5
+    assert record["config"]["exclude"] == {"sandal": ["photo"]} and record["config"]["seed"] is None  # like original
+    assert record["config"]["cache_key"] == "cache" and record["metrics"]["train_seconds"] == 12.5
     expected = harness.evaluate_model(tiny_clip.model, task, tokenizer=tiny_clip.tokenizer)
     assert {k: record["metrics"][k] for k in ("forget_acc", "sibling_acc", "retain_acc", "mia")} == {
         k: expected[k] for k in ("forget_acc", "sibling_acc", "retain_acc", "mia")}
     val = harness.validate_model(tiny_clip.model, task, tokenizer=tiny_clip.tokenizer)
     assert record["metrics"]["score"] == val["score"]
+
+
+def test_a_retrained_mini_world_retrains_its_reference_with_its_own_seed(monkeypatch, tiny_clip):
+    train, test = tiny_world(seed=0), tiny_world(n_per_class=6, seed=1)
+    task = harness.build_task(train, test, kind="forget-class", target="sneaker", seed=0, eval_per_class=4)
+    calls = []
+    monkeypatch.setattr(retrain, "get_mini_clip", lambda **kw: calls.append(kw) or (
+        tiny_clip.model, None, tiny_clip.tokenizer, {"config": {}, "path": "/x/key/model.pt"}))
+    monkeypatch.setenv("CLIPUNLEARN_MINI_SEED", "7")
+    retrain.run_retrain(task)
+    assert calls[0]["seed"] == 7
+
+
+def test_load_references_keeps_the_benchmark_targets_and_skips_the_selection_seed(monkeypatch, tiny_clip):
+    train, test = tiny_world(seed=0), tiny_world(n_per_class=6, seed=1)
+    sel = harness.PROTOCOL
+    tasks = {t: [harness.build_task(train, test, kind="forget-class", target=t, seed=s, eval_per_class=4)
+                 for s in sel.with_seeds([3, 4])] for t in ("sneaker", "bag")}
+    seen = []
+    monkeypatch.setattr(retrain, "run_retrain", lambda task, **kw: seen.append(task) or ("model", {"m": task.seed}))
+    refs = retrain.load_references(tasks, selection=sel)
+    assert list(refs) == ["sneaker"] and [t.seed for t in seen] == [3]  # bag is no benchmark target
+    assert refs["sneaker"].model == "model" and refs["sneaker"].record == {"m": 3}
+    assert list(retrain.load_references(tasks, selection=sel, targets=None)) == ["sneaker", "bag"]
 
 
 def test_the_references_have_fixed_colours_and_shift_no_method_colour():

@@ -24,11 +24,9 @@ forget-target test images it never saw (checked end to end through ``evaluate_mo
 model that has memorised its training set); calibration images a per-class capped subset of
 the validation images, never training pairs nor test images.
 
-Two invariants of the issue fail on the current library and are kept as strict xfails (each
-names the bug): MIA members include the unlearner's forget validation images, and a style
-subgroup validates on other renderings of its training images. A third strict xfail: the
-forget validation cap is a total, not per class, so a multi-class target on a class-ordered
-dataset validates on its first class only.
+Three invariants were strict xfails until issue 17 fixed the library: MIA members never include
+the unlearner's forget validation images, a style subgroup never validates on other renderings of
+its training images, and the forget validation cap is per class.
 """
 
 from __future__ import annotations
@@ -286,12 +284,14 @@ def check_task(task, *, hierarchy=None, val_fraction=0.1, retain_per_class=300, 
     test_prints = fingerprints(test)
     assert not {test_prints[i] for idx in evals.values() for i in idx} & train_split, "a test image is a training image"
 
-    # MIA members: forget-target training images the original model saw, as many as members_limit allows (the
-    # bounds accept members drawn with or without the forget validation images, see the xfail below)
+    # MIA members: forget-target training images the original model saw, never a validation image, as many as
+    # members_limit allows (drawn from every forget training image, also those forget_limit leaves out)
     members = as_set(task.member_idx)
     seen = seen_forget_pool(task, hierarchy, n_seen)
     assert members <= seen, "a member is not a forget-target training image the original model saw"
-    assert min(members_limit, len(seen - got["forget_val"])) <= len(members) <= min(members_limit, len(seen))
+    assert not members & got["forget_val"], "a member is a forget validation image"
+    assert min(members_limit, len(seen & got["forget_train"])) <= len(members) <= min(members_limit,
+                                                                                     len(seen - got["forget_val"]))
     return task
 
 
@@ -491,8 +491,11 @@ def check_mia(task, n_seen):
         out = experiment.evaluate_model(torch.nn.Identity(), task, tokenizer=None)
     assert out["mia"] == 1.0, "a member the original model never saw, or a non-member it saw or not of the target"
     on_train = [(i, y) for d, i, y in calls if d is task.train]
-    assert len(on_train) == 1 and torch.equal(on_train[0][0], task.member_idx)  # the members, scored on train
-    assert set(on_train[0][1].tolist()) <= set(task.forget_classes), "a member is not of the forget target"
+    members = [(i, y) for i, y in on_train if torch.equal(i, task.member_idx)]
+    assert len(members) == 1  # the members, scored on train once
+    assert set(members[0][1].tolist()) <= set(task.forget_classes), "a member is not of the forget target"
+    fit = [i for i, _ in on_train if not torch.equal(i, task.member_idx)]  # MIA-efficacy's members: retain-train
+    assert len(fit) <= 1 and all(set(i.tolist()) <= set(task.retain_train.tolist()) for i in fit)
     nonmembers = [y for d, i, y in calls if d is task.test and torch.equal(i, task.eval_sets["forget"])]
     assert nonmembers and set(nonmembers[0].tolist()) == set(task.forget_classes)  # non-members: its test images
 
@@ -525,9 +528,6 @@ def test_the_checks_see_a_wrong_member_set():
         check_mia(replace(task, member_idx=torch.tensor(unseen)), n_seen)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: build_task draws MIA members from every forget-target "
-                   "training image (forget_all), so they include the unlearner's forget validation images "
-                   "(forget_val)")
 @pytest.mark.parametrize("world, kind, target", HAND_PICKED[:1] + HAND_PICKED[4:5] + HAND_PICKED[6:7])
 def test_mia_members_are_not_the_unlearners_validation_images(world, kind, target):
     task, _ = build(world, kind=kind, target=target, seed=0, val_fraction=0.25)
@@ -536,10 +536,7 @@ def test_mia_members_are_not_the_unlearners_validation_images(world, kind, targe
 
 @pytest.mark.parametrize("kind, target", [
     ("forget-class", "sneaker"), ("forget-subgroup", "sandal"),
-    pytest.param("forget-style-subgroup", "sketch:sneaker", marks=pytest.mark.xfail(
-        strict=True, reason="library bug: a style subgroup splits its forget images (one style) and its "
-        "siblings (the other styles) independently, so a validation image's other renderings "
-        "(same image_ids) are training pairs")),
+    ("forget-style-subgroup", "sketch:sneaker"),
 ])
 def test_validation_images_share_no_source_image_with_training_pairs(kind, target):
     task, _ = build("fmnist", kind=kind, target=target, seed=0, val_fraction=0.25)
@@ -551,9 +548,6 @@ def test_validation_images_share_no_source_image_with_training_pairs(kind, targe
             assert not set(ids[idx].tolist()) & trained, f"{name} shares source images with training pairs"
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: build_task caps forget_val at val_per_class * len(classes) "
-                   "in index order, not per class: on a class-ordered dataset a multi-class target validates on "
-                   "its first class only")
 def test_forget_validation_is_capped_per_class():
     task, _ = build("folder", kind="forget-class", target="airplane,automobile", seed=0, val_fraction=0.5,
                     val_per_class=3)

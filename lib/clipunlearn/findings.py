@@ -18,6 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from .benchmark import summary_table
+from .registry import REFERENCES
 from .report import oracle_table, summarise
 from .results import load_records
 
@@ -57,6 +58,7 @@ def check_cliperase(records: Sequence[dict], *, quick: bool = False) -> list[Fin
     """Notebook 10: CLIPErase and the baselines on forget-one-class, the forget ratio, the module ablation."""
     out: list[Finding] = []
     frame = _frame(records, "forget-class", ["forget_acc", "retain_acc", "other_acc", "other_forget_acc", "mia"])
+    frame = frame.drop(index="retrain", errors="ignore")  # the gold standard, statement 7
     original, ours = frame.loc["original"], frame.loc["cliperase"]
     forget_bar, retain_drop = (0.30, 0.10) if quick else (0.01, 0.02)
     _add(out, "1", f"CLIPErase forgets the class (forget accuracy <= {forget_bar})", ours.forget_acc <= forget_bar,
@@ -70,7 +72,7 @@ def check_cliperase(records: Sequence[dict], *, quick: bool = False) -> list[Fin
          **{m: frame.loc[m, "forget_acc"] for m in baselines}, original=original.forget_acc)
     if quick:
         return out
-    forgetting = [m for m in frame.index if m != "original" and frame.loc[m, "forget_acc"] <= 0.01]
+    forgetting = [m for m in frame.index if m not in REFERENCES and frame.loc[m, "forget_acc"] <= 0.01]
     best = max(forgetting, key=lambda m: frame.loc[m, "retain_acc"]) if forgetting else ""
     _add(out, "2", "among the methods that forget (forget accuracy <= 0.01), CLIPErase keeps the most retain "
          "accuracy", best == "cliperase", best=best, **{m: frame.loc[m, "retain_acc"] for m in forgetting})
@@ -82,22 +84,50 @@ def check_cliperase(records: Sequence[dict], *, quick: bool = False) -> list[Fin
          ga=frame.loc["ga", "other_forget_acc"], cliperase=ours.other_forget_acc)
     ratio = _frame(records, "forget-ratio", ["forget_acc", "retain_acc"], by=("forget_ratio", "method"))
     top = max(r for r, _ in ratio.index)
-    _add(out, "4", f"with {top:.0%} of the classes forgotten at once, CLIPErase still forgets (forget accuracy "
-         "<= 0.05)", ratio.loc[(top, "cliperase"), "forget_acc"] <= 0.05,
-         cliperase=ratio.loc[(top, "cliperase"), "forget_acc"])
+    _add(out, "4", f"with {top:.0%} of the classes forgotten at once (drawn per seed, steps per class, lr selected "
+         "per ratio), CLIPErase still forgets (forget accuracy <= 0.05)", ratio.loc[(top, "cliperase"), "forget_acc"]
+         <= 0.05, cliperase=ratio.loc[(top, "cliperase"), "forget_acc"])
     kept = ratio.loc[(top, "cliperase"), "retain_acc"]
-    _add(out, "4", "... and GA and GradDiff each keep at least 0.1 less retain accuracy than CLIPErase",
-         all(ratio.loc[(top, m), "retain_acc"] < kept - 0.1 for m in ("ga", "graddiff")),
-         ga=ratio.loc[(top, "ga"), "retain_acc"], graddiff=ratio.loc[(top, "graddiff"), "retain_acc"], cliperase=kept)
-    abl = _frame(records, "ablation", ["forget_acc", "retain_acc"], by=("variant",))
+    _add(out, "4", "... and GA keeps at least 0.1 less retain accuracy than CLIPErase",
+         ratio.loc[(top, "ga"), "retain_acc"] < kept - 0.1, ga=ratio.loc[(top, "ga"), "retain_acc"], cliperase=kept)
+    abl = _frame(records, "ablation", ["forget_acc", "retain_acc", "other_acc"], by=("variant",))
     _add(out, "5", "FM alone already forgets (forget accuracy <= 0.01)", abl.loc["FM", "forget_acc"] <= 0.01,
          fm=abl.loc["FM", "forget_acc"])
-    _add(out, "5", "each module adds retain accuracy (FM < FM+RM < FM+RM+CM)",
-         abl.loc["FM", "retain_acc"] < abl.loc["FM+RM", "retain_acc"] < abl.loc["FM+RM+CM", "retain_acc"],
+    _add(out, "5", "each module adds retain accuracy (FM < FM+RM < FM+RM+CM), every variant at its own selected "
+         "learning rate", abl.loc["FM", "retain_acc"] < abl.loc["FM+RM", "retain_acc"] < abl.loc["FM+RM+CM",
+                                                                                              "retain_acc"],
          **{v: abl.loc[v, "retain_acc"] for v in ("FM", "FM+RM", "FM+RM+CM")})
-    mia = frame["mia"]
-    _add(out, "6", "membership inference stays near chance (between 0.45 and 0.55) for every method and the original",
-         mia.between(0.45, 0.55).all(), lowest=mia.min(), highest=mia.max())
+    _add(out, "5", "RM without CM costs at least 0.1 of the other styles' accuracy, which CM gives back (within "
+         "0.05 of the original's)", abl.loc["FM+RM", "other_acc"] < original.other_acc - 0.1
+         and abl.loc["FM+RM+CM", "other_acc"] >= original.other_acc - 0.05,
+         fm_rm=abl.loc["FM+RM", "other_acc"], full=abl.loc["FM+RM+CM", "other_acc"], original=original.other_acc)
+    adv = _frame(records, "forget-class", ["mia_advantage", "mia_se"])
+    _add(out, "6", "the loss attack's advantage |AUC - 0.5| stays within two standard errors of chance for every "
+         "method, the original and the retrained model", (adv["mia_advantage"] <= 2 * adv["mia_se"]).all(),
+         highest=adv["mia_advantage"].max(), two_se=2 * adv["mia_se"].max())
+    sneaker = _frame([r for r in records if r["config"].get("forget_class") == "sneaker"], "forget-class",
+                     ["forget_acc", "retain_acc", "other_forget_acc", "gap_retrain", "js_retrain", "mia_efficacy"])
+    if "retrain" not in sneaker.index:
+        return out
+    ref = sneaker.loc["retrain"]
+    _add(out, "7", "the retrained model (never saw a sneaker photo) recognises no sneaker photo (forget accuracy "
+         "<= 0.01) but at least 0.9 of the sneakers in the other styles, and keeps at least the original's retain "
+         "accuracy", ref.forget_acc <= 0.01 and ref.other_forget_acc >= 0.9
+         and ref.retain_acc >= sneaker.loc["original", "retain_acc"],
+         forget=ref.forget_acc, other_forget=ref.other_forget_acc, retain=ref.retain_acc)
+    methods = [m for m in sneaker.index if m not in REFERENCES]
+    closest = min(methods, key=lambda m: sneaker.loc[m, "gap_retrain"])
+    _add(out, "7", "GA is the closest to the retrained model on sneaker (the smallest gap and the smallest output "
+         "JS divergence of every method)", closest == "ga" and sneaker.loc[methods, "js_retrain"].idxmin() == "ga",
+         **{m: sneaker.loc[m, "gap_retrain"] for m in methods})
+    _add(out, "7", "FT and random labels, which erase the class in every style, are the farthest (gap >= 0.25)",
+         all(sneaker.loc[m, "gap_retrain"] >= 0.25 for m in ("ft", "random_labels"))
+         and set(sneaker.loc[methods, "gap_retrain"].nlargest(2).index) == {"ft", "random_labels"},
+         ft=sneaker.loc["ft", "gap_retrain"], random_labels=sneaker.loc["random_labels", "gap_retrain"])
+    _add(out, "8", "the entropy attack separates what the loss attack cannot: random labels' forget photos look "
+         "far less like members than the retrained model's (MIA-efficacy at least 0.5 above it)",
+         sneaker.loc["random_labels", "mia_efficacy"] >= ref.mia_efficacy + 0.5,
+         random_labels=sneaker.loc["random_labels", "mia_efficacy"], retrain=ref.mia_efficacy)
     return out
 
 
@@ -119,8 +149,12 @@ def check_synthetic_lipschitz(records: Sequence[dict], *, quick: bool = False) -
              if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class"))
     if quick:
         return out
-    _add(out, "2", "with synthetic images only, the real class is mostly not forgotten (forget accuracy > 0.3)",
-         ours.forget_acc > 0.3, synthetic=ours.forget_acc, original=original.forget_acc)
+    per_class = _frame(records, "forget-class", ["forget_acc"], by=("method", "forget_class"))["forget_acc"]
+    syn = per_class.loc["lipschitz_synthetic"]
+    _add(out, "2", "with synthetic images only, the real class is on average mostly not forgotten (forget accuracy "
+         "> 0.3), and how much depends on the class: sneaker mostly (<= 0.15), trouser hardly (>= 0.8)",
+         ours.forget_acc > 0.3 and syn.get("sneaker", 1.0) <= 0.15 and syn.get("trouser", 0.0) >= 0.8,
+         synthetic=ours.forget_acc, sneaker=syn.get("sneaker"), trouser=syn.get("trouser"))
     oracle = oracle_table(list(records), method="lipschitz_synthetic")
     grid = next(r["config"]["grid"]["lr"] for r in records
                 if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class")
@@ -136,19 +170,31 @@ def check_synthetic_lipschitz(records: Sequence[dict], *, quick: bool = False) -
          "retain accuracy", real.forget_acc <= 0.05 and real.retain_acc < ours.retain_acc,
          real_forget=real.forget_acc, real_retain=real.retain_acc, synthetic_retain=ours.retain_acc)
     abl = [r for r in records if r["task"] == "ablation" and r["method"] == "lipschitz_synthetic"]
-    sel = [r["metrics"]["forget_acc"] for r in abl if r["config"]["selective"]]
+    sigma2 = [r["metrics"]["forget_acc"] for r in abl if r["config"].get("ablation") == "sigma"
+              and r["config"].get("value") == 2.0]
+    others = [r["metrics"]["forget_acc"] for r in abl if r["config"]["selective"] and not (
+        r["config"].get("ablation") == "sigma" and r["config"].get("value") == 2.0)]
     every = [r["metrics"]["retain_acc"] for r in abl if not r["config"]["selective"]]
-    _add(out, "5", "every selective ablation leaves the real class mostly recognised (forget accuracy > 0.3)",
-         bool(sel) and min(sel) > 0.3, lowest=min(sel, default=math.nan))
+    _add(out, "5", "on the ablation's class and seed, a constant sigma of 2 leaves most real images recognised "
+         "(forget accuracy > 0.5) while every other selective variant forgets most of them (<= 0.15)",
+         bool(sigma2) and min(sigma2) > 0.5 and bool(others) and max(others) <= 0.15,
+         sigma_2=min(sigma2, default=math.nan), others_highest=max(others, default=math.nan))
     _add(out, "5", "updating every tensor instead of the top-k collapses the model (retain accuracy < 0.3)",
          bool(every) and max(every) < 0.3, retain=max(every, default=math.nan))
+    sneaker = _frame([r for r in records if r["config"].get("forget_class") == "sneaker"], "forget-class",
+                     ["gap_retrain"])["gap_retrain"]
+    if "retrain" in sneaker.index:
+        _add(out, "6", "on sneaker, the real-image variant is the closer to the retrained model (gap <= 0.05, the "
+             "synthetic one >= 0.1)", sneaker["lipschitz_real"] <= 0.05 and sneaker["lipschitz_synthetic"] >= 0.1,
+             real=sneaker["lipschitz_real"], synthetic=sneaker["lipschitz_synthetic"])
     return out
 
 
 def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
     """Notebook 30: paper A's three stages on the sandal and the sketch-sneaker subgroups."""
     out: list[Finding] = []
-    sub = _frame(records, "forget-subgroup", ["forget_acc", "sibling_acc", "retain_acc", "coarse_forget_acc"])
+    sub = _frame(records, "forget-subgroup", ["forget_acc", "sibling_acc", "retain_acc", "coarse_forget_acc",
+                                              "gap_retrain"])
     ours, original = sub.loc["three_stage"], sub.loc["original"]
     keep_drop = 0.10 if quick else 0.03
     runs = [r for r in records if "three_stage" in r]
@@ -192,10 +238,13 @@ def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -
          full=full.forget_acc)
     _add(out, "3", "CLIPErase forgets the sketches (forget accuracy <= 0.10)",
          style.loc["cliperase", "forget_acc"] <= 0.10, cliperase=style.loc["cliperase", "forget_acc"])
-    lip = sub.loc["lipschitz_synthetic", "forget_acc"]
-    _add(out, "4", "LIP (synthetic images only) leaves the most sandal photos recognised of all methods",
-         lip == sub.drop(index="original")["forget_acc"].max(), lip=lip,
-         next_highest=sub.drop(index=["original", "lipschitz_synthetic"])["forget_acc"].max())
+    lip = sub.loc["lipschitz_synthetic"]
+    _add(out, "4", "LIP (synthetic images only) forgets the sandal (forget accuracy <= 0.05) but moves it out of the "
+         "shoe group (coarse accuracy <= 0.1), where the retrained model keeps it a shoe (>= 0.9)",
+         lip.forget_acc <= 0.05 and lip.coarse_forget_acc <= 0.1
+         and sub.loc["retrain", "coarse_forget_acc"] >= 0.9 if "retrain" in sub.index else False,
+         lip=lip.forget_acc, lip_coarse=lip.coarse_forget_acc, retrain_coarse=sub.loc["retrain", "coarse_forget_acc"]
+         if "retrain" in sub.index else math.nan)
     every = _frame(records, "ablation", ["forget_acc", "sibling_acc", "retain_acc"]).loc["three_stage-no_fisher_all"]
     _add(out, "2", "tuning all layers (no Fisher selection) forgets the sandal (forget accuracy <= 0.05) and keeps "
          "its siblings and the other classes (within 0.03)", every.forget_acc <= 0.05
@@ -205,6 +254,20 @@ def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -
          abl.loc["three_stage-no_fisher_random", "unlearning_score"] < abl.loc["three_stage-no_fisher_all",
                                                                              "unlearning_score"],
          **{k: v for k, v in abl["unlearning_score"].items()})
+    if "retrain" not in style.index:
+        return out
+    style_gap = _frame(records, "forget-style-subgroup", ["gap_retrain"])["gap_retrain"]
+    methods = [m for m in style_gap.index if m not in REFERENCES]
+    _add(out, "5", "the model retrained without sneaker sketches still names at least 0.4 of them sneakers, and no "
+         "method gets closer to it than the untouched model (every method's gap is larger)",
+         style.loc["retrain", "forget_acc"] >= 0.4
+         and all(style_gap[m] > style_gap["original"] for m in methods),
+         retrain=style.loc["retrain", "forget_acc"], original_gap=style_gap["original"],
+         closest_method_gap=min(style_gap[m] for m in methods))
+    near = [m for m in sub.index if m not in REFERENCES and sub.loc[m, "gap_retrain"] <= 0.02]
+    _add(out, "5", "on the sandal, three-stage, CLIPErase and LIP land within 0.02 of the retrained model (gap), GA "
+         "and FT farther", set(near) == {"three_stage", "cliperase", "lipschitz_synthetic"},
+         **{m: sub.loc[m, "gap_retrain"] for m in sub.index if m not in REFERENCES})
     return out
 
 
@@ -213,7 +276,7 @@ def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Fin
     out: list[Finding] = []
     tasks = [k for k in ("forget-class", "forget-subgroup", "forget-style-subgroup")
              if any(r["task"] == k for r in records)]
-    present = sorted({r["method"] for r in records if r["task"] in tasks} - {"original"})
+    present = sorted({r["method"] for r in records if r["task"] in tasks} - set(REFERENCES))
     numeric = summary_table(records, tasks=tasks, methods=present, numeric=True)
     # the benchmark's methods: those run on every task (lipschitz_real, reused from notebook 20, is not)
     methods = [m for m in present if all(numeric.loc[m, (k, "score")] == numeric.loc[m, (k, "score")] for k in tasks)]
@@ -223,16 +286,27 @@ def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Fin
     if quick:
         return out
     ranked = {k: sorted(methods, key=lambda m: -score(m, k)) for k in tasks}
-    _add(out, "1", "CLIPErase scores at least 0.97 on every task", all(score("cliperase", k) >= 0.97 for k in tasks),
-         **{k: score("cliperase", k) for k in tasks})
-    _add(out, "2", "CLIPErase is first or second on every task", all("cliperase" in ranked[k][:2] for k in tasks),
-         **{f"top2@{k}": ",".join(ranked[k][:2]) for k in tasks})
+    subgroups = ("forget-subgroup", "forget-style-subgroup")
+    _add(out, "1", "CLIPErase scores at least 0.97 on both subgroup tasks",
+         all(score("cliperase", k) >= 0.97 for k in subgroups), **{k: score("cliperase", k) for k in subgroups})
+    _add(out, "2", "on the class task, where the score counts the forgotten class in the other styles, GA scores "
+         "highest and CLIPErase below 0.9", ranked["forget-class"][0] == "ga" and score("cliperase", "forget-class")
+         < 0.9, first=ranked["forget-class"][0], ga=score("ga", "forget-class"),
+         cliperase=score("cliperase", "forget-class"))
     _add(out, "3", "on the style subgroup CLIPErase is first and the three stages fall below 0.8",
          ranked["forget-style-subgroup"][0] == "cliperase" and score("three_stage", "forget-style-subgroup") < 0.8,
          first=ranked["forget-style-subgroup"][0], three_stage=score("three_stage", "forget-style-subgroup"))
-    _add(out, "4", "the data-free method is last on the class and class-subgroup tasks",
-         ranked["forget-class"][-1] == ranked["forget-subgroup"][-1] == "lipschitz_synthetic",
-         **{f"last@{k}": ranked[k][-1] for k in ("forget-class", "forget-subgroup")})
+    _add(out, "4", "FT scores lowest on the class subgroup, at most 0.7 on the class task and 0 on the style subgroup "
+         "(it never forgets the sketches)", ranked["forget-subgroup"][-1] == "ft"
+         and score("ft", "forget-class") <= 0.7 and score("ft", "forget-style-subgroup") == 0.0,
+         last_subgroup=ranked["forget-subgroup"][-1], ft_class=score("ft", "forget-class"),
+         ft_style=score("ft", "forget-style-subgroup"))
+    if "retrain" in numeric.index:
+        ref = {k: numeric.loc["retrain", (k, "score")] for k in tasks}
+        _add(out, "5", "the retrained gold standard scores at least 0.99 on the class and class-subgroup tasks but "
+             "below 0.7 on the style subgroup, where it still recognises half the sketches",
+             ref["forget-class"] >= 0.99 and ref["forget-subgroup"] >= 0.99 and ref["forget-style-subgroup"] < 0.7,
+             **ref)
     return out
 
 

@@ -352,20 +352,28 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def zero_shot_probs(model, dataset, *, tokenizer, classnames, templates, indices=None, batch_size: int = 512,
+                    device="cpu") -> torch.Tensor:
+    """Return the zero-shot output distribution ``[N, C]`` of ``model`` on ``dataset`` (``indices``): its own
+    classifier over ``classnames`` and ``templates``, at its own temperature."""
+    clf = build_classifier(model, tokenizer, classnames, templates, device=device)
+    logits, _ = predict_logits(model, clf, dataset, indices=indices, batch_size=batch_size, device=device)
+    return logits.softmax(1)
+
+
 def output_divergence(model, reference, dataset, *, tokenizer, classnames, templates, indices=None,
-                      batch_size: int = 512, device="cpu") -> float:
+                      batch_size: int = 512, device="cpu", reference_probs: torch.Tensor | None = None) -> float:
     """Return the mean Jensen-Shannon divergence of the zero-shot output distributions of ``model`` and
-    ``reference`` on ``dataset`` (``indices``): each model with its own classifier and temperature.
+    ``reference`` on ``dataset`` (``indices``): each model with its own classifier and temperature
+    (:func:`zero_shot_probs`; ``reference_probs``: the reference's, computed once and reused).
 
     0 means the two models answer alike on these images (e.g. an unlearned model and the retrained one
     on the forget images).
     """
-    def probs(m):
-        clf = build_classifier(m, tokenizer, classnames, templates, device=device)
-        logits, _ = predict_logits(m, clf, dataset, indices=indices, batch_size=batch_size, device=device)
-        return logits.softmax(1)
-
-    out = js_divergence(probs(model), probs(reference))
+    kw = dict(tokenizer=tokenizer, classnames=classnames, templates=templates, indices=indices,
+              batch_size=batch_size, device=device)
+    ref = reference_probs if reference_probs is not None else zero_shot_probs(reference, dataset, **kw)
+    out = js_divergence(zero_shot_probs(model, dataset, **kw), ref)
     return float(out.mean()) if len(out) else float("nan")
 
 

@@ -40,7 +40,10 @@ METRIC_LABELS = {
     "steps": "steps", "best_step": "best step", "val_forget_acc": "val Df acc", "val_retain_acc": "val Dr acc",
     "score": "score", "acc": "acc", "acc_photo": "photo acc", "acc_sketch": "sketch acc",
     "acc_negative": "negative acc", "coarse_acc": "coarse acc", "style_acc": "style acc",
-    "train_seconds": "train seconds",
+    "train_seconds": "train seconds", "gap_retrain": "gap to retrain", "js_retrain": "JS to retrain",
+    "mia_advantage": "MIA advantage", "mia_se": "MIA SE", "mia_efficacy": "MIA-efficacy",
+    "unlearning_score": "unlearning score", "score_retention_uncapped": "retention (uncapped)",
+    "score_forgetting": "forgetting", "score_retention": "retention",
 }
 ALL_CLASSES = "all classes"
 DEFAULT_METRICS = {

@@ -15,14 +15,15 @@ from __future__ import annotations
 import math
 
 __all__ = ["CRITERION", "GAP_METRICS", "SCORE_DECIMALS", "SCORE_RETAINED", "auc_standard_error", "gap_to_retrain",
-           "mia_advantage", "round_score", "selection_score", "unlearning_score"]
+           "mia_advantage", "round_score", "score_components", "selection_score", "unlearning_score"]
 
 #: Name of the one selection criterion (see :func:`selection_score`).
 CRITERION = "retain_minus_forget"
 #: Decimals of every score that selection compares: differences below 1e-4 are ties.
 SCORE_DECIMALS = 4
-#: What :func:`unlearning_score` counts as retained accuracy.
-SCORE_RETAINED = ("sibling_acc", "retain_acc", "other_acc")
+#: What :func:`unlearning_score` counts as retained accuracy: the siblings, the other classes, the other
+#: classes in the other styles and the forgotten class in the other styles (which the retrained model keeps).
+SCORE_RETAINED = ("sibling_acc", "retain_acc", "other_acc", "other_forget_acc")
 #: What :func:`gap_to_retrain` averages: the forget, sibling and retain accuracies and the other styles' ones
 #: (the other classes, and the forgotten class, in the other styles).
 GAP_METRICS = ("forget_acc", "sibling_acc", "retain_acc", "other_acc", "other_forget_acc")
@@ -46,22 +47,32 @@ def selection_score(metrics_: dict) -> float:
     return round_score(metrics_["val_retain_acc"] - metrics_["val_forget_acc"])
 
 
+def score_components(metrics_: dict, original: dict) -> dict | None:
+    """Return the parts of :func:`unlearning_score`: ``score_forgetting`` ``F = clip(1 - forget_acc /
+    original forget_acc, 0, 1)``, ``score_retention`` ``R`` (the mean over :data:`SCORE_RETAINED`, those both
+    have, of ``min(1, acc / original acc)``) and ``score_retention_uncapped`` (the same mean without the cap:
+    above 1 when a run gains accuracy somewhere). None when a number is missing."""
+    f, f0 = metrics_.get("forget_acc"), original.get("forget_acc")
+    ratios = [metrics_[k] / original[k] for k in SCORE_RETAINED
+              if metrics_.get(k) is not None and original.get(k) and math.isfinite(metrics_[k])]
+    if f is None or not f0 or not ratios or not math.isfinite(f):
+        return None
+    return {"score_forgetting": min(1.0, max(0.0, 1.0 - f / f0)),
+            "score_retention": max(0.0, sum(min(1.0, r) for r in ratios) / len(ratios)),
+            "score_retention_uncapped": max(0.0, sum(ratios) / len(ratios))}
+
+
 def unlearning_score(metrics_: dict, original: dict) -> float | None:
     """Return the project's aggregate score of a run against the untouched model (paper A's formula is not public).
 
-    ``2 F R / (F + R)``, the harmonic mean of forgetting ``F = clip(1 - forget_acc /
-    original forget_acc, 0, 1)`` and retention ``R`` = the mean, over ``sibling_acc``,
-    ``retain_acc`` and ``other_acc`` (those both have), of ``min(1, acc / original acc)``;
-    0 when both are 0. The untouched model scores 0, and so does a model that forgets
-    everything. None when a number is missing.
+    ``2 F R / (F + R)``, the harmonic mean of forgetting ``F`` and retention ``R`` of
+    :func:`score_components` (``R`` counts the forgotten class in the other styles too); 0 when both are 0.
+    The untouched model scores 0, and so does a model that forgets everything. None when a number is missing.
     """
-    f, f0 = metrics_.get("forget_acc"), original.get("forget_acc")
-    kept = [min(1.0, metrics_[k] / original[k]) for k in SCORE_RETAINED
-            if metrics_.get(k) is not None and original.get(k) and math.isfinite(metrics_[k])]
-    if f is None or not f0 or not kept or not math.isfinite(f):
+    parts = score_components(metrics_, original)
+    if parts is None:
         return None
-    forgetting = min(1.0, max(0.0, 1.0 - f / f0))
-    retention = max(0.0, sum(kept) / len(kept))
+    forgetting, retention = parts["score_forgetting"], parts["score_retention"]
     return 0.0 if forgetting + retention == 0 else 2 * forgetting * retention / (forgetting + retention)
 
 

@@ -3,21 +3,26 @@
 Every notebook builds its tasks, evaluates every model and selects every method's
 hyper-parameters through these modules, so numbers are comparable across notebooks:
 :mod:`.task` (what to forget and keep), :mod:`.evaluate` (test and validation metrics),
-:mod:`.select` (the grid on the first seed, the tie rule), :mod:`.store` (records saved as
-they come, resumable) and :mod:`.run` (a registered loss through the one loop). The harness
+:mod:`.select` (the grid on a selection seed, extended at its ends, the tie rule), :mod:`.store` (records
+saved as they come, resumable), :mod:`.reference` (every run beside the retrained model) and :mod:`.run`
+(a registered loss through the one loop). The harness
 imports no method: methods and papers import it.
 """
 
 from ..scores import CRITERION, SCORE_RETAINED, selection_score, unlearning_score
-from .evaluate import calibration_fn, evaluate_coarse, evaluate_model, validate_model
+from .evaluate import MIA_FIT_IMAGES, calibration_fn, evaluate_coarse, evaluate_model, validate_model
 from .run import MINI_LR_GRID, record_original, run_ablation, run_forget_benchmark, run_forget_ratio, run_method
-from .select import GridExtension, run_grid, run_selected, summarise_run
+from .reference import Reference, compare_to_reference, reference_fn
+from .select import (EVALUATIONS, PROTOCOL, QUICK_PROTOCOL, SELECTION_SEED, GridExtension, Selection,
+                     find_selection_task, is_search, reported_tasks, run_grid, run_selected, summarise_run)
 from .store import ResultStore
 from .task import (EVAL_SETS, TASK_KINDS, Task, build_task, calibration_split, class_prompts, pick_classes,
                    pick_examples)
 
-__all__ = ["CRITERION", "EVAL_SETS", "GridExtension", "MINI_LR_GRID", "SCORE_RETAINED", "TASK_KINDS",
-           "ResultStore", "Task", "build_task", "calibration_fn", "calibration_split", "class_prompts",
-           "evaluate_coarse", "evaluate_model", "pick_classes", "pick_examples", "record_original", "run_ablation",
+__all__ = ["CRITERION", "EVALUATIONS", "EVAL_SETS", "GridExtension", "MIA_FIT_IMAGES", "MINI_LR_GRID", "PROTOCOL",
+           "QUICK_PROTOCOL", "Reference", "SCORE_RETAINED", "SELECTION_SEED", "TASK_KINDS", "ResultStore",
+           "Selection", "Task", "build_task", "calibration_fn", "calibration_split", "class_prompts",
+           "compare_to_reference", "evaluate_coarse", "evaluate_model", "find_selection_task", "is_search",
+           "pick_classes", "pick_examples", "record_original", "reference_fn", "reported_tasks", "run_ablation",
            "run_forget_benchmark", "run_forget_ratio", "run_grid", "run_method", "run_selected", "selection_score",
            "summarise_run", "unlearning_score", "validate_model"]

@@ -14,10 +14,13 @@ from typing import Callable, Sequence
 import torch
 
 from .. import metrics
-from ..scores import selection_score
+from ..scores import mia_advantage, selection_score
 from .task import EVAL_SETS, Task, calibration_split
 
-__all__ = ["calibration_fn", "evaluate_coarse", "evaluate_model", "validate_model"]
+__all__ = ["MIA_FIT_IMAGES", "calibration_fn", "evaluate_coarse", "evaluate_model", "validate_model"]
+
+#: Retain training images (a fixed draw) the entropy attack of ``mia_efficacy`` is fitted on as members.
+MIA_FIT_IMAGES = 1000
 
 
 @torch.no_grad()
@@ -29,9 +32,13 @@ def evaluate_model(model, task: Task, *, tokenizer, device="cpu", classifier: to
     ``other_forget``; for a style subgroup also ``sibling_acc@<style>`` and ``other_acc@<style>``
     per style of those subsets), ``per_class_acc``  (``forget`` + ``sibling`` + ``retain`` images, by
     class), ``forget_confusion`` (fraction of the forget images predicted as each class)
-    and ``mia`` (AUC of a loss-threshold attack separating the forget training images
-    the model saw from unseen forget test images; 0.5 = indistinguishable). The
-    zero-shot classifier is rebuilt from the model's current text tower unless given.
+    and the membership-inference family (``docs/PAPERS.md``, "metric-mia-*"): ``mia`` (AUC of a
+    loss-threshold attack separating the forget training images the original model saw, never a
+    validation image, from unseen forget test images; 0.5 = indistinguishable), ``mia_advantage``
+    ``|AUC - 0.5|`` with its standard error ``mia_se``, and ``mia_efficacy`` (an entropy attack fitted on
+    retain training images against retain test images, applied to those forget training images: the
+    fraction it calls non-members). The zero-shot classifier is rebuilt from the model's current text
+    tower unless given.
     """
     model.eval()
     clf = classifier if classifier is not None else metrics.build_classifier(
@@ -80,6 +87,14 @@ def evaluate_model(model, task: Task, *, tokenizer, device="cpu", classifier: to
         member_loss = torch.nn.functional.cross_entropy(member_lg, member_y, reduction="none")
         nonmember_loss = torch.nn.functional.cross_entropy(*logits["forget"], reduction="none")
         out["mia"] = metrics.auc_score(-member_loss, -nonmember_loss)
+        out.update(mia_advantage(out["mia"], len(member_loss), len(nonmember_loss)))
+        fit = task.retain_train[torch.randperm(len(task.retain_train), generator=torch.Generator().manual_seed(0))
+                                [:MIA_FIT_IMAGES]]
+        retain_lg, _ = metrics.predict_logits(model, clf, task.train, indices=fit, batch_size=batch_size,
+                                              device=device)
+        out["mia_efficacy"] = metrics.mia_efficacy(metrics.prediction_entropy(retain_lg),
+                                                   metrics.prediction_entropy(logits["retain"][0]),
+                                                   metrics.prediction_entropy(member_lg))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -21,32 +22,36 @@ from ..results import make_record
 from ..scores import selection_score, unlearning_score
 from ..unlearning import check_run_settings, make_pair_loader, unlearn
 from .evaluate import evaluate_model, validate_model
-from .select import run_selected, summarise_run
-from .task import Task, build_task, class_prompts
+from .reference import Reference, compare_to_reference, reference_fn
+from .select import EVALUATIONS, Selection, is_search, reported_tasks, run_selected, summarise_run
+from .task import Task, build_task, class_prompts, pick_classes
 
 __all__ = ["MINI_LR_GRID", "record_original", "run_ablation", "run_forget_benchmark", "run_forget_ratio",
            "run_method"]
 
-#: The learning-rate grid of every loss-based method in the mini profile (log-spaced, a decade apart).
-MINI_LR_GRID = (1e-5, 1e-4, 1e-3)
+#: The learning-rate grid every loss-based method starts from in the mini profile (half a decade apart; the
+#: protocol extends it at an end, ``select.GridExtension``).
+MINI_LR_GRID = (3.16e-5, 1e-4, 3.16e-4)
 
 
 def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int = 32,
                eval_every: int | None = None, loss_kwargs: dict | None = None, trainable=None,
                device="cpu", precision: str = "fp32", progress: bool = False, evaluate: bool = True,
-               config: dict | None = None, logit_scale: str = "trainable"):
+               config: dict | None = None, logit_scale: str = "clamped"):
     """Unlearn a fresh copy of ``model`` on ``task`` with registered loss ``method``; return ``(model, record)``.
 
     The copy is trained for ``steps`` steps of ``batch_size`` forget and retain pairs
     (``unlearning.unlearn``), evaluated on the validation split every ``eval_every``
-    steps (default ``steps // 5``); the best evaluated step by :func:`selection_score`
-    is kept. The record holds the test metrics (:func:`evaluate_model`, skipped with
-    ``evaluate=False``), the validation numbers at the kept step, the wall time and
-    the rise of peak memory of the run, and the validation history. A run stopped by
-    a non-finite loss is recorded with ``metrics.failed = True``. ``precision="bf16"``:
-    the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept in the config;
-    ``logit_scale`` (``unlearning.LOGIT_SCALE_MODES``): the temperature trained, clamped or frozen, kept in
-    the config unless ``"trainable"``.
+    steps (default ``steps // EVALUATIONS``: ten passes, the same for every method); the best
+    evaluated step by :func:`selection_score` is kept. The record holds the test metrics
+    (:func:`evaluate_model`, skipped with ``evaluate=False``), the validation numbers at the kept
+    step, the wall time (``seconds``; ``val_seconds`` of it spent on ``val_passes`` validation passes,
+    ``method_seconds`` the rest) and the rise of peak memory of the run, the validation history and
+    where the kept step sits (``best_step_edge``: ``first``, ``last`` or ``interior`` of the evaluated
+    steps). A run stopped by a non-finite loss is recorded with ``metrics.failed = True``.
+    ``precision="bf16"``: the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept
+    in the config; ``logit_scale`` (``unlearning.LOGIT_SCALE_MODES``): the temperature clamped at
+    open_clip's 100 (the default, as open_clip trains), frozen or trained freely, kept in the config.
     """
     check_run_settings(lr=lr, steps=steps, batch_size=batch_size, eval_every=eval_every)
     release_memory()
@@ -58,7 +63,16 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
         return make_pair_loader(task.train, tokenizer=tokenizer, templates=task.templates, indices=idx,
                                 batch_size=batch_size, seed=task.seed * 7 + shift, device=device)
 
-    eval_every = eval_every or max(1, steps // 5)
+    eval_every = eval_every or max(1, steps // EVALUATIONS)
+    val_cost = {"val_passes": 0, "val_seconds": 0.0}
+
+    def validate(m):
+        start = time.perf_counter()
+        out = validate_model(m, task, tokenizer=tokenizer, device=device)
+        val_cost["val_passes"] += 1
+        val_cost["val_seconds"] += time.perf_counter() - start
+        return out
+
     unlearned = copy.deepcopy(model)
     original = copy_frozen(model)
     with metrics.measure_run(device=device) as cost:
@@ -66,7 +80,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
                       retain_loader=pairs(task.retain_train, 1), original=original, epochs=math.ceil(
                           steps / max(1, len(pairs(task.forget_train, 0)))) or 1, max_steps=steps, lr=lr,
                       loss_kwargs=kwargs, trainable=trainable,
-                      eval_fn=lambda m: validate_model(m, task, tokenizer=tokenizer, device=device),
+                      eval_fn=validate,
                       eval_every=eval_every, select_fn=selection_score, device=device, precision=precision,
                       seed=task.seed, progress=progress, logit_scale=logit_scale)
     del original
@@ -83,29 +97,38 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     record = summarise_run(
         task, method=method,
         config={"lr": lr, "steps": steps, "batch_size": batch_size, "eval_every": eval_every, **hparams,
-                **({"precision": precision} if precision != "fp32" else {}),
-                **({"logit_scale": logit_scale} if logit_scale != "trainable" else {}), **(config or {})},
+                **({"precision": precision} if precision != "fp32" else {}), "logit_scale": logit_scale,
+                **(config or {})},
         test_metrics=test, cost=cost, val=val,
         history=[{"step": e["step"], **{k: e[k] for k in ("val_forget_acc", "val_retain_acc", "score") if k in e}}
                  for e in evals])
-    record["metrics"].update(steps=run.steps, best_step=run.best_step, stopped_early=stopped, failed=failed)
+    evaluated = [e["step"] for e in evals]
+    edge = None if run.best_step not in evaluated else ("first" if run.best_step == evaluated[0] else "last"
+                                                         if run.best_step == evaluated[-1] else "interior")
+    record["metrics"].update(steps=run.steps, best_step=run.best_step, best_step_edge=edge, stopped_early=stopped,
+                             failed=failed, **val_cost,
+                             method_seconds=max(0.0, (record["metrics"].get("seconds") or 0.0)
+                                                - val_cost["val_seconds"]))
     return unlearned, record
 
 
 def record_original(tasks: dict[str, Sequence[Task]], *, model, tokenizer, store=None, extra_metrics=None,
-                    validate: bool = False, score: bool = False, precision: str = "fp32",
-                    device="cpu") -> dict[str, dict]:
+                    validate: bool = False, score: bool = False, precision: str = "fp32", device="cpu",
+                    selection: Selection | None = None,
+                    references: dict[str, Reference] | None = None) -> dict[str, dict]:
     """Return ``{target: record}`` of the untouched model (method ``original``, ``config.seed`` None) on the
-    first seed's task of each target of ``tasks`` (``{target: [task per seed]}``); a record in ``store`` is
-    reused, a new one is added to it.
+    first reported seed's task of each target of ``tasks`` (``{target: [task per seed]}``; ``selection``
+    names the seed that is not reported); a record in ``store`` is reused, a new one is added to it.
 
     ``extra_metrics(model, task)`` adds test metrics; ``validate`` adds the validation metrics and
     ``score`` the ``unlearning_score`` of the model against itself (paper A's records); ``precision``
-    evaluates under autocast (``"bf16"``: paper B's runs on a GPU). The one place the original record is made.
+    evaluates under autocast (``"bf16"``: paper B's runs on a GPU). ``references`` (``{target:
+    Reference}``): the retrained model's record is stored beside it (method ``retrain``), and both get
+    their distance to it (:func:`compare_to_reference`). The one place the original record is made.
     """
     out = {}
     for target, seeded in tasks.items():
-        first = seeded[0]
+        first = reported_tasks(seeded, selection)[0]
         rec = store.find(method="original", task=first.kind, forget_class=target) if store is not None else None
         if rec is None:
             with autocast(device, precision):
@@ -116,102 +139,126 @@ def record_original(tasks: dict[str, Sequence[Task]], *, model, tokenizer, store
             rec = summarise_run(first, method="original", config={"seed": None}, test_metrics=test, val=val)
             if score:
                 rec["metrics"]["unlearning_score"] = unlearning_score(rec["metrics"], rec["metrics"])
+            if references and target in references:
+                rec["metrics"].update(compare_to_reference(model, first, rec["metrics"], references[target],
+                                                           tokenizer=tokenizer, device=device))
             if store is not None:
                 store.add(rec)
+        ref = (references or {}).get(target)
+        if ref is not None and store is not None and store.find(method=ref.record["method"], task=first.kind,
+                                                                forget_class=target) is None:
+            retrained = copy.deepcopy(ref.record)
+            if extra_metrics is not None:
+                retrained["metrics"].update(extra_metrics(ref.model, first))
+            if score:
+                retrained["metrics"]["unlearning_score"] = unlearning_score(retrained["metrics"], rec["metrics"])
+            retrained["metrics"].update(compare_to_reference(ref.model, first, retrained["metrics"], ref,
+                                                             tokenizer=tokenizer, device=device))
+            store.add(retrained)
         out[target] = rec
     return out
 
 
 def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]], *, model, tokenizer,
                          grid: dict[str, Sequence], steps: int, batch_size: int = 32, eval_every: int | None = None,
-                         store=None, device="cpu", precision: str = "fp32", progress: bool = True) -> list[dict]:
+                         store=None, device="cpu", precision: str = "fp32", progress: bool = True,
+                         selection: Selection | None = None,
+                         references: dict[str, Reference] | None = None) -> list[dict]:
     """Run every registered loss in ``methods`` on every target of ``tasks`` (``{target: [task per seed]}``).
 
-    Records the untouched model once per target (method ``original``, ``config.seed``
-    None), then each method through :func:`run_selected` (grid on the first seed,
-    the other seeds with the selected values). Returns every record; with ``store``
-    they are saved as they come and finished runs are skipped on resume.
+    Records the untouched model once per target (method ``original``, ``config.seed`` None; beside it the
+    retrained model of ``references``), then each method through :func:`run_selected` with the protocol
+    ``selection`` (``select.PROTOCOL``: the grid on the selection seed, extended at its ends; None: on the
+    first seed, reported too); every reported run gets its distance to the retrained model. Returns every
+    record; with ``store`` they are saved as they come and finished runs are skipped on resume.
     """
-    records = list(record_original(tasks, model=model, tokenizer=tokenizer, store=store, device=device).values())
+    records = list(record_original(tasks, model=model, tokenizer=tokenizer, store=store, device=device,
+                                   selection=selection, references=references).values())
+    finish = reference_fn(references, tokenizer=tokenizer, device=device)
     jobs = [(m, t) for t in tasks for m in methods]
     for method, target in tqdm(jobs, desc="methods x targets", disable=not progress):
         def run_fn(task, **candidate):
             return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                              eval_every=eval_every, device=device, precision=precision, **candidate)
-        records += run_selected(method, tasks[target], run_fn=run_fn, grid=grid, store=store)
+                              eval_every=eval_every, device=device, precision=precision,
+                              evaluate=not is_search(task, selection), **candidate)
+        records += run_selected(method, tasks[target], run_fn=run_fn, grid=grid, store=store, selection=selection,
+                                finish_fn=finish)
     return records
 
 
 def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict], model, tokenizer, steps: int,
                  batch_size: int = 32, store, device="cpu", precision: str = "fp32", full_variant: str = "full",
-                 none_variant: str = "none") -> list[dict]:
+                 none_variant: str = "none", grid: dict[str, Sequence] | None = None,
+                 selection: Selection | None = None) -> list[dict]:
     """Rerun ``method`` on ``tasks`` (one target, every seed) with each variant's loss kwargs; return the records.
 
-    Uses the learning rate ``method`` selected on this target (its stored
-    ``forget-class`` record of the first seed). Also adds, as ``ablation`` records,
-    the original model (``none_variant``) and the main runs (``full_variant``), so
-    the ablation table is complete from the file alone.
+    With ``grid``, every variant's learning rate is selected like the full method's (:func:`run_selected`
+    with ``selection``; its search kept as ``selection`` records of run task ``ablation``); without, every
+    variant uses the learning rate ``method`` selected on this target (its stored result of the first seed).
+    Also adds, as ``ablation`` records, the original model (``none_variant``) and the main runs
+    (``full_variant``), so the ablation table is complete from the file alone.
     """
-    first = tasks[0]
+    reported = reported_tasks(tasks, selection)
+    first = reported[0]
     main = store.find(method=method, task=first.kind, forget_class=first.target, seed=first.seed)
     original = store.find(method="original", task=first.kind, forget_class=first.target)
     if main is None or original is None:
         raise ValueError(f"run the {first.kind} benchmark of {method!r} on {first.target!r} first (it selects the lr)")
-    lr = main["config"]["selected"]["lr"]
     out = [make_record(method=method, task="ablation", config={**original["config"], "variant": none_variant},
                        metrics=original["metrics"])]
-    for task in tasks:
+    for task in reported:
         rec = store.find(method=method, task=first.kind, forget_class=task.target, seed=task.seed)
         if rec is not None:
             out.append(make_record(method=method, task="ablation", config={**rec["config"], "variant": full_variant},
                                    metrics=rec["metrics"], history=rec.get("history", [])))
-        for variant, kwargs in variants.items():
-            done = store.find(method=method, task="ablation", forget_class=task.target, seed=task.seed,
-                              variant=variant)
-            if done is None:
-                _, done = run_method(method, task, model=model, tokenizer=tokenizer, lr=lr, steps=steps,
-                                     batch_size=batch_size, loss_kwargs=kwargs, device=device, precision=precision,
-                                     config={"variant": variant})
-                done["task"] = "ablation"
-                store.add(done)
-                release_memory()
-            out.append(done)
+    for variant, kwargs in variants.items():
+        def run_fn(task, variant=variant, kwargs=kwargs, **candidate):
+            _, done = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
+                                 loss_kwargs=kwargs, device=device, precision=precision,
+                                 config={"variant": variant}, evaluate=not is_search(task, selection), **candidate)
+            done["task"] = "ablation"
+            return None, done
+        out += [r for r in run_selected(method, tasks if grid else reported, run_fn=run_fn,
+                                        grid=grid or {"lr": [main["config"]["selected"]["lr"]]}, store=store,
+                                        selection=selection if grid else None, record_task="ablation",
+                                        match={"variant": variant}) if r["task"] == "ablation"]
     store.add(*out[:1], *[r for r in out[1:] if r["config"].get("variant") == full_variant])
     return out
 
 
-def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], classes: Sequence[str], train, test, model,
-                     tokenizer, templates, seed: int = 0, steps: int, batch_size: int = 32, n_seen: int | None = None,
-                     store, device="cpu", precision: str = "fp32", task_kwargs: dict | None = None) -> list[dict]:
-    """Forget the first ``round(ratio * C)`` of ``classes`` at once, for each ratio and method; return the records.
+def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], train, test, model, tokenizer, templates,
+                     seeds: Sequence[int], steps: int, grid: dict[str, Sequence], batch_size: int = 32,
+                     n_seen: int | None = None, store, device="cpu", precision: str = "fp32",
+                     task_kwargs: dict | None = None, selection: Selection | None = None,
+                     progress: bool = False) -> list[dict]:
+    """Forget ``round(ratio * C)`` classes at once, for each ratio, method and seed; return the result records.
 
-    Each method runs at the learning rate it selected on ``classes[0]`` (its stored
-    ``forget-class`` record of ``seed``). Records have task ``forget-ratio`` and
-    ``config.forget_ratio``; the ratio whose first class alone is that main task reuses it.
+    The classes are drawn per seed (:func:`pick_classes`, the first ones of the seed's order); each run
+    takes ``steps`` per forgotten class (the same passes over every forget image, classes of equal size);
+    every method's learning rate is selected per ratio (:func:`run_selected` with ``selection`` on its own
+    draw of classes). Records have task ``forget-ratio``, ``config.forget_ratio`` and
+    ``config.forget_classes``.
     """
     out = []
     n_classes = len(train.classnames)
-    for ratio in ratios:
+    seeds = list(seeds) if selection is None else selection.with_seeds(list(seeds))
+    jobs = [(r, m) for r in ratios for m in methods]
+    for ratio, method in tqdm(jobs, desc="ratios x methods", disable=not progress):
         k = max(1, round(ratio * n_classes))
-        target = ",".join(classes[:k])
-        task = build_task(train, test, kind="forget-class", target=target, seed=seed, templates=templates,
-                          n_seen=n_seen, **(task_kwargs or {}))
-        for method in methods:
-            main = store.find(method=method, task="forget-class", forget_class=classes[0], seed=seed)
-            if main is None:
-                raise ValueError(f"run the forget-class benchmark of {method!r} on {classes[0]!r} first")
-            rec = store.find(method=method, task="forget-ratio", forget_class=target, seed=seed, forget_ratio=ratio)
-            if rec is None:
-                if k == 1:
-                    rec = make_record(method=method, task="forget-ratio", config={**main["config"]},
-                                      metrics=main["metrics"])
-                else:
-                    _, rec = run_method(method, task, model=model, tokenizer=tokenizer,
-                                        lr=main["config"]["selected"]["lr"], steps=steps, batch_size=batch_size,
-                                        device=device, precision=precision)
-                    rec["task"] = "forget-ratio"
-                    release_memory()
-                rec["config"].update(forget_ratio=ratio, forget_classes=classes[:k])
-                store.add(rec)
-            out.append(rec)
+        tasks = [build_task(train, test, kind="forget-class", target=",".join(pick_classes(train.classnames,
+                                                                                           seed=s)[:k]),
+                            seed=s, templates=templates, n_seen=n_seen, **(task_kwargs or {})) for s in seeds]
+
+        def run_fn(task, ratio=ratio, k=k, method=method, **candidate):
+            model_, rec = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps * k,
+                                     batch_size=batch_size, device=device, precision=precision,
+                                     config={"forget_ratio": ratio, "forget_classes": task.target.split(",")},
+                                     evaluate=not is_search(task, selection), **candidate)
+            rec["task"] = "forget-ratio"
+            return model_, rec
+
+        out += [r for r in run_selected(method, tasks, run_fn=run_fn, grid=grid, store=store, selection=selection,
+                                        record_task="forget-ratio", match={"forget_ratio": ratio})
+                if r["task"] == "forget-ratio"]
+        release_memory()
     return out

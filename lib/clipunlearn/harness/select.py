@@ -1,10 +1,13 @@
-"""The one selection protocol: a grid searched on the first seed, the other seeds at the chosen values.
+"""The one selection protocol: a grid searched on a selection seed, the reported seeds at the chosen values.
 
-:func:`run_grid` runs a method over a small grid and keeps the best candidate by
-:func:`~clipunlearn.scores.selection_score` (ties: the first candidate);
-:func:`run_selected` searches on the first task's seed and runs the other seeds with
-the selected values, saving every record to a :class:`~clipunlearn.harness.store.ResultStore`
-as it comes. :func:`summarise_run` builds the result record of one run.
+:data:`PROTOCOL` is the protocol every notebook uses (:class:`Selection`): the grid is searched on
+:data:`SELECTION_SEED`, a seed that is never reported, and extended while its choice sits at an end
+(:class:`GridExtension`). :func:`run_grid` runs a method over a small grid and keeps the best candidate by
+:func:`~clipunlearn.scores.selection_score` (ties: the first candidate, with an extension the smallest
+value); :func:`run_selected` searches and runs the reported seeds with the selected values, saving every
+record to a :class:`~clipunlearn.harness.store.ResultStore` as it comes. Without a protocol (``selection=None``)
+the grid is searched on the first task's seed, which is then reported too (earlier releases' records).
+:func:`summarise_run` builds the result record of one run.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from ..results import make_record
 from ..scores import CRITERION, round_score
 from .task import Task
 
-__all__ = ["GridExtension", "run_grid", "run_selected", "summarise_run"]
+__all__ = ["EVALUATIONS", "PROTOCOL", "QUICK_PROTOCOL", "SELECTION_SEED", "GridExtension", "Selection", "is_search",
+           "reported_tasks", "run_grid", "run_selected", "find_selection_task", "summarise_run"]
+
+#: The seed every grid is searched on; never among the reported seeds.
+SELECTION_SEED = 100
+#: Validation passes of every loss-based run (``run_method`` evaluates every ``steps // EVALUATIONS`` steps).
+EVALUATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,53 @@ class GridExtension:
         if not lo * (1 - 1e-9) <= nxt <= hi * (1 + 1e-9):
             return None, f"{side} bound"
         return nxt, f"{side} edge"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A selection protocol: the seed the grid is searched on and how the grid grows.
+
+    ``seed``: the selection seed (its task is searched, never reported); ``extend``: the
+    :class:`GridExtension` of a one-parameter grid (None: the grid as given).
+    """
+
+    seed: int = SELECTION_SEED
+    extend: GridExtension | None = GridExtension()
+
+    def with_seeds(self, seeds: Sequence[int]) -> list[int]:
+        """Return ``[self.seed, *seeds]``: the seeds to build tasks for; a reported seed equal to it is refused."""
+        if self.seed in seeds:
+            raise ValueError(f"seed {self.seed} is the selection seed (grids are searched on it, never reported); "
+                             f"pick reported seeds without it, got {list(seeds)}")
+        return [self.seed, *seeds]
+
+
+#: The protocol of every notebook: grids searched on :data:`SELECTION_SEED`, extended at their ends.
+PROTOCOL = Selection()
+#: The notebooks' quick mode (the CI smoke test): the same seeds, the grids as given (no extension).
+QUICK_PROTOCOL = Selection(extend=None)
+
+
+def find_selection_task(tasks: Sequence[Task], selection: Selection | None) -> Task | None:
+    """Return the task of ``selection.seed`` among ``tasks`` (None without a protocol); a clear error if absent."""
+    if selection is None:
+        return None
+    found = [t for t in tasks if t.seed == selection.seed]
+    if not found:
+        raise ValueError(f"no task of the selection seed {selection.seed} among seeds {[t.seed for t in tasks]}: "
+                         "build the tasks for Selection.with_seeds(seeds)")
+    return found[0]
+
+
+def is_search(task: Task, selection: Selection | None) -> bool:
+    """Return whether ``task`` is the selection seed's (its runs are only scored on validation images, so a
+    driver may skip their test evaluation)."""
+    return selection is not None and task.seed == selection.seed
+
+
+def reported_tasks(tasks: Sequence[Task], selection: Selection | None) -> list[Task]:
+    """Return the tasks whose results are reported: all of ``tasks`` but the selection seed's."""
+    return [t for t in tasks if selection is None or t.seed != selection.seed]
 
 
 def summarise_run(task: Task, *, method: str, config: dict, test_metrics: dict, cost: dict | None = None,
@@ -146,7 +202,10 @@ def _extend(run_fn, rows: list[dict], best_model, best_record: dict, *, extend: 
 
 def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tuple], grid: dict[str, Sequence],
                  store=None, oracle_fn: Callable | None = None, keep_models: bool = False,
-                 extend: GridExtension | None = None, selection_task: Task | None = None) -> list[dict]:
+                 extend: GridExtension | None = None, selection_task: Task | None = None,
+                 selection: Selection | None = None,
+                 finish_fn: Callable[[object, dict, Task], None] | None = None, record_task: str | None = None,
+                 match: dict | None = None) -> list[dict]:
     """Run ``method`` on ``tasks`` (one forget target, several seeds) with one selection protocol.
 
     The grid is searched on the first task (its seed's validation split, by
@@ -161,14 +220,23 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     ``selection_task``: search the grid on this task instead (a selection seed that is not reported):
     every task of ``tasks`` then runs at the chosen values, the search's own runs are kept only as
     ``selection`` records (the chosen one holds the final grid, ``config.search_grid``), and every
-    result says ``config.selected_on_seed``.
+    result says ``config.selected_on_seed``. ``selection`` (a :class:`Selection`, e.g. :data:`PROTOCOL`): the
+    task of its seed among ``tasks`` is the selection task, and its extension is used. ``finish_fn(model,
+    record, task)``: called on every reported run before it is saved (e.g. ``reference.reference_fn``'s
+    distance to the retrained model), never on the search's runs. ``record_task`` (default: the task's kind)
+    and ``match`` (config values, e.g. ``{"variant": "FM"}``) say which stored records are this search's
+    and results (an ablation variant's or a forget ratio's, whose ``run_fn`` sets them on its records).
     """
+    if selection is not None:
+        selection_task, extend = find_selection_task(tasks, selection), selection.extend
+        tasks = reported_tasks(tasks, selection)
     search = tasks[0] if selection_task is None else selection_task
     reported = list(tasks[1:]) if selection_task is None else list(tasks)
-    cached = store.find(method=method, task=search.kind, forget_class=search.target, seed=search.seed) \
+    kind, match = record_task or search.kind, dict(match or {})
+    cached = store.find(method=method, task=kind, forget_class=search.target, seed=search.seed, **match) \
         if store is not None and selection_task is None else None
     sel_cached = store.find_all(method=method, task="selection", forget_class=search.target, seed=search.seed,
-                                run_task=search.kind) if store is not None else []
+                                run_task=kind, **match) if store is not None else []
     if sel_cached and (cached is not None or selection_task is not None):
         selection = sel_cached
         if selection_task is None:  # the search seed's own result holds the choice
@@ -180,6 +248,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     else:
         model, best, rows = run_grid(lambda **c: run_fn(search, **c), grid=grid, extend=extend,
                                      oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, search)))
+        if finish_fn is not None and selection_task is None:  # the search seed is reported too
+            finish_fn(model, best, search)
         del model
         chosen, final, edge = best["config"]["selected"], best["config"]["grid"], best["config"].get("edge")
         selection = []
@@ -192,7 +262,7 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             m.update({k: rec["metrics"].get(k) for k in ("forget_acc", "retain_acc", "best_step")})
             extra = {"search_grid": final} if selection_task is not None and row["selected"] else {}
             selection.append(make_record(method=method, task="selection",
-                                         config={**rec["config"], **cand, "run_task": search.kind,
+                                         config={**rec["config"], **cand, "run_task": kind,
                                                  "selected": bool(row["selected"]), "grid": None, **extra},
                                          metrics=m))
         if store is not None:
@@ -200,9 +270,12 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     chosen = {k: chosen[k] for k in grid}
     out = [best] if selection_task is None else []
     for task in reported:
-        rec = store.find(method=method, task=task.kind, forget_class=task.target, seed=task.seed) if store else None
+        rec = store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match) \
+            if store else None
         if rec is None:
             model, rec = run_fn(task, **chosen)
+            if finish_fn is not None:
+                finish_fn(model, rec, task)
             del model
             release_memory()
             rec["config"]["grid"] = {k: list(v) for k, v in final.items()}

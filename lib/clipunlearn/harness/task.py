@@ -143,9 +143,10 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     # forget pairs and their validation split
     forget_all = _pick(train, classes=classes, styles=forget_style)
     forget_train, forget_val = split(forget_all)
+    forget_pool = forget_train  # every forget training image (the MIA's members come from here, never validation)
     if forget_limit is not None:
         forget_train = forget_train[torch.randperm(len(forget_train), generator=g)[:forget_limit]].sort().values
-    forget_val = forget_val[:val_per_class * len(classes)]
+    forget_val = _cap_per_class(train, forget_val, val_per_class, seed)
 
     # retain pairs: other classes (photo; a subgroup's siblings are split on their own below, so that no
     # sibling validation image is also a training pair); for a style subgroup also the class in its other styles
@@ -164,7 +165,7 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     elif kind == "forget-style-subgroup":
         keep_styles = [s for s in range(len(stylenames)) if s not in forget_style]
         sib_all = _pick(train, classes=classes, styles=keep_styles)
-        sib_train, val_sibling = split(sib_all)
+        sib_train, val_sibling = _split_like(train, sib_all, forget_pool, forget_val, split)
         retain_train = torch.cat([retain_train, _cap_per_class(train, sib_train, retain_per_class, seed)])
         sib_styles = torch.as_tensor(train.styles)[val_sibling]  # val_per_class of each kept style
         val_sibling = torch.cat([val_sibling[sib_styles == s][:val_per_class] for s in keep_styles])
@@ -185,8 +186,8 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
         if kind == "forget-class":
             evals["other_forget"] = _pick(test, classes=classes, styles=other_styles, limit=eval_per_class)
 
-    # MIA members: forget training images the model was trained on
-    members = forget_all
+    # MIA members: forget training images the original model was trained on, none of them a validation image
+    members = forget_pool
     if n_seen is not None and hasattr(train, "image_ids"):
         members = members[train.image_ids[members] < n_seen]
     members = members[torch.randperm(len(members), generator=torch.Generator().manual_seed(0))[:members_limit]]
@@ -194,6 +195,25 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
                 templates=tuple(templates), forget_classes=classes, forget_train=forget_train,
                 retain_train=retain_train, forget_val=forget_val, retain_val=retain_val, eval_sets=evals,
                 member_idx=members.sort().values, val_sibling=val_sibling)
+
+
+def _split_like(dataset, idx: torch.Tensor, train_part: torch.Tensor, val_part: torch.Tensor, split):
+    """Split ``idx`` (other renderings of the same source images) as ``train_part`` / ``val_part`` were split.
+
+    A rendering whose source image (``image_ids``) is a validation image goes to validation, one whose source is
+    a training image to training; renderings of other source images are split by ``split``. So no validation
+    image has a rendering among the training pairs. A dataset without ``image_ids`` (every image its own
+    source) is split by ``split`` alone.
+    """
+    if getattr(dataset, "image_ids", None) is None:
+        return split(idx)
+    ids = torch.as_tensor(dataset.image_ids)
+    to_val = torch.isin(ids[idx], ids[val_part])
+    to_train = torch.isin(ids[idx], ids[train_part]) & ~to_val
+    rest_train, rest_val = split(idx[~(to_val | to_train)]) if bool((~(to_val | to_train)).any()) else \
+        (idx[:0], idx[:0])
+    return (torch.cat([idx[to_train], rest_train]).sort().values,
+            torch.cat([idx[to_val], rest_val]).sort().values)
 
 
 def _cap_per_class(dataset, idx: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:

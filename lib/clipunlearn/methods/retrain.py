@@ -9,14 +9,20 @@ method. Recorded as method ``retrain``: a reference, like ``original``, not a me
 
 from __future__ import annotations
 
-from ..harness import Task, evaluate_model, summarise_run, validate_model
+from pathlib import Path
+from typing import Sequence
+
+from ..harness import Reference, Selection, Task, evaluate_model, reported_tasks, summarise_run, validate_model
 from ..models import get_mini_clip
+from ..paths import get_mini_seed
 from ..registry import register_label
 
-__all__ = ["RETRAIN", "retrain_exclusion", "run_retrain"]
+__all__ = ["RETRAIN", "RETRAIN_TARGETS", "load_references", "retrain_exclusion", "run_retrain"]
 
 #: The record name of the retrained model.
 RETRAIN = "retrain"
+#: The benchmark's three tasks, the ones the notebooks retrain for: ``{task kind: target}``.
+RETRAIN_TARGETS = {"forget-class": "sneaker", "forget-subgroup": "sandal", "forget-style-subgroup": "sketch:sneaker"}
 
 
 def retrain_exclusion(task: Task) -> dict[str, list[str]]:
@@ -33,20 +39,41 @@ def run_retrain(task: Task, *, tokenizer=None, cache_dir=None, device="cpu", pro
                 training: dict | None = None):
     """Return ``(model, record)``: the mini CLIP retrained without ``task``'s forget images, scored on ``task``.
 
-    The model is trained on first use and cached (``cache_dir``: default the project's cache); ``training``
-    overrides the recipe (tests: a tiny run). The record (method ``retrain``) holds the test metrics of
-    ``evaluate_model``, the validation numbers, the exclusion, the training time and the weights' path.
+    The model is trained on first use and cached (``cache_dir``: default the project's cache) with the shipped
+    model's recipe and training seed, or ``$CLIPUNLEARN_MINI_SEED``'s when set (a retrained mini world's
+    reference: ``run_all.sh --retrained-mini``); ``training`` overrides the recipe (tests: a tiny run). The
+    record (method ``retrain``) holds the test metrics of ``evaluate_model``, the validation numbers, the
+    exclusion, the training time and the cache folder's name (``models/<cache_key>/`` in the cache).
     """
     exclude = retrain_exclusion(task)
     model, _, own_tokenizer, info = get_mini_clip(exclude=exclude, cache_dir=cache_dir, device=device,
-                                                  progress=progress, **(training or {}))
+                                                  progress=progress, seed=get_mini_seed(), **(training or {}))
     tokenizer = tokenizer or own_tokenizer
     test = evaluate_model(model, task, tokenizer=tokenizer, device=device)
     val = validate_model(model, task, tokenizer=tokenizer, device=device)
-    record = summarise_run(task, method=RETRAIN, config={"exclude": exclude, "train_config": info.get("config"),
-                                                         "weights": info.get("path")},
+    record = summarise_run(task, method=RETRAIN, config={"seed": None, "exclude": exclude,
+                                                         "train_config": info.get("config"),
+                                                         "cache_key": Path(info["path"]).parent.name
+                                                         if info.get("path") else None},
                            test_metrics=test, cost={"train_seconds": info.get("train_seconds")}, val=val)
     return model, record
+
+
+def load_references(tasks: dict[str, Sequence[Task]], *, tokenizer=None, selection: Selection | None = None,
+                    cache_dir=None, device="cpu", progress: bool = False, training: dict | None = None,
+                    targets: dict[str, str] | None = RETRAIN_TARGETS) -> dict[str, Reference]:
+    """Return ``{target: harness.Reference}``: the retrained model of each target of ``tasks`` (``{target: [task
+    per seed]}``) and its record on the first reported seed's task (``selection``'s seed skipped), for the
+    drivers' ``references``. Only the targets of ``targets`` (``{task kind: target}``, default the benchmark's
+    three; None: every target). Each model is trained on first use (minutes) and cached."""
+    out = {}
+    for target, seeded in tasks.items():
+        if targets is not None and targets.get(seeded[0].kind) != target:
+            continue
+        model, record = run_retrain(reported_tasks(seeded, selection)[0], tokenizer=tokenizer, cache_dir=cache_dir,
+                                    device=device, progress=progress, training=training)
+        out[target] = Reference(model=model, record=record)
+    return out
 
 
 register_label(RETRAIN, "retrain (gold standard)")

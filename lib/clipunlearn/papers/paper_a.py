@@ -12,14 +12,14 @@ from tqdm.auto import tqdm
 
 from .. import data, harness, models
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
-from ..harness import Task, run_method, run_selected, validate_model
+from ..harness import Reference, Selection, Task, run_method, run_selected, validate_model
 from ..losses import LOSSES
 from ..methods.lipschitz import generate_task_synthetic, run_lipschitz
 from ..methods.three_stage import THREE_STAGE_ABLATIONS, THREE_STAGE_PAPER_ABLATIONS, run_three_stage
 from ..paths import check_profile
 from ..report import format_mean_std, mean_std, summarise
 from ..results import make_record
-from ..scores import unlearning_score
+from ..scores import score_components, unlearning_score
 
 __all__ = ["PAPER_A_BASELINES", "MINI_STYLE_ABLATIONS", "PAPER_A_COLUMNS", "PAPER_A_TRANSFER", "PAPER_A_METHODS",
            "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets",
@@ -152,7 +152,8 @@ def paper_a_settings(profile: str, *, quick: bool = False, seeds="0,1,2", model:
         settings["lipschitz"]["forgetting"].update(max_epochs=5, n_samples=10)
         settings["lipschitz"]["generation"].update(steps=min(50, settings["lipschitz"]["generation"]["steps"]),
                                                    patience=10)
-    settings["seeds"] = seed_list
+    harness.PROTOCOL.with_seeds(seed_list)  # a reported seed equal to the selection seed is refused here
+    settings["seeds"], settings["selection"] = seed_list, harness.QUICK_PROTOCOL if quick else harness.PROTOCOL
     settings["methods"] = ["three_stage", *settings["baselines"], "lipschitz_synthetic"]
     settings["grids"] = {"three_stage": settings["three_stage_grid"], "lipschitz_synthetic": settings["lipschitz_grid"],
                          **{m: settings["grid"] for m in settings["baselines"]}}
@@ -220,10 +221,13 @@ def _with_extras(run_fn: Callable[..., tuple], *, original: dict | None,
     """Wrap ``run_fn(task, **candidate)``: add ``extra_metrics(model, task)`` and ``unlearning_score`` to its record."""
     def wrapped(task, **candidate):
         model, record = run_fn(task, **candidate)
+        if record["metrics"].get("forget_acc") is None:  # not evaluated on the test sets (a search run)
+            return model, record
         if extra_metrics is not None and not skip_extra:
             record["metrics"].update(extra_metrics(model, task))
         if original is not None:
             record["metrics"]["unlearning_score"] = unlearning_score(record["metrics"], original["metrics"])
+            record["metrics"].update(score_components(record["metrics"], original["metrics"]) or {})
         return model, record
     return wrapped
 
@@ -231,12 +235,16 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
                            grids: dict[str, dict], steps: int = 30, batch_size: int = 32,
                            three_stage: dict | None = None, lipschitz: dict | None = None,
                            extra_metrics: Callable[[object, Task], dict] | None = None, store,
-                           cache: dict | None = None, device="cpu", progress: bool = True) -> list[dict]:
+                           cache: dict | None = None, device="cpu", progress: bool = True,
+                           selection: Selection | None = None,
+                           references: dict[str, Reference] | None = None) -> list[dict]:
     """Run paper A's comparison on ``tasks`` (``{target: [task per seed]}``); return every record.
 
-    The untouched model first (:func:`harness.record_original`), then each of ``methods`` on every
-    target through :func:`run_selected` (``grids[method]`` searched on the first seed by
-    :func:`selection_score`, the other seeds rerun the chosen values):
+    The untouched model first (:func:`harness.record_original`; beside it the retrained model of
+    ``references``), then each of ``methods`` on every target through :func:`run_selected` with the
+    protocol ``selection`` (``harness.PROTOCOL``: ``grids[method]`` searched on the selection seed by
+    :func:`selection_score` and extended at its ends, the reported seeds rerun the chosen values; None: the
+    first seed searched and reported); every reported run gets its distance to the retrained model:
 
     * ``"three_stage"``: :func:`run_three_stage` (``three_stage``: its keyword arguments,
       e.g. ``settings``, ``batch_size``, ``calib_per_class``, ``examples``);
@@ -262,7 +270,8 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
         raise ValueError(f"no grid for {missing}: give grids={{method: {{'lr': [...]}}}} for every method")
     originals = harness.record_original(tasks, model=model, tokenizer=tokenizer, store=store,
                                         extra_metrics=extra_metrics, validate=True, score=True,
-                                        device=device)
+                                        device=device, selection=selection, references=references)
+    finish = harness.reference_fn(references, tokenizer=tokenizer, device=device)
     records = list(originals.values())
     synthetic: dict = {}
     three_kwargs = dict(three_stage or {})
@@ -298,11 +307,11 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
         else:
             def run_fn(task, **candidate):
                 return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                                  device=device, **candidate)
+                                  device=device, evaluate=not harness.is_search(task, selection), **candidate)
         wrapped = _with_extras(run_fn, original=originals[target], extra_metrics=extra_metrics,
                                skip_extra=method == "three_stage")  # run_three_stage adds them per stage
         records += run_selected(method, tasks[target], run_fn=wrapped, grid=grids[method], store=store,
-                                oracle_fn=oracle_fn)
+                                oracle_fn=oracle_fn, selection=selection, finish_fn=finish)
     return records
 
 def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
@@ -310,13 +319,15 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
                              record_task: str = "ablation",
                              extra_metrics: Callable[[object, Task], dict] | None = None,
                              cache: dict | None = None, device="cpu", progress: bool = True,
-                             **three_stage_kwargs) -> list[dict]:
+                             selection: Selection | None = None, **three_stage_kwargs) -> list[dict]:
     """Rerun three-stage on ``tasks`` (one target, every seed) with each ablation's switches; return the records.
 
     ``variants``: ``{method name: switches}``, or names of :data:`THREE_STAGE_ABLATIONS`
     (default: paper A's table, :data:`THREE_STAGE_PAPER_ABLATIONS`); the
     forgetting learning rate is the one ``three_stage`` selected on this target (its
-    stored record of the first seed), every other setting as in ``three_stage_kwargs``
+    stored record of the first reported seed; ``selection``'s seed is skipped: not searched again, a
+    departure from the loss-based ablations, which search every variant, kept for time), every other
+    setting as in ``three_stage_kwargs``
     (:func:`run_three_stage`'s; ``settings`` is updated with the switches; no stage metrics
     or examples are recorded). Records have
     task ``record_task`` (default ``ablation``; one name per target when several targets are
@@ -331,6 +342,7 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
             raise ValueError(f"unknown three-stage variants {unknown}; valid: {', '.join(THREE_STAGE_ABLATIONS)}")
         variants = {n: THREE_STAGE_ABLATIONS[n] for n in variants}
 
+    tasks = harness.reported_tasks(tasks, selection)
     first = tasks[0]
     main = store.find(method="three_stage", task=first.kind, forget_class=first.target, seed=first.seed)
     original = store.find(method="original", task=first.kind, forget_class=first.target)
@@ -354,7 +366,8 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
         if done is None:
             _, done = run_three_stage(task, model=model, tokenizer=tokenizer, lr=lr, method=name,
                                       settings={**base, **variants[name]}, extra_metrics=extra_metrics, cache=cache,
-                                      device=device, config={"variant": variant, "selected_on_seed": first.seed},
+                                      device=device, config={"variant": variant, "selected_on_seed":
+                                                             main["config"].get("selected_on_seed", first.seed)},
                                       **{**three_stage_kwargs, "stage_metrics": False, "examples": 0})
             done["task"] = record_task
             done["metrics"]["unlearning_score"] = unlearning_score(done["metrics"], original["metrics"])

@@ -76,7 +76,9 @@ def authors_classnames(dataset: str, classnames: Sequence[str]) -> list[str]:
 
 def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, forgetting: dict, grid: dict,
                             n_train: int = 64, n_val: int = 32, n_real: int | None = 64, store,
-                            device="cpu", avg_gain: bool = False, progress: bool = False) -> dict:
+                            device="cpu", avg_gain: bool = False, progress: bool = False,
+                            selection: harness.Selection | None = None,
+                            references: dict[str, harness.Reference] | None = None) -> dict:
     """Paper B on every target of ``tasks`` (``{target: [task per seed]}``); return the synthetic sets by (target, seed).
 
     Per target: the original model (``original``), then ``lipschitz_synthetic`` (synthetic
@@ -87,12 +89,17 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
     each through :func:`clipunlearn.harness.run_selected`. ``forgetting``: keyword
     arguments of :func:`run_lipschitz` (the authors' form: ``**AUTHORS_OPTIONS``). ``avg_gain``:
     add the authors' aggregate (:func:`compute_avg_gain`, against the original model) to
-    every record. ``progress``: progress bars of the ascent and the forgetting epochs.
+    every record. ``progress``: progress bars of the ascent and the forgetting epochs. ``selection``
+    (``harness.PROTOCOL``): the grids are searched on its seed (synthetic images of that seed for the
+    data-free method), never reported; ``references`` (``{target: harness.Reference}``, mini): the retrained
+    model's record beside the original's, and every reported run's distance to it.
     """
     sets = {}
     for target, seeded in tasks.items():
         original = harness.record_original({target: seeded}, model=model, tokenizer=tokenizer, store=store,
-                                           precision=forgetting.get("precision", "fp32"), device=device)[target]
+                                           precision=forgetting.get("precision", "fp32"), device=device,
+                                           selection=selection, references=references)[target]
+        finish = harness.reference_fn(references, tokenizer=tokenizer, device=device)
         reference = {"reference": original["metrics"]} if avg_gain else {}
         for task in seeded:
             sets[(target, task.seed)] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train,
@@ -118,8 +125,9 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
                 return harness.validate_model(m, task, tokenizer=tokenizer, device=device)
 
         harness.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
-                                oracle_fn=oracle)
-        harness.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store)
+                             oracle_fn=oracle, selection=selection, finish_fn=finish)
+        harness.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store, selection=selection,
+                             finish_fn=finish)
     return sets
 
 def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting: dict, ablations: dict, store,
@@ -208,7 +216,7 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
     The string arguments are the notebook's parameters: ``seeds`` and the lists comma-separated;
     ``backbone`` keeps one backbone; ``model`` / ``pretrained`` / ``dataset`` / ``other_datasets`` /
     ``precision`` are for the paper profile (``model`` / ``pretrained`` are refused by mini,
-    the others ignored). ``quick``: one class, one seed, two learning rates, short
+    the others ignored). ``quick``: one class, one seed, one learning rate (the middle), short
     generation and small evaluation sets (the CI smoke test).
     """
     check_profile(profile)
@@ -253,17 +261,18 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
     if profile == "paper":
         pool = split_names(other_datasets) or list(load_paper_config("paper_b")["forget_classes"])
         settings["others"] = {ds: [o for o in pool if o != ds] for ds in settings["forget"]}
-    if quick:  # CI smoke test: one class, one seed, two grid values, short generation, small evaluation sets
+    if quick:  # CI smoke test: one class, one seed, one grid value, short generation, small evaluation sets
         seed_list = seed_list[:1]
         settings["forget"] = {ds: classes[:1] for ds, classes in list(settings["forget"].items())[:1]}
         settings["generation"].update(steps=min(200, settings["generation"]["steps"]))
         if profile == "paper":
             settings["generation"].update(max_attempts=2)
         settings["forgetting"].update(max_epochs=10, n_samples=10)
-        settings.update(grid={"lr": settings["grid"]["lr"][1:]}, n_train=16, n_val=16, n_real=16,
+        settings.update(grid={"lr": settings["grid"]["lr"][1:2]}, n_train=16, n_val=16, n_real=16,
                         task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
                                                                                        "layers": ["all"]})
-    settings["seeds"] = seed_list
+    harness.PROTOCOL.with_seeds(seed_list)  # a reported seed equal to the selection seed is refused here
+    settings["seeds"], settings["selection"] = seed_list, harness.QUICK_PROTOCOL if quick else harness.PROTOCOL
     return settings
 
 def paper_b_generation(generation: dict, *, profile: str, backbone: str, classes: Sequence[str], model) -> dict:

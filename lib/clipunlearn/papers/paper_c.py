@@ -14,10 +14,14 @@ from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
 from ..metrics import CachedImages
 from ..paths import check_profile
 
-__all__ = ["PAPER_C_METHODS", "PAPER_C_ABLATIONS", "PaperCWorld", "paper_c_settings", "load_paper_c_tasks"]
+__all__ = ["PAPER_C_METHODS", "PAPER_C_ABLATIONS", "PAPER_C_RATIO_METHODS", "PaperCWorld", "paper_c_settings",
+           "load_paper_c_tasks"]
 
 #: The methods of notebook 10's main table, in its order: the baselines, then CLIPErase.
 PAPER_C_METHODS = ("ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase")
+
+#: The methods of the forget-ratio sweep.
+PAPER_C_RATIO_METHODS = ("ga", "cliperase")
 
 #: The module ablation (paper C's Table 4): the forgetting module alone, then with the retention module; the
 #: full method (all three modules) is the main run. ``lambda1`` retention, ``lambda2`` forgetting,
@@ -30,13 +34,13 @@ def _paper_c_profile(profile: str) -> dict:
     """The full-size settings of ``profile``: mini from ``configs/mini.json``, paper from ``paper_c.json``."""
     if profile == "mini":
         return dict(model="mini", pretrained=None, dataset="fashion-mnist", forget=["sneaker", "shirt", "trouser"],
-                    ratio_classes=["sneaker", "bag", "trouser"], ratios=[0.1, 0.2, 0.3],
+                    ratios=[0.1, 0.2, 0.3],
                     task=dict(retain_per_class=300, eval_per_class=300), batch_size=32, steps=30,
                     grid=mini_settings()["grids"]["cliperase"])
     paper = load_paper_config("paper_c")
     hyper = paper["hyperparameters"]
     return dict(model="ViT-B-32", pretrained="openai", dataset="cifar100", forget=list(paper["forget_classes"]),
-                ratio_classes=None, ratios=list(paper["forget_ratios"]),
+                ratios=list(paper["forget_ratios"]),
                 task=dict(retain_per_class=None, eval_per_class=None), batch_size=hyper["batch_size"],
                 epochs=hyper["epochs"], grid={"lr": [1e-7, hyper["lr"]["cifar100"], 1e-5]})
 
@@ -46,13 +50,14 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
     """Return notebook 10's settings of paper C for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
 
     Keys: ``model`` / ``pretrained`` (``models.load_clip``), ``dataset``, ``forget`` (the classes forgotten
-    one at a time), ``ratio_classes`` / ``ratios`` (the forget-ratio sweep; None: drawn from the dataset's
-    classes after the first forget class), ``task`` (sizes for ``harness.build_task``), ``batch_size``,
+    one at a time), ``ratios`` (the forget-ratio sweep; its classes are drawn per seed), ``ratio_methods``,
+    ``task`` (sizes for ``harness.build_task``), ``batch_size``,
     ``steps`` (mini) or ``epochs`` (paper: steps follow from the forget set's size), ``grid``, ``methods``,
-    ``ablations`` and ``seeds``. The string arguments are the notebook's parameters: ``seeds`` and
+    ``ablations``, ``seeds`` (reported) and ``selection`` (``harness.PROTOCOL``: the grids are searched on its
+    seed, never reported, and extended at their ends). The string arguments are the notebook's parameters: ``seeds`` and
     ``forget_classes`` comma-separated (empty: the profile's); ``model`` / ``pretrained`` (refused by mini)
     replace the backbone; ``dataset`` (paper profile) replaces CIFAR-100. ``quick``: one class, one seed,
-    the grid without its first value, 10 steps and small sets (the CI smoke test).
+    the grid's middle value alone, 10 steps and small sets (the CI smoke test).
     """
     check_profile(profile)
     settings = _paper_c_profile(profile)
@@ -63,11 +68,14 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
         settings["dataset"] = dataset
     seed_list = parse_seeds(seeds)
     settings["forget"] = split_names(forget_classes) or settings["forget"]
-    if quick:  # CI: one class, one seed, two grid values, few steps, small sets
+    if quick:  # CI: one class, one seed, one grid value, few steps, small sets
         seed_list, settings["forget"] = seed_list[:1], settings["forget"][:1]
-        settings.update(steps=10, grid={"lr": settings["grid"]["lr"][1:]},
+        settings.update(steps=10, grid={"lr": settings["grid"]["lr"][1:2]},
                         task=dict(retain_per_class=50, eval_per_class=50))
-    settings.update(seeds=seed_list, methods=list(PAPER_C_METHODS), ablations=dict(PAPER_C_ABLATIONS))
+    harness.PROTOCOL.with_seeds(seed_list)  # a reported seed equal to the selection seed is refused here
+    settings.update(seeds=seed_list, methods=list(PAPER_C_METHODS), ablations=dict(PAPER_C_ABLATIONS),
+                    ratio_methods=list(PAPER_C_RATIO_METHODS),
+                    selection=harness.QUICK_PROTOCOL if quick else harness.PROTOCOL)
     return settings
 
 
@@ -82,8 +90,7 @@ class PaperCWorld(NamedTuple):
     tasks: dict  # {forget class: [harness.Task per seed]}
     templates: tuple
     n_seen: int | None
-    steps: int  # unlearning steps per run
-    ratio_classes: list  # the forget-ratio sweep's classes, in the order they are added
+    steps: int  # unlearning steps per run (per forgotten class in the forget-ratio sweep)
 
 
 def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: int = 8) -> PaperCWorld:
@@ -93,11 +100,11 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
     decoded once through the model's ``preprocess`` by ``workers`` processes and served from memory
     (``metrics.CachedImages``: fp16 in GPU memory on a GPU). Paper runs take
     ``epochs * ceil(forget images / batch_size)`` steps. ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache.
+    Each class has a task for the selection seed first (``settings["selection"]``), then one per reported seed.
     """
     data_dir = data_dir or None
     seeds, forget = settings["seeds"], settings["forget"]
     base, preprocess, tokenizer = models.load_clip(settings["model"], settings["pretrained"], device=device)
-    ratio_classes = settings["ratio_classes"]
     if settings["dataset"] == "fashion-mnist":
         train, test = data.load_mini_world(data_dir=data_dir)
         templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
@@ -108,11 +115,9 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
                        for s in ("train", "test"))
         prompts = load_paper_config("paper_c")["prompts"]
         templates, n_seen = (prompts.get(settings["dataset"], "a photo of a {}."),), None
-    if ratio_classes is None:  # the forget-ratio sweep starts with the main forget class
-        order = harness.pick_classes(train.classnames, seed=seeds[0])
-        ratio_classes = [forget[0]] + [c for c in order if c != forget[0]]
+    seeds = settings["selection"].with_seeds(seeds) if settings.get("selection") else seeds
     tasks = {name: [harness.build_task(train, test, kind="forget-class", target=name, seed=s, templates=templates,
                                        n_seen=n_seen, **settings["task"]) for s in seeds] for name in forget}
     steps = settings.get("steps") or settings["epochs"] * -(-len(tasks[forget[0]][0].forget_train)
                                                             // settings["batch_size"])
-    return PaperCWorld(base, preprocess, tokenizer, train, test, tasks, templates, n_seen, steps, ratio_classes)
+    return PaperCWorld(base, preprocess, tokenizer, train, test, tasks, templates, n_seen, steps)
