@@ -46,6 +46,25 @@ def snapshot_notebooks(tag: str) -> Path:
     return src_dir
 
 
+def set_aside_earlier_protocol(path: Path, log=print) -> bool:
+    """Move a results file written under the protocol before issue 17 to ``<name>.pre-protocol`` (kept, never
+    overwritten) and return True, so that resuming never mixes its runs with the current protocol's. Its runs
+    are recognised by result records without ``config.selected_on_seed`` (every run of the current protocol
+    has it; the untouched and retrained models' records have no selection at all)."""
+    if not path.exists():
+        return False
+    from clipunlearn.results import load_records  # the library, installed in the environment that runs this
+
+    runs = [r for r in load_records(path) if r["method"] not in ("original", "retrain")
+            and r["task"] not in ("selection", "zeroshot") and r["config"].get("grid") is not None]
+    if runs and all("selected_on_seed" in r["config"] for r in runs):
+        return False
+    kept = path.with_name(path.name + ".pre-protocol")
+    os.replace(path, kept)
+    log(f"{path.name}: written under the earlier selection protocol; kept as {kept.name}, the notebook starts afresh")
+    return True
+
+
 def run_notebooks(seed: int | None, *, only: list[str], src_dir: Path, threads: str = "2",
                   log=print) -> dict[str, dict]:
     """Run notebooks 10-40 (full mode) on the mini model retrained with ``seed``; return ``{stem: status}``.
@@ -81,6 +100,8 @@ def run_notebooks(seed: int | None, *, only: list[str], src_dir: Path, threads: 
         if only and not any(stem.startswith(o) for o in only):
             continue
         src = src_dir / f"{stem}.ipynb"
+        if seed is not None:  # a resumed run must not reuse the records of an earlier protocol
+            set_aside_earlier_protocol(REPO / "results" / f"mini-seed{seed}" / f"{stem}.json", log=log)
         start = time.perf_counter()
         try:
             papermill.execute_notebook(str(src), str(out_dir / f"{stem}.ipynb"),
