@@ -308,3 +308,10 @@ def test_every_ablation_variant_is_searched_like_the_full_method(monkeypatch, wo
     experiment.run_ablation("cliperase", tasks, variants=variants, model=None, tokenizer=None, steps=3, store=store2,
                             selection=harness.PROTOCOL)
     assert {lr for _, _, lr, _ in calls} == {1e-4} and {s for _, s, _, _ in calls} == {0, 1}
+
+
+def test_protocol_for_picks_the_quick_protocol_and_refuses_the_selection_seed():
+    assert harness.protocol_for([0, 1, 2]) is harness.PROTOCOL
+    assert harness.protocol_for([0], quick=True) is harness.QUICK_PROTOCOL and harness.QUICK_PROTOCOL.extend is None
+    with pytest.raises(ValueError, match=f"seed {harness.SELECTION_SEED} is the selection seed"):
+        harness.protocol_for([harness.SELECTION_SEED], quick=True)

@@ -14,7 +14,8 @@ from .evaluate import MIA_FIT_IMAGES, calibration_fn, evaluate_coarse, evaluate_
 from .run import MINI_LR_GRID, record_original, run_ablation, run_forget_benchmark, run_forget_ratio, run_method
 from .reference import Reference, compare_to_reference, reference_fn
 from .select import (EVALUATIONS, PROTOCOL, QUICK_PROTOCOL, SELECTION_SEED, GridExtension, Selection,
-                     find_selection_task, is_search, reported_tasks, run_grid, run_selected, summarise_run)
+                     find_selection_task, is_search, protocol_for, reported_tasks, run_grid, run_selected,
+                     summarise_run)
 from .store import ResultStore
 from .task import (EVAL_SETS, TASK_KINDS, Task, build_task, calibration_split, class_prompts, pick_classes,
                    pick_examples)
@@ -23,6 +24,6 @@ __all__ = ["CRITERION", "EVALUATIONS", "EVAL_SETS", "GridExtension", "MIA_FIT_IM
            "QUICK_PROTOCOL", "Reference", "SCORE_RETAINED", "SELECTION_SEED", "TASK_KINDS", "ResultStore",
            "Selection", "Task", "build_task", "calibration_fn", "calibration_split", "class_prompts",
            "compare_to_reference", "evaluate_coarse", "evaluate_model", "find_selection_task", "is_search",
-           "pick_classes", "pick_examples", "record_original", "reference_fn", "reported_tasks", "run_ablation",
+           "pick_classes", "pick_examples", "protocol_for", "record_original", "reference_fn", "reported_tasks", "run_ablation",
            "run_forget_benchmark", "run_forget_ratio", "run_grid", "run_method", "run_selected", "selection_score",
            "summarise_run", "unlearning_score", "validate_model"]

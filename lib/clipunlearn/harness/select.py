@@ -23,7 +23,7 @@ from ..scores import CRITERION, round_score
 from .task import Task
 
 __all__ = ["EVALUATIONS", "PROTOCOL", "QUICK_PROTOCOL", "SELECTION_SEED", "GridExtension", "Selection", "is_search",
-           "reported_tasks", "run_grid", "run_selected", "find_selection_task", "summarise_run"]
+           "reported_tasks", "run_grid", "run_selected", "find_selection_task", "protocol_for", "summarise_run"]
 
 #: The seed every grid is searched on; never among the reported seeds.
 SELECTION_SEED = 100
@@ -84,6 +84,14 @@ class Selection:
 PROTOCOL = Selection()
 #: The notebooks' quick mode (the CI smoke test): the same seeds, the grids as given (no extension).
 QUICK_PROTOCOL = Selection(extend=None)
+
+
+def protocol_for(seeds: Sequence[int], *, quick: bool = False) -> Selection:
+    """Return the notebooks' protocol (:data:`QUICK_PROTOCOL` in quick mode, else :data:`PROTOCOL`) after
+    checking that no reported seed in ``seeds`` is its selection seed (:meth:`Selection.with_seeds`)."""
+    protocol = QUICK_PROTOCOL if quick else PROTOCOL
+    protocol.with_seeds(seeds)
+    return protocol
 
 
 def find_selection_task(tasks: Sequence[Task], selection: Selection | None) -> Task | None:
@@ -238,12 +246,12 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     sel_cached = store.find_all(method=method, task="selection", forget_class=search.target, seed=search.seed,
                                 run_task=kind, **match) if store is not None else []
     if sel_cached and (cached is not None or selection_task is not None):
-        selection = sel_cached
+        search_records = sel_cached
         if selection_task is None:  # the search seed's own result holds the choice
             best = cached
             chosen, final, edge = best["config"]["selected"], best["config"]["grid"], best["config"].get("edge")
         else:  # the chosen selection record does
-            best, picked = None, next(r["config"] for r in selection if r["config"]["selected"])
+            best, picked = None, next(r["config"] for r in search_records if r["config"]["selected"])
             chosen, final, edge = picked, picked["search_grid"], picked.get("edge")
     else:
         model, best, rows = run_grid(lambda **c: run_fn(search, **c), grid=grid, extend=extend,
@@ -252,7 +260,7 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             finish_fn(model, best, search)
         del model
         chosen, final, edge = best["config"]["selected"], best["config"]["grid"], best["config"].get("edge")
-        selection = []
+        search_records = []
         for row in rows:
             rec = row["record"]
             cand = {k: row[k] for k in grid}
@@ -261,12 +269,12 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
                 m.update({f"oracle_{k}": v for k, v in row["oracle"].items()})
             m.update({k: rec["metrics"].get(k) for k in ("forget_acc", "retain_acc", "best_step")})
             extra = {"search_grid": final} if selection_task is not None and row["selected"] else {}
-            selection.append(make_record(method=method, task="selection",
+            search_records.append(make_record(method=method, task="selection",
                                          config={**rec["config"], **cand, "run_task": kind,
                                                  "selected": bool(row["selected"]), "grid": None, **extra},
                                          metrics=m))
         if store is not None:
-            store.add(*([best] if selection_task is None else []), *selection)
+            store.add(*([best] if selection_task is None else []), *search_records)
     chosen = {k: chosen[k] for k in grid}
     out = [best] if selection_task is None else []
     for task in reported:
@@ -286,4 +294,4 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             if store is not None:
                 store.add(rec)
         out.append(rec)
-    return out + selection
+    return out + search_records

@@ -152,8 +152,7 @@ def paper_a_settings(profile: str, *, quick: bool = False, seeds="0,1,2", model:
         settings["lipschitz"]["forgetting"].update(max_epochs=5, n_samples=10)
         settings["lipschitz"]["generation"].update(steps=min(50, settings["lipschitz"]["generation"]["steps"]),
                                                    patience=10)
-    harness.PROTOCOL.with_seeds(seed_list)  # a reported seed equal to the selection seed is refused here
-    settings["seeds"], settings["selection"] = seed_list, harness.QUICK_PROTOCOL if quick else harness.PROTOCOL
+    settings["seeds"], settings["selection"] = seed_list, harness.protocol_for(seed_list, quick=quick)
     settings["methods"] = ["three_stage", *settings["baselines"], "lipschitz_synthetic"]
     settings["grids"] = {"three_stage": settings["three_stage_grid"], "lipschitz_synthetic": settings["lipschitz_grid"],
                          **{m: settings["grid"] for m in settings["baselines"]}}

@@ -271,8 +271,7 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
         settings.update(grid={"lr": settings["grid"]["lr"][1:2]}, n_train=16, n_val=16, n_real=16,
                         task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
                                                                                        "layers": ["all"]})
-    harness.PROTOCOL.with_seeds(seed_list)  # a reported seed equal to the selection seed is refused here
-    settings["seeds"], settings["selection"] = seed_list, harness.QUICK_PROTOCOL if quick else harness.PROTOCOL
+    settings["seeds"], settings["selection"] = seed_list, harness.protocol_for(seed_list, quick=quick)
     return settings
 
 def paper_b_generation(generation: dict, *, profile: str, backbone: str, classes: Sequence[str], model) -> dict:

@@ -72,10 +72,9 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
         seed_list, settings["forget"] = seed_list[:1], settings["forget"][:1]
         settings.update(steps=10, grid={"lr": settings["grid"]["lr"][1:2]},
                         task=dict(retain_per_class=50, eval_per_class=50))
-    harness.PROTOCOL.with_seeds(seed_list)  # a reported seed equal to the selection seed is refused here
     settings.update(seeds=seed_list, methods=list(PAPER_C_METHODS), ablations=dict(PAPER_C_ABLATIONS),
                     ratio_methods=list(PAPER_C_RATIO_METHODS),
-                    selection=harness.QUICK_PROTOCOL if quick else harness.PROTOCOL)
+                    selection=harness.protocol_for(seed_list, quick=quick))
     return settings
 
 
