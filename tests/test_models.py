@@ -1,13 +1,15 @@
 """Models: open_clip loading, the mini CLIP's training pieces and its cache."""
 
 import copy
+import gc
 import json
 import math
+import weakref
 
 import pytest
 import torch
 
-from clipunlearn import data, models
+from clipunlearn import clip, data, models
 from clipunlearn.paths import get_data_dir
 
 
@@ -195,3 +197,44 @@ def test_is_resnet_is_one_helper(tiny_clip, tiny_resnet_clip):
     assert lipschitz.is_resnet is models.is_resnet
     resnet_rules = set(layers.paper_b_frozen(tiny_resnet_clip.model)) - set(layers.paper_b_frozen(tiny_clip.model))
     assert resnet_rules == set(layers.PAPER_B_RESNET_FROZEN)
+
+
+def test_use_channels_last_keeps_the_numbers_and_leaves_a_vit_alone():
+    model, _, _ = models.create_mini_model("mini")
+    model.eval()
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.encode_image(images, normalize=True)
+        fast = models.use_channels_last(copy.deepcopy(model))
+        after = fast.encode_image(images, normalize=True)
+    assert fast.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.visual.conv1.weight.is_contiguous()  # the layout did change
+    assert torch.allclose(before, after, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fast.state_dict().values()))
+    vit, _, _ = models.create_mini_model("mini-vit")
+    strides = [p.stride() for p in vit.parameters()]
+    assert [p.stride() for p in models.use_channels_last(vit).parameters()] == strides
+
+
+def test_shipped_mini_clip_comes_in_channels_last_layout(monkeypatch):
+    monkeypatch.delenv("CLIPUNLEARN_MINI_SEED", raising=False)
+    model, _, _, info = models.get_mini_clip()
+    assert info["source"] == "shipped"
+    assert model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_release_memory_freezes_once_and_still_collects_new_cycles():
+    clip.release_memory()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+
+    class Node:
+        pass
+
+    node = Node()
+    node.me = node  # a reference cycle made after the freeze: only the collector frees it
+    alive = weakref.ref(node)
+    del node
+    clip.release_memory()
+    assert alive() is None
+    assert gc.get_freeze_count() == frozen  # frozen on the first call only
