@@ -55,6 +55,21 @@ def test_paper_settings_follow_paper_c_json():
         paper_c.paper_c_settings("paper", dataset="nope")
 
 
+def test_retrieval_settings_follow_paper_c_json():
+    spec = configs.load_paper_config("paper_c")
+    hyper, own = spec["hyperparameters"], spec["retrieval"]
+    retrieval = paper_c.paper_c_settings("paper")["retrieval"]
+    assert retrieval["lr"] == hyper["lr"]["flickr30k"] == 1e-8 and retrieval["batch_size"] == 16
+    assert retrieval["epochs"] == hyper["epochs"] and retrieval["steps"] is None
+    assert (retrieval["dataset"], retrieval["concept"], retrieval["method"]) == ("flickr30k", own["concept"],
+                                                                                 "cliperase")
+    assert retrieval["eval_retain_images"] == own["eval_retain_images"] and retrieval["max_forget_train"] is None
+    assert retrieval["evaluations"] == harness.EVALUATIONS
+    quick = paper_c.paper_c_settings("paper", quick=True, retrieval_concept=" bicycle ")["retrieval"]
+    assert quick["concept"] == "bicycle" and quick["steps"] == 4 and quick["lr"] == 1e-8
+    assert paper_c.paper_c_settings("mini")["retrieval"] is None  # the mini captions are class names
+
+
 def test_load_paper_c_tasks_on_the_mini_world(monkeypatch):
     train, test = tiny_world(seed=0), tiny_world(n_per_class=6, seed=1)
     monkeypatch.setattr(paper_c.data, "load_mini_world", lambda data_dir=None: (train, test))

@@ -1,21 +1,24 @@
 """Paper C (CLIPErase) on the shared harness (notebook 10): its settings per profile and its model, data
-and class tasks. CLIPErase itself is a registered loss (``losses.py``); the benchmark, module ablation and
-forget-ratio sweep are the harness's drivers.
+and class tasks, and its Flickr30K retrieval runs (:func:`run_retrieval`). CLIPErase itself is a registered
+loss (``losses.py``); the benchmark, module ablation and forget-ratio sweep are the harness's drivers.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import pandas as pd
 import torch
 
 from .. import data, harness, models
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
 from ..metrics import CachedImages
 from ..paths import check_profile
+from ..report import summarise
 
-__all__ = ["PAPER_C_METHODS", "PAPER_C_ABLATIONS", "PAPER_C_RATIO_METHODS", "PaperCWorld", "paper_c_settings",
-           "load_paper_c_tasks"]
+__all__ = ["PAPER_C_METHODS", "PAPER_C_ABLATIONS", "PAPER_C_RATIO_METHODS", "RETRIEVAL_METRICS", "PaperCWorld",
+           "paper_c_settings", "load_paper_c_tasks", "retrieval_settings", "run_retrieval", "retrieval_table"]
 
 #: The methods of notebook 10's main table, in its order: the baselines, then CLIPErase.
 PAPER_C_METHODS = ("ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase")
@@ -45,16 +48,39 @@ def _paper_c_profile(profile: str) -> dict:
                 epochs=hyper["epochs"], grid={"lr": [1e-7, hyper["lr"]["cifar100"], 1e-5]})
 
 
+def retrieval_settings(profile: str, *, quick: bool = False, concept: str = "") -> dict | None:
+    """Return the retrieval runs' settings of ``profile`` (None for mini: its captions are class names).
+
+    Keys: ``dataset`` (a caption dataset, Karpathy's splits), ``concept`` (its forget pairs,
+    ``data.split_by_concept``; empty ``concept``: the project's), ``method``, ``lr`` (the paper's for
+    Flickr30K), ``batch_size``, ``epochs`` over the forget pairs (``steps``: None, they follow),
+    ``eval_retain_images``, ``max_forget_train`` / ``max_retain_train`` (None: every training image) and
+    ``evaluations`` (validation passes). ``quick``: 4 steps, 2 passes, small samples (the smoke test).
+    """
+    if check_profile(profile) == "mini":
+        return None
+    paper = load_paper_config("paper_c")
+    hyper, own = paper["hyperparameters"], paper["retrieval"]
+    out = dict(dataset=own["dataset"], concept=concept.strip() or own["concept"], method="cliperase",
+               lr=hyper["lr"][own["dataset"]], batch_size=hyper["batch_size"], epochs=hyper["epochs"], steps=None,
+               eval_retain_images=own["eval_retain_images"], max_forget_train=None, max_retain_train=None,
+               evaluations=harness.EVALUATIONS)
+    if quick:
+        out.update(steps=4, evaluations=2, eval_retain_images=64, max_forget_train=64, max_retain_train=256)
+    return out
+
+
 def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget_classes: str = "",
-                     model: str = "", pretrained: str = "", dataset: str = "") -> dict:
+                     model: str = "", pretrained: str = "", dataset: str = "", retrieval_concept: str = "") -> dict:
     """Return notebook 10's settings of paper C for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
 
     Keys: ``model`` / ``pretrained`` (``models.load_clip``), ``dataset``, ``forget`` (the classes forgotten
     one at a time), ``ratios`` (the forget-ratio sweep; its classes are drawn per seed), ``ratio_methods``,
     ``task`` (sizes for ``harness.build_task``), ``batch_size``,
     ``steps`` (mini) or ``epochs`` (paper: steps follow from the forget set's size), ``grid``, ``methods``,
-    ``ablations``, ``seeds`` (reported) and ``selection`` (``harness.PROTOCOL``: the grids are searched on its
-    seed, never reported, and extended at their ends). The string arguments are the notebook's parameters: ``seeds`` and
+    ``ablations``, ``seeds`` (reported), ``selection`` (``harness.PROTOCOL``: the grids are searched on its
+    seed, never reported, and extended at their ends) and ``retrieval`` (:func:`retrieval_settings`, concept
+    ``retrieval_concept``). The string arguments are the notebook's parameters: ``seeds`` and
     ``forget_classes`` comma-separated (empty: the profile's); ``model`` / ``pretrained`` (refused by mini)
     replace the backbone; ``dataset`` (paper profile) replaces CIFAR-100. ``quick``: one class, one seed,
     the grid's middle value alone, 10 steps and small sets (the CI smoke test).
@@ -74,7 +100,8 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
                         task=dict(retain_per_class=50, eval_per_class=50))
     settings.update(seeds=seed_list, methods=list(PAPER_C_METHODS), ablations=dict(PAPER_C_ABLATIONS),
                     ratio_methods=list(PAPER_C_RATIO_METHODS),
-                    selection=harness.protocol_for(seed_list, quick=quick))
+                    selection=harness.protocol_for(seed_list, quick=quick),
+                    retrieval=retrieval_settings(profile, quick=quick, concept=retrieval_concept))
     return settings
 
 
@@ -120,3 +147,81 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
     steps = settings.get("steps") or settings["epochs"] * -(-len(tasks[forget[0]][0].forget_train)
                                                             // settings["batch_size"])
     return PaperCWorld(base, preprocess, tokenizer, train, test, tasks, templates, n_seen, steps)
+
+
+#: The columns of the retrieval table: R@1/5/10 image to text and text to image on Df and Dr.
+RETRIEVAL_METRICS = tuple(f"{side}_{d}_r{k}" for side in ("forget", "retain") for d in ("i2t", "t2i")
+                          for k in harness.RETRIEVAL_KS)
+
+
+def _find_retrieval(store, *, method: str, concept: str, **config) -> dict | None:
+    """The stored retrieval record of ``method`` on ``concept`` (None: none, or no store)."""
+    if store is None:
+        return None
+    return store.find(method=method, task=harness.RETRIEVAL_TASK, forget_class=concept, **config)
+
+
+def run_retrieval(settings: dict, *, model, preprocess, tokenizer, device="cpu", data_dir=None, store=None,
+                  precision: str = "fp32", progress: bool = False) -> list[dict]:
+    """Paper C's Flickr30K retrieval runs (notebook 10, section 5); return their records (task ``retrieval``).
+
+    Loads the train / val / test splits of ``settings["retrieval"]["dataset"]`` (``data.load_caption_dataset``,
+    ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache) through ``preprocess``; forget = the pairs of
+    the images whose captions mention the concept, retain = the others (``data.split_by_concept``, the
+    project's choice); records the untouched ``model`` (method ``original``, ``config.seed`` None), then
+    unlearns a copy per seed of ``settings["seeds"]`` with CLIPErase through the one loop (Adam, the paper's
+    lr and batch size, ``epochs`` passes over the forget pairs; the best of ``evaluations`` validation passes
+    kept) and tests it: ``{forget,retain}_{i2t,t2i}_r{1,5,10}`` and their means ``{forget,retain}_r{k}``.
+    With ``store`` (``harness.ResultStore``) records are saved as they come and found again on resume.
+    """
+    r = settings.get("retrieval")
+    if r is None:
+        raise ValueError("retrieval runs are in the paper profile only (the mini world's captions are its class "
+                         "names): use paper_c_settings('paper', ...)")
+    train, val, test = (data.load_caption_dataset(r["dataset"], split=split, transform=preprocess,
+                                                  data_dir=data_dir or None) for split in ("train", "val", "test"))
+    tasks = harness.build_retrieval_tasks(
+        train, val, test, concept=r["concept"], tokenizer=tokenizer, seeds=settings["seeds"],
+        max_forget_train=r["max_forget_train"], max_retain_train=r["max_retain_train"],
+        eval_retain_images=r["eval_retain_images"], device=device)
+    pairs = tasks[0].sizes()["forget_train_pairs"]
+    steps = r["steps"] or r["epochs"] * math.ceil(pairs / r["batch_size"])
+    common = {"dataset": r["dataset"], "splits": "karpathy", "eval_split": "test", "model": settings["model"],
+              "pretrained": settings["pretrained"], "eval_retain_images": r["eval_retain_images"]}
+    records = []
+    original = _find_retrieval(store, method="original", concept=r["concept"])
+    if original is None:
+        task = tasks[0]
+        val_r10 = {f"val_{k}": v for k, v in harness.evaluate_retrieval(model, task.val, device=device).items()
+                   if k.endswith("_r10")}
+        original = harness.summarise_retrieval(
+            task, method="original", config={**common, "seed": None, **task.sizes()}, val=val_r10,
+            test_metrics=harness.evaluate_retrieval(model, task.test, device=device))
+        if store is not None:
+            store.add(original)
+    records.append(original)
+    for task in tasks:
+        record = _find_retrieval(store, method=r["method"], concept=r["concept"], seed=task.seed)
+        if record is None:
+            _, record = harness.run_retrieval_method(
+                r["method"], task, model=model, tokenizer=tokenizer, lr=r["lr"], steps=steps,
+                batch_size=r["batch_size"], evaluations=r["evaluations"], device=device, precision=precision,
+                config={**common, "epochs": None if r["steps"] else r["epochs"], **task.sizes()}, progress=progress)
+            if store is not None:
+                store.add(record)
+        records.append(record)
+    return records
+
+
+def retrieval_table(records: list[dict]) -> pd.DataFrame:
+    """The retrieval records as a table (mean ± sd over seeds) with the paper's reported R@10 beside them.
+
+    The paper reports one R@10 per set (Flickr30K, CLIPErase: Df 10.55, Dr 50.35 %); ours are the mean of the
+    two directions (``forget_r10`` / ``retain_r10``) beside each direction's R@1/5/10.
+    """
+    table = summarise(records, task=harness.RETRIEVAL_TASK, metrics=["forget_r10", "retain_r10",
+                                                                     *RETRIEVAL_METRICS])
+    reported = load_paper_config("paper_c")["reported"]["flickr30k"]["cliperase"]
+    paper = pd.DataFrame([{"forget_r10": f"{reported['forget_r10']:.4f}",
+                           "retain_r10": f"{reported['retain_r10']:.4f}"}], index=["cliperase (paper)"])
+    return pd.concat([table, paper.rename_axis(table.index.name)])
