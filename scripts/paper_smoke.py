@@ -14,7 +14,8 @@ Afterwards every notebook must have written its records file
 (``results/quick-paper/<notebook>.json``) with at least one record (and a record of every task
 :data:`EXPECTED_TASKS` names for it: notebook 10's retrieval section), and every accuracy,
 AUC, retrieval recall (``*_r1``, ``*_r10``, ...) and score in it must be finite and in [0, 1]
-(nothing else is checked: the models are random).
+(nothing else is checked: the models are random). Before the notebooks, paper B's loaders of the
+authors' artefacts read tiny files written here in the authors' formats (:func:`check_authors_artefacts`).
 
     python scripts/paper_smoke.py                      # every notebook with a paper branch
     python scripts/paper_smoke.py --notebooks 20 --device cuda --precision bf16
@@ -37,6 +38,7 @@ import gc
 import json
 import math
 import os
+import pickle
 import random
 import re
 import sys
@@ -44,6 +46,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +194,42 @@ def missing_tasks(records: list[dict], stem: str) -> list[str]:
             for task in EXPECTED_TASKS.get(stem, ()) if task not in present]
 
 
+def check_authors_artefacts(folder: Path) -> list[str]:
+    """Write tiny artefacts in paper B's authors' formats under ``folder``, read them with the library; return problems.
+
+    As their ``gen_data.py``: ``torch.save`` of one raw ImageNet-normalised tensor ``[N, 3, H, W]`` at
+    ``generated_RN50/StanfordDogs/<label>.pt``; as their ``generated/results_zs_all_RN50.pkl``: a pickle of
+    ``{Dataset: {class: {cls_acc_test, no_cls_acc, acc_train, full_acc}}}`` with numpy float64 values.
+    """
+    import torch
+    from clipunlearn.papers import authors_artefacts  # importable once main() has put lib/ on sys.path
+
+    raw = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pt = folder / "generated_RN50" / "StanfordDogs" / "toy poodle.pt"
+    pkl = folder / "generated" / "results_zs_all_RN50.pkl"
+    for path in (pt, pkl):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(raw, pt)
+    entry = {"cls_acc_test": np.float64(0.5), "no_cls_acc": np.float64(0.6), "acc_train": np.float64(0.4)}
+    zero_shot = {"StanfordDogs": {"toy poodle": {**entry, "full_acc": 0.59}},
+                 "StanfordCars": {"2009 Spyker C8 Coupe": {**entry, "full_acc": 0.55}}}
+    pkl.write_bytes(pickle.dumps(zero_shot, protocol=4))
+    problems = []
+    syn = authors_artefacts.load_authors_synthetic(pt, target=1, classnames=["Pekinese", "toy poodle"],
+                                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=8)
+    if tuple(syn.images.shape) != (4, 3, 8, 8) or not torch.isfinite(syn.images).all():
+        problems.append(f"{pt.name}: images {tuple(syn.images.shape)}, finite {bool(torch.isfinite(syn.images).all())}")
+    low, high = (syn.images * 0.25 + 0.5).amin().item(), (syn.images * 0.25 + 0.5).amax().item()
+    if abs(low) > 1e-5 or abs(high - 1) > 1e-5 or syn.targets.tolist() != [1] * 4 or not bool(syn.reached.all()):
+        problems.append(f"{pt.name}: not min-max rescaled to [0, 1] ({low:.3g}, {high:.3g}) or wrong targets")
+    reference = authors_artefacts.build_authors_reference(
+        authors_artefacts.load_authors_zero_shot(pkl), dataset="StanfordDogs", classname="toy poodle",
+        others={"stanford-cars": "StanfordCars"})
+    if reference != {"forget_acc": 0.5, "retain_acc": 0.6, "other_acc/stanford-cars": 0.55}:
+        problems.append(f"{pkl.name}: reference {reference}")
+    return problems
+
+
 def run_in_process(path: Path, parameters: dict) -> tuple[float, str | None]:
     """Execute the code cells of ``path`` here, ``parameters`` set after its parameters cell; ``(seconds, error)``."""
     try:
@@ -277,6 +316,12 @@ def main(argv=None) -> int:
     from clipunlearn.results import load_records
 
     failures, total = [], time.perf_counter()
+    problems = check_authors_artefacts(WORK_DIR / "authors")
+    print(f"paper B's loaders of the authors' artefacts: {'ok' if not problems else 'FAILED'}", flush=True)
+    for p in problems:
+        print(f"    {p}")
+    if problems:
+        failures.append("authors' artefacts")
     for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         if wanted and path.name[:2] not in wanted:
             continue

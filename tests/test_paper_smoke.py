@@ -132,3 +132,9 @@ def test_retrieval_runs_on_a_tiny_caption_folder(smoke, tmp_path):
 def test_missing_shared_data_skips_with_a_message(smoke, tmp_path, capsys):
     assert smoke.main(["--shared-data", str(tmp_path / "absent")]) == 0
     assert "paper smoke test skipped" in capsys.readouterr().out
+
+
+def test_the_authors_artefact_loaders_read_files_in_their_formats(smoke, tmp_path):
+    assert smoke.check_authors_artefacts(tmp_path) == []
+    assert (tmp_path / "generated_RN50" / "StanfordDogs" / "toy poodle.pt").is_file()
+    assert (tmp_path / "generated" / "results_zs_all_RN50.pkl").is_file()

@@ -205,7 +205,9 @@ def load_split_file(split_file, *, split: str = "test", root=None, transform=Non
     "test": ...}`` (CoOp's ``split_zhou_*.json``, paper B's ``split_alexey_stanford_dogs.json``).
     Paths are relative to ``root`` (default: the split file's folder or, as in CoOp's
     layouts, the first sub-folder of it holding the images, e.g. ``101_ObjectCategories/``
-    or ``jpg/``). Class names come from every split of the file, in label order.
+    or ``jpg/``). Class names come from every split of the file, in label order, with
+    underscores as spaces (``crocodile_head`` -> ``crocodile head``), as CoOp's and paper B's
+    authors' classifiers prompt them.
     """
     split_file = Path(split_file).expanduser()
     if not split_file.is_file():
@@ -216,7 +218,8 @@ def load_split_file(split_file, *, split: str = "test", root=None, transform=Non
         raise ValueError(f"unknown split {split!r} in {split_file.name}; valid: {', '.join(splits)}")
     names: dict[int, str] = {}
     for items in splits.values():
-        for _, label, classname in items:
+        for _, label, raw_name in items:
+            classname = raw_name.replace("_", " ")
             if names.setdefault(int(label), classname) != classname:
                 raise ValueError(f"{split_file.name}: label {label} is named both {names[int(label)]!r} "
                                  f"and {classname!r}")
