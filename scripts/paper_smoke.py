@@ -5,13 +5,17 @@ Each ``notebooks/NN_*.ipynb`` whose parameters include ``PROFILE``, ``QUICK``, `
 ``QUICK=True``, a tiny random-weight open_clip model (``tiny-vit`` / ``tiny-rn``,
 ``PRETRAINED="random"``) and real images from ``../shared/data`` standing in for the
 papers' datasets: the CIFAR-10 test images as an ImageFolder for CIFAR-10, CIFAR-100
-and paper B's four datasets, PACS for itself. Only the parameters a notebook declares
+and paper B's four datasets, PACS for itself, and a tiny Flickr30K written here (a few
+PNG images and Karpathy's split file, :func:`write_caption_folder`) for notebook 10's
+retrieval section. Only the parameters a notebook declares
 are passed (:data:`STANDARD`); a notebook adds or overrides its own in its metadata,
 ``metadata.clipunlearn.paper_smoke`` (``{"MODEL": "tiny-rn", ...}``, or ``{"skip": "why"}``).
 Afterwards every notebook must have written its records file
-(``results/quick-paper/<notebook>.json``) with at least one record, and every accuracy,
-AUC and score in it must be finite and in [0, 1] (nothing else is checked: the models
-are random).
+(``results/quick-paper/<notebook>.json``) with at least one record (and a record of every task
+:data:`EXPECTED_TASKS` names for it: notebook 10's retrieval section), and every accuracy,
+AUC, retrieval recall (``*_r1``, ``*_r10``, ...) and score in it must be finite and in [0, 1]
+(nothing else is checked: the models are random). Before the notebooks, paper B's loaders of the
+authors' artefacts read tiny files written here in the authors' formats (:func:`check_authors_artefacts`).
 
     python scripts/paper_smoke.py                      # every notebook with a paper branch
     python scripts/paper_smoke.py --notebooks 20 --device cuda --precision bf16
@@ -34,10 +38,16 @@ import gc
 import json
 import math
 import os
+import pickle
+import random
+import re
 import sys
 import time
 import traceback
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -55,22 +65,57 @@ LINKS = [(f"{name}/{split}", CIFAR) for name in ("cifar10", "cifar100", "stanfor
 #: Metrics that must be finite and in [0, 1]: accuracies (``acc``, ``acc_*``, ``*_acc``, ``*_acc/<set>``,
 #: per-class values), confusion fractions and membership-inference AUCs.
 IN_UNIT_RANGE = ("acc", "confusion", "mia", "auc")
+#: Retrieval recalls (``forget_i2t_r10``, ``retain_r1``, ``val_forget_r10``): fractions too.
+RECALL = re.compile(r"(^|_)r\d+$")
+#: Record tasks a notebook's paper branch must write (a section that did not run shows here): notebook 10's
+#: retrieval section (``paper_c.run_retrieval``) writes task ``retrieval``.
+EXPECTED_TASKS = {"10_cliperase": ("forget-class", "retrieval")}
+#: The tiny Flickr30K of the smoke test: images per Karpathy split, of which the first ``CAPTION_FORGET`` show
+#: the concept (their captions mention "dog", notebook 10's retrieval concept).
+CAPTION_SPLITS = {"train": 12, "val": 8, "test": 8}
+CAPTION_FORGET = 3
 
 
 def in_unit_range(key: str) -> bool:
     """Whether metric ``key`` (``a/b`` for nested values) is a fraction that must lie in [0, 1]."""
     head = key.split("/", 1)[0]
-    return any(head == w or head.startswith(f"{w}_") or head.endswith(f"_{w}") for w in IN_UNIT_RANGE)
+    return (any(head == w or head.startswith(f"{w}_") or head.endswith(f"_{w}") for w in IN_UNIT_RANGE)
+            or RECALL.search(head) is not None)
+
+
+def write_caption_folder(folder: Path, *, splits: dict | None = None, forget: int = CAPTION_FORGET,
+                         seed: int = 0) -> Path:
+    """Write a tiny Flickr30K at ``folder``: ``flickr30k-images/<n>.png`` (8x8 colour images) and
+    ``dataset_flickr30k.json`` in Karpathy's format, ``splits`` images per split (:data:`CAPTION_SPLITS`), two
+    captions each; the first ``forget`` of every split are captioned as a dog. Return ``folder``."""
+    rng = random.Random(seed)
+    images, n = [], 0
+    for split, count in (splits or CAPTION_SPLITS).items():
+        for i in range(count):
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            name = f"{n}.png"
+            (folder / "flickr30k-images").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), colour).save(folder / "flickr30k-images" / name)
+            thing = "a brown dog" if i < forget else f"a red bus number {n}"
+            raws = [f"{thing.capitalize()} in picture {n} .", f"There is {thing} here ."]
+            images.append({"filename": name, "imgid": n, "split": split, "sentids": [2 * n, 2 * n + 1],
+                           "sentences": [{"raw": raw, "tokens": raw.lower().split(), "imgid": n, "sentid": 2 * n + j}
+                                         for j, raw in enumerate(raws)]})
+            n += 1
+    (folder / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    return folder
 
 
 def prepare_data(shared: Path, dest: Path) -> Path:
-    """Create ``dest`` with symbolic links to ``shared``'s image folders in the layouts the loaders read."""
+    """Create ``dest`` with symbolic links to ``shared``'s image folders in the layouts the loaders read, and
+    the tiny Flickr30K (:func:`write_caption_folder`) at ``dest/flickr30k``."""
     for link, target in LINKS:
         path = dest / link
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink() or path.exists():
             path.unlink()
         path.symlink_to((shared / target).resolve(), target_is_directory=True)
+    write_caption_folder(dest / "flickr30k")
     return dest
 
 
@@ -139,6 +184,49 @@ def check_records(records: list[dict]) -> list[str]:
         gain = record.get("metrics", {}).get("avg_gain")
         if gain is not None and not (math.isfinite(gain) and gain >= 0):
             problems.append(f"{where}: avg_gain = {gain}")
+    return problems
+
+
+def missing_tasks(records: list[dict], stem: str) -> list[str]:
+    """Return a problem for each task of :data:`EXPECTED_TASKS` that notebook ``stem``'s records lack."""
+    present = {r.get("task") for r in records}
+    return [f"no {task!r} records: the section that writes them did not run"
+            for task in EXPECTED_TASKS.get(stem, ()) if task not in present]
+
+
+def check_authors_artefacts(folder: Path) -> list[str]:
+    """Write tiny artefacts in paper B's authors' formats under ``folder``, read them with the library; return problems.
+
+    As their ``gen_data.py``: ``torch.save`` of one raw ImageNet-normalised tensor ``[N, 3, H, W]`` at
+    ``generated_RN50/StanfordDogs/<label>.pt``; as their ``generated/results_zs_all_RN50.pkl``: a pickle of
+    ``{Dataset: {class: {cls_acc_test, no_cls_acc, acc_train, full_acc}}}`` with numpy float64 values.
+    """
+    import torch
+    from clipunlearn.papers import authors_artefacts  # importable once main() has put lib/ on sys.path
+
+    raw = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pt = folder / "generated_RN50" / "StanfordDogs" / "toy poodle.pt"
+    pkl = folder / "generated" / "results_zs_all_RN50.pkl"
+    for path in (pt, pkl):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(raw, pt)
+    entry = {"cls_acc_test": np.float64(0.5), "no_cls_acc": np.float64(0.6), "acc_train": np.float64(0.4)}
+    zero_shot = {"StanfordDogs": {"toy poodle": {**entry, "full_acc": 0.59}},
+                 "StanfordCars": {"2009 Spyker C8 Coupe": {**entry, "full_acc": 0.55}}}
+    pkl.write_bytes(pickle.dumps(zero_shot, protocol=4))
+    problems = []
+    syn = authors_artefacts.load_authors_synthetic(pt, target=1, classnames=["Pekinese", "toy poodle"],
+                                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=8)
+    if tuple(syn.images.shape) != (4, 3, 8, 8) or not torch.isfinite(syn.images).all():
+        problems.append(f"{pt.name}: images {tuple(syn.images.shape)}, finite {bool(torch.isfinite(syn.images).all())}")
+    low, high = (syn.images * 0.25 + 0.5).amin().item(), (syn.images * 0.25 + 0.5).amax().item()
+    if abs(low) > 1e-5 or abs(high - 1) > 1e-5 or syn.targets.tolist() != [1] * 4 or not bool(syn.reached.all()):
+        problems.append(f"{pt.name}: not min-max rescaled to [0, 1] ({low:.3g}, {high:.3g}) or wrong targets")
+    reference = authors_artefacts.build_authors_reference(
+        authors_artefacts.load_authors_zero_shot(pkl), dataset="StanfordDogs", classname="toy poodle",
+        others={"stanford-cars": "StanfordCars"})
+    if reference != {"forget_acc": 0.5, "retain_acc": 0.6, "other_acc/stanford-cars": 0.55}:
+        problems.append(f"{pkl.name}: reference {reference}")
     return problems
 
 
@@ -228,6 +316,12 @@ def main(argv=None) -> int:
     from clipunlearn.results import load_records
 
     failures, total = [], time.perf_counter()
+    problems = check_authors_artefacts(WORK_DIR / "authors")
+    print(f"paper B's loaders of the authors' artefacts: {'ok' if not problems else 'FAILED'}", flush=True)
+    for p in problems:
+        print(f"    {p}")
+    if problems:
+        failures.append("authors' artefacts")
     for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         if wanted and path.name[:2] not in wanted:
             continue
@@ -243,7 +337,11 @@ def main(argv=None) -> int:
         else:
             seconds, error = run_notebook(path, parameters, out_dir=WORK_DIR, timeout=args.timeout)
         if error is None:
-            problems = check_records(load_records(results)) if results.exists() else [f"{results} not written"]
+            if results.exists():
+                records = load_records(results)
+                problems = check_records(records) + missing_tasks(records, path.stem)
+            else:
+                problems = [f"{results} not written"]
         else:
             problems = [error]
         shown = {k: v for k, v in parameters.items() if k != "DATA_DIR"}

@@ -244,6 +244,20 @@ def test_coop_split_file(tmp_path):
         data.load_split_file(split_file, split="train", root=tmp_path)
 
 
+def test_split_file_class_names_have_spaces_not_underscores(tmp_path):
+    """CoOp's split_zhou_Caltech101.json names 18 classes like 'crocodile_head'; the authors prompt 'crocodile head'."""
+    entries = {"train": [["crocodile_head/a.png", 0, "crocodile_head"], ["yin_yang/b.png", 1, "yin_yang"]],
+               "val": [], "test": [["crocodile_head/c.png", 0, "crocodile_head"], ["minaret/d.png", 2, "minaret"]]}
+    _write_images(tmp_path / "caltech-101" / "101_ObjectCategories",
+                  [rel for items in entries.values() for rel, _, _ in items])
+    split_file = tmp_path / "caltech-101" / "split_zhou_Caltech101.json"
+    split_file.write_text(json.dumps(entries))
+    test = data.load_split_file(split_file, split="test")
+    assert test.classnames == ["crocodile head", "yin yang", "minaret"]
+    assert [p.parent.name for p in test.paths] == ["crocodile_head", "minaret"]  # the files keep their folders
+    assert data.load_dataset("caltech101", split="train", split_file=split_file).classnames == test.classnames
+
+
 def _karpathy(tmp_path):
     """A Flickr30K-style folder: 3 images, 2 captions each; images 0 and 2 in "test", 1 in "train"."""
     root = tmp_path / "flickr30k"

@@ -76,7 +76,8 @@ def naive_forget_ce_against_batches(model, forget, retain):
 # --------------------------------------------------------------------------- #
 def test_formula_registry_lists_every_loss_checked_here():
     """Every registered loss has a formula test below (a new loss must get one)."""
-    assert set(LOSSES) == {"ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase", "lipschitz"}
+    assert set(LOSSES) == {"ft", "ga", "ga_pairs", "graddiff", "neggrad_plus", "random_labels", "cliperase",
+                           "cliperase_paper", "lipschitz"}
     for name in LOSSES:
         assert get_loss(name) is LOSSES[name] and get_loss(name).loss_name == name
 

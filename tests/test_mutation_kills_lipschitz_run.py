@@ -182,7 +182,7 @@ def patch_generation(monkeypatch, made):
     return builds, gens
 
 
-def test_generate_task_synthetic_restart_orders_reached_first_then_by_probability(tiny_clip, monkeypatch):
+def test_generate_task_synthetic_restart_holds_out_reached_images_then_fills_by_probability(tiny_clip, monkeypatch):
     model, tokenizer = tiny_clip
     made = fake_set(6, [False, True, False, True, False, False], [0.3, 0.9, 0.7, 0.8, 0.1, 0.5])
     builds, gens = patch_generation(monkeypatch, made)
@@ -192,8 +192,9 @@ def test_generate_task_synthetic_restart_orders_reached_first_then_by_probabilit
         forget, val, cost = lipschitz.generate_task_synthetic(
             model, fake_task(), tokenizer=tokenizer, n_train=3, n_val=2, seed=5, progress=True,
             generation={"restart": True, "logit_scale": "model", "steps": 4})
-    # reached (1, 3) in generation order, then the others by probability: 2 (0.7), 5 (0.5), 0 (0.3), 4 (0.1)
-    assert forget.images.flatten().tolist() == [1, 3, 2] and val.images.flatten().tolist() == [5, 0]
+    # reached (1, 3) are held out (n_val = 2: the last reached ones); the forget set takes the others by
+    # probability: 2 (0.7), 5 (0.5), 0 (0.3), then 4 (0.1) is left out
+    assert forget.images.flatten().tolist() == [2, 5, 0] and val.images.flatten().tolist() == [1, 3]
     assert builds.calls[0][0] == (model, tokenizer, NAMES, ("a {}.",)) and builds.calls[0][1] == {"device": "cpu"}
     args, kw = gens.calls[0]
     assert args[0] is model and args[1].dtype == torch.float32

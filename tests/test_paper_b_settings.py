@@ -2,6 +2,7 @@
 load_paper_b_tasks)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -197,3 +198,74 @@ def test_the_schedule_and_noise_come_from_paper_b_json(monkeypatch, tiny_clip, t
     assert lipschitz.paper_sigma_schedule() == (0.2, 0.4)
     assert lipschitz.paper_k_schedule(tiny_clip.model) == [(3, 3), (4, 7)]
     assert paper_b._profile_settings("paper", precision="fp32")["generation"]["init_std"] == 0.5
+
+
+# --------------------------------------------------------------------------- #
+# The authors' split files: found in the project's or the authors' folder, a missing one is an error
+# --------------------------------------------------------------------------- #
+def write_split(folder, name, images: str, entries: dict):
+    """A CoOp-style split file ``folder/name`` over tiny PNGs under ``folder/images``; return the file."""
+    from PIL import Image
+
+    for items in entries.values():
+        for i, (rel, _, _) in enumerate(items):
+            path = folder / images / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), color=(40 * i, 80, 120)).save(path)
+    (folder / name).write_text(json.dumps(entries))
+    return folder / name
+
+
+CALTECH = {"train": [[f"{c}/tr{i}.png", k, c] for k, c in enumerate(["crocodile_head", "minaret"]) for i in range(3)],
+           "val": [[f"{c}/va.png", k, c] for k, c in enumerate(["crocodile_head", "minaret"])],
+           "test": [[f"{c}/te{i}.png", k, c] for k, c in enumerate(["crocodile_head", "minaret"]) for i in range(2)]}
+
+
+@pytest.mark.parametrize("folder", ["caltech101", "caltech-101"])  # the project's name, the authors'
+def test_split_file_is_found_in_the_project_or_the_authors_folder(tmp_path, folder):
+    written = write_split(tmp_path / folder, "split_zhou_Caltech101.json", "101_ObjectCategories", CALTECH)
+    assert paper_b.find_split_file("caltech101", data_dir=tmp_path) == written
+    assert paper_b.find_split_file("caltech101", data_dir=tmp_path, split_fallback=["caltech101"]) is None
+    assert paper_b.find_split_file("cifar10", data_dir=tmp_path) is None  # not a dataset with an authors' split
+
+
+@pytest.mark.parametrize("dataset, file, source", [
+    ("caltech101", "split_zhou_Caltech101.json", "CoOp's split_zhou_Caltech101.json"),
+    ("flowers102", "split_zhou_OxfordFlowers.json", "CoOp's split_zhou_OxfordFlowers.json"),
+    ("stanford-cars", "split_zhou_StanfordCars.json", "CoOp's split_zhou_StanfordCars.json"),
+    ("stanford-dogs", "split_alexey_stanford_dogs.json", "akres001/CLIP_fewshot_imo"),
+])
+def test_a_missing_split_file_is_an_error_that_says_where_to_get_it(tmp_path, dataset, file, source):
+    folder = configs.load_paper_config("paper_b")["folders_in_code"][dataset]
+    with pytest.raises(FileNotFoundError) as err:
+        paper_b.find_split_file(dataset, data_dir=tmp_path)
+    message = str(err.value)
+    assert file in message and source in message and "split_fallback" in message and "SPLIT_FALLBACK" in message
+    assert str(tmp_path / dataset) in message and str(tmp_path / folder) in message
+
+
+def test_tasks_from_the_authors_folder_and_split_file(tmp_path):
+    write_split(tmp_path / "caltech-101", "split_zhou_Caltech101.json", "101_ObjectCategories", CALTECH)
+    tasks, _ = load(tmp_path, forget={"caltech101": ["crocodile head"]}, others={}, seeds=[0])
+    task = tasks[("tiny-rn", "caltech101")]["crocodile head"][0]
+    assert task.classnames == ["crocodile head", "minaret"]  # prompted with a space, as the authors'
+    assert len(task.train) == 6 and len(task.test) == 4  # the file's train and test splits, not the whole set
+    assert not set(task.train.paths) & set(task.test.paths)  # the MIA's members are never its non-members
+
+
+def test_a_missing_split_file_stops_the_load_unless_named(image_folders):
+    # stanford-dogs has an authors' split file: without it, an error; named in split_fallback, the folder loader
+    from PIL import Image
+
+    for c in ("Pekinese", "beagle"):
+        (image_folders / "stanford-dogs" / "Images" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), color=(40 * i, 80, 120)).save(image_folders / "stanford-dogs" / "Images" / c /
+                                                                    f"{i}.png")
+    with pytest.raises(FileNotFoundError, match="split_alexey_stanford_dogs.json not found"):
+        load(image_folders, forget={"stanford-dogs": ["Pekinese"]}, others={}, seeds=[0])
+    tasks, _ = load(image_folders, forget={"stanford-dogs": ["Pekinese"]}, others={}, seeds=[0],
+                    split_fallback="stanford-dogs")
+    assert tasks[("tiny-rn", "stanford-dogs")]["Pekinese"][0].classnames == ["Pekinese", "beagle"]
+    with pytest.raises(ValueError, match="unknown dataset 'stanford_dogs'; valid: fashion-mnist"):
+        load(image_folders, forget={"stanford-dogs": ["Pekinese"]}, seeds=[0], split_fallback=["stanford_dogs"])

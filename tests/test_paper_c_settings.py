@@ -48,11 +48,29 @@ def test_paper_settings_follow_paper_c_json():
     assert paper["forget"] == spec["forget_classes"] and paper["ratios"] == spec["forget_ratios"]
     assert paper["batch_size"] == hyper["batch_size"] and paper["epochs"] == hyper["epochs"]
     assert paper["grid"]["lr"][1] == hyper["lr"]["cifar100"] and "steps" not in paper
-    assert paper["task"] == dict(retain_per_class=None, eval_per_class=None)
+    assert paper["task"] == dict(retain_per_class=None, eval_per_class=None, train_eval=True)
+    assert paper["epochs_over"] == hyper["epochs_over"] == "retain"
+    assert paper["paper_protocol"] == {"method": "cliperase_paper", "grid": {"lr": [hyper["lr"]["cifar100"]]}}
+    assert paper["methods"] == ["ft", "ga", "ga_pairs", "graddiff", "neggrad_plus", "random_labels", "cliperase"]
     other = paper_c.paper_c_settings("paper", model="RN50", pretrained="random", dataset="cifar10")
     assert (other["model"], other["pretrained"], other["dataset"]) == ("RN50", "random", "cifar10")
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         paper_c.paper_c_settings("paper", dataset="nope")
+
+
+def test_retrieval_settings_follow_paper_c_json():
+    spec = configs.load_paper_config("paper_c")
+    hyper, own = spec["hyperparameters"], spec["retrieval"]
+    retrieval = paper_c.paper_c_settings("paper")["retrieval"]
+    assert retrieval["lr"] == hyper["lr"]["flickr30k"] == 1e-8 and retrieval["batch_size"] == 16
+    assert retrieval["epochs"] == hyper["epochs"] and retrieval["steps"] is None
+    assert (retrieval["dataset"], retrieval["concept"], retrieval["method"]) == ("flickr30k", own["concept"],
+                                                                                 "cliperase")
+    assert retrieval["eval_retain_images"] == own["eval_retain_images"] and retrieval["max_forget_train"] is None
+    assert retrieval["evaluations"] == harness.EVALUATIONS
+    quick = paper_c.paper_c_settings("paper", quick=True, retrieval_concept=" bicycle ")["retrieval"]
+    assert quick["concept"] == "bicycle" and quick["steps"] == 4 and quick["lr"] == 1e-8
+    assert paper_c.paper_c_settings("mini")["retrieval"] is None  # the mini captions are class names
 
 
 def test_load_paper_c_tasks_on_the_mini_world(monkeypatch):
@@ -82,6 +100,9 @@ def test_paper_steps_follow_epochs(monkeypatch):
     settings = paper_c.paper_c_settings("paper", forget_classes="coat", seeds="3")
     settings.update(batch_size=4, epochs=2)
     world = paper_c.load_paper_c_tasks(settings)
+    n_retain = len(world.tasks["coat"][1].retain_train)
+    assert world.steps == 2 * -(-n_retain // 4)  # epochs x ceil(retain images / batch size): the paper's reading
+    settings.update(epochs_over="forget")
     n_forget = len(world.tasks["coat"][1].forget_train)
-    assert world.steps == 2 * -(-n_forget // 4)  # epochs x ceil(forget images / batch size)
+    assert paper_c.load_paper_c_tasks(settings).steps == 2 * -(-n_forget // 4)  # the other reading
     assert world.templates == ("a photo of a {}.",) and world.n_seen is None

@@ -40,8 +40,8 @@ def toy_method(monkeypatch):
 
 def test_registry_keeps_the_report_order_labels_and_needs():
     assert list(registry.method_labels()) == [
-        "original", "retrain", "ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase", "lipschitz",
-        "lipschitz_synthetic", "lipschitz_real", "three_stage", "three_stage-no_fisher"]
+        "original", "retrain", "ft", "ga", "ga_pairs", "graddiff", "neggrad_plus", "random_labels", "cliperase",
+        "cliperase_paper", "lipschitz", "lipschitz_synthetic", "lipschitz_real", "three_stage", "three_stage-no_fisher"]
     assert [m for m in registry.METHODS if registry.METHODS[m].needs_class_texts] == [
         "ga", "graddiff", "neggrad_plus", "random_labels"]
     assert registry.method_names(kind="procedure") == ["lipschitz_synthetic", "lipschitz_real", "three_stage"]
@@ -56,7 +56,7 @@ def test_registry_refuses_duplicates_and_lists_valid_names():
         registry.register_method("ga")(lambda *a: None)
     with pytest.raises(ValueError, match="already registered"):
         registry.register_procedure("original", label="x")
-    with pytest.raises(ValueError, match=r"unknown unlearning method 'magic'; valid: ft, ga, graddiff"):
+    with pytest.raises(ValueError, match=r"unknown unlearning method 'magic'; valid: ft, ga, ga_pairs, graddiff"):
         registry.get_method("magic")
     with pytest.raises(ValueError, match="is a registered method"):
         registry.register_label("ga", "x")

@@ -65,10 +65,25 @@ def contrastive_loss(image_features, text_features, logit_scale, *, positives=No
     return (i2t + t2i) / 2
 
 
-def retention_loss(model, batch: dict) -> torch.Tensor:
-    """CLIPErase retention module L_RM: the symmetric CLIP contrastive loss on retain pairs."""
+#: Targets of the retention module: ``label`` (pairs of one class are positives: the mini world, where class
+#: captions repeat within a batch) or ``diagonal`` (the standard CLIP loss, each image's own caption: the paper).
+TARGETS = ("label", "diagonal")
+
+
+def batch_positives(labels: torch.Tensor, *, targets: str = "label") -> torch.Tensor | None:
+    """Return the positives of a batch for :func:`contrastive_loss`: same-label pairs (``targets="label"``) or
+    None, the diagonal (``targets="diagonal"``, the standard CLIP loss)."""
+    if targets not in TARGETS:
+        raise ValueError(f"unknown contrastive targets {targets!r}; valid: {', '.join(TARGETS)}")
+    return pair_positives(labels) if targets == "label" else None
+
+
+def retention_loss(model, batch: dict, *, targets: str = "label") -> torch.Tensor:
+    """CLIPErase retention module L_RM: the symmetric CLIP contrastive loss on retain pairs (``targets``:
+    :data:`TARGETS`)."""
     img, txt = encode_pairs(model, batch)
-    return contrastive_loss(img, txt, model.logit_scale.exp(), positives=pair_positives(batch["labels"]))
+    return contrastive_loss(img, txt, model.logit_scale.exp(), positives=batch_positives(batch["labels"],
+                                                                                         targets=targets))
 
 
 def forgetting_loss(model, batch: dict) -> torch.Tensor:
@@ -173,6 +188,21 @@ def ga_loss(model, original, forget_batch, retain_batch, *, class_texts=None):
     return -forget, {"forget_loss": forget.item()}
 
 
+@register_method("ga_pairs", label="GA (forget pairs' CLIP loss)", in_explorer=False)
+def ga_pairs_loss(model, original, forget_batch, retain_batch):
+    """GA as papers A and C describe it: gradient ascent on the standard CLIP contrastive loss of the forget
+    pairs (diagonal targets; minimise its negative). The retain batch is unused.
+
+    Weaker than :func:`ga_loss` (which classifies over every class prompt): when a forget batch's captions
+    are all alike (one class, one template) its image-to-text term does not depend on the images, and the
+    ascent can only spread the images' scores against that caption apart (:func:`zero_shot_forget_ce`'s
+    docstring says why a one-class batch's own contrastive loss cannot separate it from its class).
+    """
+    img, txt = encode_pairs(model, forget_batch)
+    forget = contrastive_loss(img, txt, model.logit_scale.exp())
+    return -forget, {"forget_loss": forget.item()}
+
+
 @register_method("graddiff", label="GradDiff", needs_class_texts=True)
 def graddiff_loss(model, original, forget_batch, retain_batch, *, class_texts=None, forget_weight: float = 1.0,
                   retain_weight: float = 1.0):
@@ -226,21 +256,33 @@ def random_labels_loss(model, original, forget_batch, retain_batch, *, class_tex
 
 @register_method("cliperase", label="CLIPErase")
 def cliperase_loss(model, original, forget_batch, retain_batch, *, lambda1: float = 1.0, lambda2: float = 3.0,
-                   lambda3: float = 3.0):
+                   lambda3: float = 3.0, targets: str = "label"):
     """CLIPErase (Yang et al., 2025): ``L = lambda1 * L_RM + lambda2 * L_FM + lambda3 * L_CM``.
 
     Setting a lambda to 0 removes that module (the paper's ablation); the default
-    weights are the paper's (1, 3, 3).
+    weights are the paper's (1, 3, 3). ``targets`` of the retention module (:data:`TARGETS`): ``label``
+    (the project's, for the mini world's repeated captions) or ``diagonal`` (the standard CLIP loss).
     """
     zero = torch.zeros((), device=forget_batch["images"].device)
     fm = forgetting_loss(model, forget_batch) if lambda2 else zero
     # the retain pairs are encoded once for both modules that use them
     retain = encode_pairs(model, retain_batch) if (lambda1 or lambda3) else None
-    rm = (contrastive_loss(*retain, model.logit_scale.exp(), positives=pair_positives(retain_batch["labels"]))
+    rm = (contrastive_loss(*retain, model.logit_scale.exp(),
+                           positives=batch_positives(retain_batch["labels"], targets=targets))
           if lambda1 else zero)
     cm = consistency_loss(model, original, retain_batch, features=retain) if lambda3 else zero
     loss = lambda1 * rm + lambda2 * fm + lambda3 * cm
     return loss, {"fm": fm.item(), "rm": rm.item(), "cm": cm.item()}
+
+
+@register_method("cliperase_paper", label="CLIPErase (paper protocol)", in_explorer=False)
+def cliperase_paper_loss(model, original, forget_batch, retain_batch, *, lambda1: float = 1.0,
+                         lambda2: float = 3.0, lambda3: float = 3.0):
+    """CLIPErase as the paper states it: :func:`cliperase_loss` with the standard CLIP loss (``targets="diagonal"``)
+    as its retention module. Its own row in the records, run at the paper's fixed learning rate (no grid;
+    ``papers.paper_c``)."""
+    return cliperase_loss(model, original, forget_batch, retain_batch, lambda1=lambda1, lambda2=lambda2,
+                          lambda3=lambda3, targets="diagonal")
 
 
 # --- Paper B: Lipschitz forgetting ---

@@ -275,21 +275,34 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
     """
     sims = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
     n_img, n_txt = sims.shape
-    as_rows = lambda q, n: torch.arange(n) if q is None else torch.as_tensor(q, dtype=torch.long)
-    img_rows = as_rows(queries, n_img)
     if text_groups is None:  # row i of both matrices is a pair
         if n_img != n_txt:
             raise ValueError(f"{n_img} images but {n_txt} texts: pass groups and text_groups to match them by group")
         img_ids = txt_ids = torch.arange(n_img) if groups is None else torch.as_tensor(groups)
-        txt_rows = img_rows
+        text_queries = queries
     else:
         if groups is None:
             raise ValueError("text_groups needs groups (the group id of every image)")
         img_ids, txt_ids = torch.as_tensor(groups), torch.as_tensor(text_groups)
-        txt_rows = as_rows(text_queries, n_txt)
     match = img_ids.view(-1, 1) == txt_ids.view(1, -1)
+    return recall_from_similarity(sims, match, ks=ks, image_rows=queries, text_rows=text_queries)
+
+
+def recall_from_similarity(sims: torch.Tensor, match: torch.Tensor, *, ks: Sequence[int] = (1, 5, 10),
+                           image_rows=None, text_rows=None) -> dict[str, float]:
+    """Return ``i2t_r{k}`` and ``t2i_r{k}`` of an image-text similarity matrix ``sims [N_img, N_txt]``.
+
+    ``match [N_img, N_txt]`` (bool) says which text belongs to which image. Image query ``i`` is a hit at
+    ``k`` when *any* matching text is among its ``k`` most similar texts (rank < k); text query ``j`` when a
+    matching image is among its ``k`` most similar images. ``image_rows`` / ``text_rows`` (indices) pick
+    the queries (None: all), ranked against every column. The mean over the queries; NaN without one.
+    """
+    def as_rows(q, n):
+        return torch.arange(n) if q is None else torch.as_tensor(q, dtype=torch.long)
+
     out = {}
-    for name, s, m, rows in (("i2t", sims, match, img_rows), ("t2i", sims.T, match.T, txt_rows)):
+    for name, s, m, rows in (("i2t", sims, match, as_rows(image_rows, sims.shape[0])),
+                             ("t2i", sims.T, match.T, as_rows(text_rows, sims.shape[1]))):
         order = s[rows].argsort(dim=1, descending=True)
         hits = m[rows].gather(1, order)
         for k in ks:

@@ -4,16 +4,17 @@ Every classification dataset here is a ``torch.utils.data.Dataset`` returning
 ``(image, label)`` with ``targets`` (LongTensor) and ``classnames`` attributes;
 style-aware datasets (Fashion-MNIST, PACS) also carry ``styles`` and ``stylenames``.
 Caption datasets (COCO captions, Flickr30K) return ``(image, [captions])`` for
-retrieval (:class:`CaptionImages`). ``load_dataset(name, ...)`` loads any registered
-one (``DATASETS``); ``root=`` points at where the files are.
+retrieval (:class:`CaptionImages`); ``load_caption_dataset(name, split=...)`` loads one with
+Karpathy's splits and ``split_by_concept`` gives the project's forget / retain images of a concept word.
+``load_dataset(name, ...)`` loads any registered one (``DATASETS``); ``root=`` points at where the files are.
 
 Fashion-MNIST is read from Debian's ``dataset-fashion-mnist`` package
 (``/usr/share/datasets/fashion-mnist``), from ``<data_dir>/fashion-mnist`` or,
 where online, from torchvision's download. ``python -m clipunlearn data --fetch``
 gets it.
 
-The package: :mod:`.indices`, :mod:`.fashion_mnist`, :mod:`.folders`, :mod:`.catalog`; every name
-is importable from ``clipunlearn.data``.
+The package: :mod:`.indices`, :mod:`.fashion_mnist`, :mod:`.folders`, :mod:`.captions`, :mod:`.catalog`;
+every name is importable from ``clipunlearn.data``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ from .folders import (CIFAR100_CLASSES, CIFAR10_CLASSES, CIFAR_TEMPLATES, Captio
                       PHOTO_TEMPLATES, STL10_TEMPLATES, collate_captions, load_coco_captions, load_image_folder,
                       load_karpathy_captions, load_pacs, load_split_file)
 from .folders import _folder_name_to_class  # noqa: F401  (tests pin them)
+from .captions import (CAPTION_DATASETS, KARPATHY_SPLITS_URL, CaptionSource, ConceptSplit, caption_layout,
+                       load_caption_dataset, mentions_concept, split_by_concept)
 from .catalog import DATASETS, DatasetSpec, get_dataset_spec, get_templates, load_dataset, main
 
-__all__ = ["CIFAR100_CLASSES", "CIFAR10_CLASSES", "CIFAR_TEMPLATES", "CaptionImages", "DATASETS",
+__all__ = ["CAPTION_DATASETS", "CIFAR100_CLASSES", "CIFAR10_CLASSES", "CIFAR_TEMPLATES", "CaptionImages",
+           "CaptionSource", "ConceptSplit", "DATASETS", "KARPATHY_SPLITS_URL", "caption_layout",
+           "load_caption_dataset", "mentions_concept", "split_by_concept",
            "DEBIAN_FASHION_MNIST", "DatasetSpec", "FASHION_MNIST_CLASSES", "FASHION_MNIST_COARSE",
            "FASHION_MNIST_HIERARCHY", "FASHION_MNIST_TEMPLATES", "FLOWERS102_CLASSES", "FLOWER_TEMPLATES",
            "FOOD_TEMPLATES", "ImageFiles", "LabeledImages", "MINI_IMAGE_SIZE", "MINI_MEAN", "MINI_STD", "PACS_DOMAINS",

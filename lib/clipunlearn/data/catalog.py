@@ -14,10 +14,11 @@ import torchvision.datasets as tvd
 from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 from ..paths import get_data_dir
+from .captions import load_caption_dataset
 from .fashion_mnist import FASHION_MNIST_TEMPLATES, fetch_fashion_mnist, load_fashion_mnist
 from .folders import (CIFAR10_CLASSES, CIFAR_TEMPLATES, FLOWER_TEMPLATES, FLOWERS102_CLASSES, FOOD_TEMPLATES,
                       PACS_DOMAINS, PACS_TEST_FRACTION, PHOTO_TEMPLATES, STL10_TEMPLATES, LabeledImages,
-                      load_coco_captions, load_image_folder, load_karpathy_captions, load_pacs, load_split_file)
+                      load_coco_captions, load_image_folder, load_pacs, load_split_file)
 
 
 # --------------------------------------------------------------------------- #
@@ -98,10 +99,8 @@ def _load_pacs(*, split="all", transform=None, data_dir=None, root=None, domains
                      transform=transform)
 
 def _load_flickr30k(*, split="test", transform=None, data_dir=None, root=None, karpathy_file=None, **kwargs):
-    folder = Path(root).expanduser() if root is not None else get_data_dir(data_dir) / "flickr30k"
-    karpathy_file = Path(karpathy_file) if karpathy_file is not None else folder / "dataset_flickr30k.json"
-    images = folder / "flickr30k-images" if (folder / "flickr30k-images").is_dir() else folder
-    return load_karpathy_captions(images, karpathy_file, split=split, transform=transform)
+    return load_caption_dataset("flickr30k", split=split, transform=transform, data_dir=data_dir, root=root,
+                                karpathy_file=karpathy_file)
 
 def _load_coco_captions(*, split="val", transform=None, data_dir=None, root=None, annotation_file=None, **kwargs):
     if split not in ("train", "val"):

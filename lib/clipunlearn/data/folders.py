@@ -205,7 +205,9 @@ def load_split_file(split_file, *, split: str = "test", root=None, transform=Non
     "test": ...}`` (CoOp's ``split_zhou_*.json``, paper B's ``split_alexey_stanford_dogs.json``).
     Paths are relative to ``root`` (default: the split file's folder or, as in CoOp's
     layouts, the first sub-folder of it holding the images, e.g. ``101_ObjectCategories/``
-    or ``jpg/``). Class names come from every split of the file, in label order.
+    or ``jpg/``). Class names come from every split of the file, in label order, with
+    underscores as spaces (``crocodile_head`` -> ``crocodile head``), as CoOp's and paper B's
+    authors' classifiers prompt them.
     """
     split_file = Path(split_file).expanduser()
     if not split_file.is_file():
@@ -216,7 +218,8 @@ def load_split_file(split_file, *, split: str = "test", root=None, transform=Non
         raise ValueError(f"unknown split {split!r} in {split_file.name}; valid: {', '.join(splits)}")
     names: dict[int, str] = {}
     for items in splits.values():
-        for _, label, classname in items:
+        for _, label, raw_name in items:
+            classname = raw_name.replace("_", " ")
             if names.setdefault(int(label), classname) != classname:
                 raise ValueError(f"{split_file.name}: label {label} is named both {names[int(label)]!r} "
                                  f"and {classname!r}")
@@ -244,8 +247,9 @@ class CaptionImages(Dataset):
 
     Attributes: ``paths``, ``image_ids`` (LongTensor ``[N]``, the index of each image),
     ``captions`` (every caption, flat, image by image), ``caption_image_ids``
-    (LongTensor ``[M]``, the image index of each caption) and ``source_ids`` (the
-    dataset's own image ids or file names). Retrieval with the texts as their own set::
+    (LongTensor ``[M]``, the image index of each caption), ``source_ids`` (the
+    dataset's own image ids or file names) and ``split`` (the split loaded, where known).
+    Retrieval with the texts as their own set::
 
         image_features, image_ids = metrics.encode_images(model, ds, device=device)
         text_features = metrics.encode_texts(model, tokenizer, ds.captions, device=device)
@@ -253,7 +257,8 @@ class CaptionImages(Dataset):
                                  text_groups=ds.caption_image_ids)
     """
 
-    def __init__(self, paths, captions: Sequence[Sequence[str]], *, transform=None, source_ids=None):
+    def __init__(self, paths, captions: Sequence[Sequence[str]], *, transform=None, source_ids=None,
+                 split: str | None = None):
         if len(paths) != len(captions):
             raise ValueError(f"{len(paths)} images but {len(captions)} caption lists")
         self.paths = [Path(p) for p in paths]
@@ -264,6 +269,7 @@ class CaptionImages(Dataset):
         self.caption_image_ids = torch.arange(len(self.paths)).repeat_interleave(
             torch.tensor([len(c) for c in self.image_captions], dtype=torch.long))
         self.source_ids = list(source_ids) if source_ids is not None else [p.name for p in self.paths]
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -313,7 +319,7 @@ def load_karpathy_captions(root, karpathy_file, *, split: str = "test", transfor
     if paths and not paths[0].exists():
         raise FileNotFoundError(f"{paths[0]} not found: pass root=<folder holding the images of {karpathy_file.name}>")
     return CaptionImages(paths, [[s["raw"] for s in im["sentences"]] for im in chosen], transform=transform,
-                         source_ids=[im["filename"] for im in chosen])
+                         source_ids=[im["filename"] for im in chosen], split=split)
 
 def load_coco_captions(root, annotation_file, *, transform=None) -> CaptionImages:
     """Load COCO captions: images in ``root``, captions from ``annotation_file`` (``captions_val2017.json``).

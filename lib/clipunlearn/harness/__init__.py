@@ -4,8 +4,9 @@ Every notebook builds its tasks, evaluates every model and selects every method'
 hyper-parameters through these modules, so numbers are comparable across notebooks:
 :mod:`.task` (what to forget and keep), :mod:`.evaluate` (test and validation metrics),
 :mod:`.select` (the grid on a selection seed, extended at its ends, the tie rule), :mod:`.store` (records
-saved as they come, resumable), :mod:`.reference` (every run beside the retrained model) and :mod:`.run`
-(a registered loss through the one loop). The harness
+saved as they come, resumable), :mod:`.reference` (every run beside the retrained model), :mod:`.run`
+(a registered loss through the one loop) and :mod:`.retrieval` (a concept's caption pairs: the retrieval task,
+its one evaluation, one run). The harness
 imports no method: methods and papers import it.
 """
 
@@ -13,6 +14,9 @@ from ..scores import CRITERION, SCORE_RETAINED, selection_score, unlearning_scor
 from .evaluate import MIA_FIT_IMAGES, calibration_fn, evaluate_coarse, evaluate_model, validate_model
 from .run import MINI_LR_GRID, record_original, run_ablation, run_forget_benchmark, run_forget_ratio, run_method
 from .reference import Reference, compare_to_reference, reference_fn
+from .retrieval import (RETRIEVAL_KS, RETRIEVAL_TASK, RetrievalPool, RetrievalTask, build_retrieval_pool,
+                        build_retrieval_tasks, evaluate_retrieval, retrieval_score, run_retrieval_method,
+                        summarise_retrieval)
 from .select import (EVALUATIONS, PROTOCOL, QUICK_PROTOCOL, SELECTION_SEED, GridExtension, Selection,
                      find_selection_task, is_search, protocol_for, reported_tasks, run_grid, run_selected,
                      summarise_run)
@@ -21,7 +25,9 @@ from .task import (EVAL_SETS, TASK_KINDS, Task, build_task, calibration_split, c
                    pick_examples)
 
 __all__ = ["CRITERION", "EVALUATIONS", "EVAL_SETS", "GridExtension", "MIA_FIT_IMAGES", "MINI_LR_GRID", "PROTOCOL",
-           "QUICK_PROTOCOL", "Reference", "SCORE_RETAINED", "SELECTION_SEED", "TASK_KINDS", "ResultStore",
+           "QUICK_PROTOCOL", "RETRIEVAL_KS", "RETRIEVAL_TASK", "Reference", "RetrievalPool", "RetrievalTask",
+           "SCORE_RETAINED", "build_retrieval_pool", "build_retrieval_tasks", "evaluate_retrieval", "retrieval_score",
+           "run_retrieval_method", "summarise_retrieval", "SELECTION_SEED", "TASK_KINDS", "ResultStore",
            "Selection", "Task", "build_task", "calibration_fn", "calibration_split", "class_prompts",
            "compare_to_reference", "evaluate_coarse", "evaluate_model", "find_selection_task", "is_search",
            "pick_classes", "pick_examples", "protocol_for", "record_original", "reference_fn", "reported_tasks", "run_ablation",

@@ -37,8 +37,9 @@ def evaluate_model(model, task: Task, *, tokenizer, device="cpu", classifier: to
     validation image, from unseen forget test images; 0.5 = indistinguishable), ``mia_advantage``
     ``|AUC - 0.5|`` with its standard error ``mia_se``, and ``mia_efficacy`` (an entropy attack fitted on
     retain training images against retain test images, applied to those forget training images: the
-    fraction it calls non-members). The zero-shot classifier is rebuilt from the model's current text
-    tower unless given.
+    fraction it calls non-members). With ``task.train_eval_sets``, ``forget_train_acc`` / ``retain_train_acc``:
+    the same accuracy on the forget / retain training pairs. The zero-shot classifier is rebuilt from the
+    model's current text tower unless given.
     """
     model.eval()
     clf = classifier if classifier is not None else metrics.build_classifier(
@@ -62,6 +63,9 @@ def evaluate_model(model, task: Task, *, tokenizer, device="cpu", classifier: to
                 hit = (lg.argmax(1) == y).float()
                 for k in s.unique().tolist():
                     out[f"{name}_acc@{task.test.stylenames[k]}"] = float(hit[s == k].mean())
+    for name, idx in task.train_eval_sets.items():  # the training pairs the method saw (Task.train_eval_sets)
+        out[f"{name}_train_acc"] = metrics.accuracy(model, clf, task.train, indices=idx, batch_size=batch_size,
+                                                    device=device)
     others = {}
     for name, spec in task.extra_sets.items():
         extra_clf = metrics.build_classifier(model, tokenizer, spec["classnames"], spec["templates"], device=device)

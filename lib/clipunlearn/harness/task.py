@@ -52,6 +52,9 @@ class Task:
     #: other datasets evaluated with their own prompts: ``{name: {"dataset", "classnames", "templates"}}``
     #: (paper B's "other domains"); reported as ``other_acc/<name>`` and their mean ``other_acc``.
     extra_sets: dict = field(default_factory=dict, repr=False)
+    #: training images scored like the test subsets, ``{"forget", "retain"}`` indices into ``train`` (empty: none);
+    #: reported as ``forget_train_acc`` / ``retain_train_acc`` (paper C's Df / Dr may be measured on them).
+    train_eval_sets: dict = field(default_factory=dict, repr=False)
 
     @property
     def forget_name(self) -> str:
@@ -112,7 +115,7 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
                templates: Sequence = data.FASHION_MNIST_TEMPLATES, retain_per_class: int | None = 300,
                forget_limit: int | None = None, val_fraction: float = 0.1, val_per_class: int = 100,
                eval_per_class: int | None = 300, members_limit: int = 300, n_seen: int | None = None,
-               hierarchy: dict[str, Sequence[str]] | None = None) -> Task:
+               hierarchy: dict[str, Sequence[str]] | None = None, train_eval: bool = False) -> Task:
     """Return the :class:`Task` forgetting ``target`` (class names comma-separated, or ``style:class``).
 
     ``kind``: ``forget-class`` (whole classes; siblings none), ``forget-subgroup`` (one
@@ -126,7 +129,9 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     caps every test subset per class with a fixed draw (seed 0, the same for every
     seed and notebook). MIA members: up to ``members_limit`` forget training images
     the model saw in training (``image_ids < n_seen`` when given). ``hierarchy``
-    (``{group: [class names]}``, default the Fashion-MNIST one) names a subgroup's siblings.
+    (``{group: [class names]}``, default the Fashion-MNIST one) names a subgroup's siblings. ``train_eval``:
+    also score the forget and retain *training* pairs (``Task.train_eval_sets``, each capped per class by
+    ``eval_per_class`` with a fixed draw): what the method trained on, beside the unseen test images.
     """
     stylenames = getattr(train, "stylenames", None) if getattr(train, "styles", None) is not None else None
     classes, style, siblings = _parse_target(kind, target, train.classnames, stylenames, hierarchy)
@@ -191,10 +196,12 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     if n_seen is not None and hasattr(train, "image_ids"):
         members = members[train.image_ids[members] < n_seen]
     members = members[torch.randperm(len(members), generator=torch.Generator().manual_seed(0))[:members_limit]]
+    train_evals = {"forget": _cap_per_class(train, forget_train, eval_per_class, 0),
+                   "retain": _cap_per_class(train, retain_train, eval_per_class, 0)} if train_eval else {}
     return Task(kind=kind, target=target, seed=seed, train=train, test=test, classnames=list(train.classnames),
                 templates=tuple(templates), forget_classes=classes, forget_train=forget_train,
                 retain_train=retain_train, forget_val=forget_val, retain_val=retain_val, eval_sets=evals,
-                member_idx=members.sort().values, val_sibling=val_sibling)
+                member_idx=members.sort().values, val_sibling=val_sibling, train_eval_sets=train_evals)
 
 
 def _split_like(dataset, idx: torch.Tensor, train_part: torch.Tensor, val_part: torch.Tensor, split):

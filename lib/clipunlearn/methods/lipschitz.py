@@ -34,6 +34,9 @@ and :data:`AUTHORS_OPTIONS`, the authors' code, which the paper profile uses):
   pixel range; ``"batch"`` (authors) to the scalar minimum / maximum of the batch tensor.
 * ``accumulate``: optimiser step every ``accumulate`` batches (authors: up to 5); the
   layer scores are then taken on the accumulated gradient, as in their code.
+* ``fallback``: what is kept when no epoch is accepted: ``"original"`` (project) the model the
+  run started from; ``"last"`` (authors) the last rejected epoch's model (their
+  ``model_last_state_load``). A failed (non-finite) epoch is never kept.
 
 The stop-set classifier is rebuilt from the current text encoder at every check, as
 the original does; one optimiser step per batch unless ``accumulate`` says otherwise.
@@ -61,18 +64,24 @@ from .lipschitz_authors import _CHOICES, _freeze_batch_norm, _make_optimizer, _o
 
 __all__ = ["paper_sigma_schedule", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_k_schedule", "LipschitzResult",
            "stop_accuracy", "forget_lipschitz", "lipschitz_loss", "compute_avg_gain", "generate_task_synthetic",
-           "run_lipschitz", "explore_lipschitz_synthetic", "is_resnet"]
+           "run_lipschitz", "explore_lipschitz_synthetic", "is_resnet", "AUTHORS_GAIN_DIVISOR", "STOP_REASONS"]
 
 #: The backbone whose k schedule (``paper_b.json``: ``forgetting.k_start`` / ``k_offsets``) each tower follows.
 _K_BACKBONE = {"resnet": "RN50", "vit": "ViT-B-16"}
 
 #: The project's form of the procedure (the mini profile; see the module docstring).
 PROJECT_OPTIONS = dict(optimizer="adamw", rescore="epoch", baseline="measured", loss_scale="mean",
-                       noise_clamp="pixel", accumulate=1)
+                       noise_clamp="pixel", accumulate=1, fallback="original")
 
 #: The authors' form (``train_forget.py``, ``clip_forget_losses.py``): the paper profile's default.
 AUTHORS_OPTIONS = dict(optimizer="adam", rescore="batch", baseline="one", loss_scale="sum", noise_clamp="batch",
-                       accumulate=5)
+                       accumulate=5, fallback="last")
+
+#: ``compute_avg_gain``'s divisor in the authors' code: 5 whatever the number of other datasets.
+AUTHORS_GAIN_DIVISOR = 5
+
+#: Why :func:`forget_lipschitz` stopped (``LipschitzResult.stop_reason``; a failure names the step instead).
+STOP_REASONS = ("threshold reached", "schedule exhausted", "epochs exhausted")
 
 
 def paper_sigma_schedule() -> tuple[float, ...]:
@@ -101,7 +110,8 @@ class LipschitzResult:
     ``k_image``, ``k_text``, ``stop_acc`` and what ``eval_fn`` returned), rolled-back
     steps included (``accepted`` tells); ``epochs``: one dict per epoch (``stop_acc``
     after it, ``accepted``, the ``trainable`` names); ``initial_acc`` / ``final_acc``:
-    stop-set accuracy before and after; ``reached``: final accuracy <= threshold.
+    stop-set accuracy before and after; ``reached``: final accuracy <= threshold; ``stop_reason``:
+    one of :data:`STOP_REASONS`, or the failure (``"non-finite loss at step 3"``).
     """
 
     history: list[dict] = field(default_factory=list)
@@ -114,6 +124,7 @@ class LipschitzResult:
     reached: bool = False
     threshold: float = 0.1
     failed: bool = False
+    stop_reason: str | None = None
 
     def curve(self, *, accepted_only: bool = True) -> list[dict]:
         """Return the per-step history along the kept trajectory, renumbered 1..n (rolled-back epochs dropped)."""
@@ -158,7 +169,7 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
                      eval_every: int = 1, device="cpu", seed: int = 0, progress: bool = True,
                      optimizer: str = "adamw", rescore: str = "epoch", baseline: str = "measured",
                      loss_scale: str = "mean", noise_clamp: str = "pixel", accumulate: int = 1,
-                     precision: str = "fp32") -> LipschitzResult:
+                     fallback: str = "original", precision: str = "fp32") -> LipschitzResult:
     """Forget the class of ``forget_loader``'s images with paper B's procedure; return a :class:`LipschitzResult`.
 
     ``forget_loader`` yields unlearning batches (``images``, ``texts`` = a caption of the
@@ -172,18 +183,19 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     :func:`layers.paper_b_frozen`. ``eval_fn(model) -> dict`` adds metrics to the
     history every ``eval_every`` steps (curves). Model ends in its best state, in eval mode.
 
-    ``optimizer``, ``rescore``, ``baseline``, ``loss_scale``, ``noise_clamp`` and
-    ``accumulate`` choose the project's or the authors' form of each step (module
+    ``optimizer``, ``rescore``, ``baseline``, ``loss_scale``, ``noise_clamp``,
+    ``accumulate`` and ``fallback`` choose the project's or the authors' form of each step (module
     docstring; :data:`PROJECT_OPTIONS` are the defaults, :data:`AUTHORS_OPTIONS` the
     authors'). With the project's options each epoch is one call of the shared loop
     (``unlearning.unlearn``); otherwise the epochs run the authors' loop here.
     ``precision="bf16"`` runs the loss and the stop checks under bf16 autocast.
     """
     options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
-                   noise_clamp=noise_clamp, accumulate=accumulate)
+                   noise_clamp=noise_clamp, accumulate=accumulate, fallback=fallback)
     _check_options(options)
     metrics.autocast(device, precision)  # validates the name
-    project_loop = all(options[k] == PROJECT_OPTIONS[k] for k in options if k != "baseline") and precision == "fp32"
+    project_loop = all(options[k] == PROJECT_OPTIONS[k] for k in options if k not in ("baseline", "fallback")) \
+        and precision == "fp32"
     start_time = time.perf_counter()
     model.to(device)
     k_schedule = list(k_schedule) if k_schedule is not None else paper_k_schedule(model)
@@ -213,9 +225,12 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     result.initial_acc = check(model)
     best_acc = result.initial_acc if baseline == "measured" else 1.0
     stage, step_offset = 0, 0
+    last_rejected = None  # the authors' fallback: the last rejected epoch's state while none is accepted
+    result.stop_reason = "epochs exhausted"
     try:
         for epoch in range(max_epochs):
             if best_acc <= threshold:
+                result.stop_reason = "threshold reached"
                 break
             sigma = float(sigma_schedule[stage])
             k_image, k_text = k_schedule[stage]
@@ -277,25 +292,37 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
                 if persistent is not None:
                     persistent.load_state_dict(opt_snapshot)
                 result.failed = True
-                result.epochs[-1]["failure"] = failure
+                result.epochs[-1]["failure"] = result.stop_reason = failure
                 break
             if accepted:
-                best_acc = acc
+                best_acc, last_rejected = acc, None
                 result.accepted_steps += len(rows)
             else:  # roll back this epoch (model and, for the authors' Adam, its state) and advance the schedule
+                if fallback == "last" and not any(e["accepted"] for e in result.epochs):
+                    last_rejected = (copy.deepcopy(model.state_dict()), acc, len(result.epochs) - 1)
                 model.load_state_dict(snapshot)
                 if persistent is not None:
                     persistent.load_state_dict(opt_snapshot)
                 stage += 1
                 if stage >= stages:
+                    result.stop_reason = "schedule exhausted"
                     break
             del snapshot, opt_snapshot
+        else:
+            if best_acc <= threshold:  # the last epoch reached it
+                result.stop_reason = "threshold reached"
+        if last_rejected is not None:  # no epoch accepted: the authors keep the last rejected model
+            model.load_state_dict(last_rejected[0])
+            result.epochs[last_rejected[2]]["kept"] = True
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
         model.eval()
     result.steps = step_offset
-    result.final_acc = best_acc if result.accepted_steps or baseline == "measured" else result.initial_acc
+    if last_rejected is not None:
+        result.final_acc = last_rejected[1]
+    else:
+        result.final_acc = best_acc if result.accepted_steps or baseline == "measured" else result.initial_acc
     result.reached = result.final_acc <= threshold
     result.seconds = time.perf_counter() - start_time
     return result
@@ -312,9 +339,11 @@ def generate_task_synthetic(model, task, *, tokenizer, n_train: int, n_val: int,
     "model"`` takes the model's own; ``"precision"`` goes to the encoder); the first
     ``n_train`` are the forget set, the other ``n_val`` a held-out synthetic validation
     set for the data-free selection. With ``restart`` (the authors' generation) only
-    images that reached their threshold are used, as the authors keep; if fewer than
-    ``n_train + n_val`` reached it within ``max_attempts``, the set is filled with the
-    best of the others (a warning says so; ``cost["reached"]`` counts them).
+    images that reached their threshold are used, as the authors keep; the held-out set
+    takes the last ``n_val`` of them (generation order), the forget set the earlier ones. If
+    fewer than ``n_train + n_val`` reached it within ``max_attempts``, the forget set is
+    filled with the most probable of the others (the held-out set too when fewer than ``n_val``
+    reached; a warning says so; ``cost["reached"]`` counts them).
     """
     gen = dict(generation)
     if gen.get("logit_scale") == "model":
@@ -326,20 +355,24 @@ def generate_task_synthetic(model, task, *, tokenizer, n_train: int, n_val: int,
         syn = synthetic.generate_synthetic(model, classifier.float(), classes=task.forget_classes,
                                            classnames=task.classnames, n_per_class=n_train + n_val, mean=mean,
                                            std=std, seed=seed, device=device, progress=progress, **gen)
-    order = torch.arange(len(syn))
-    if gen.get("restart"):  # reached images first (in generation order), then the others by probability
+    train_idx, val_idx = torch.arange(len(syn))[:n_train], torch.arange(len(syn))[n_train:n_train + n_val]
+    if gen.get("restart"):  # held out: the last reached images; fill-ins (most probable first) only where needed
         missing = int((~syn.reached).sum())
         if missing:
             warnings.warn(f"{missing} of {len(syn)} synthetic images of {task.target!r} did not reach their "
                           f"threshold within max_attempts; the sets are filled with the most probable of them")
-        rest = (~syn.reached).nonzero().flatten()
-        order = torch.cat([syn.reached.nonzero().flatten(), rest[syn.probs[rest].argsort(descending=True)]])
-    forget = syn.subset(order[:n_train])
-    val = syn.subset(order[n_train:n_train + n_val])
+        reached, rest = syn.reached.nonzero().flatten().cpu(), (~syn.reached).nonzero().flatten().cpu()
+        rest = rest[syn.probs[rest].cpu().argsort(descending=True)]
+        n_held = min(n_val, len(reached))
+        train_idx = torch.cat([reached[:len(reached) - n_held], rest])[:n_train]
+        n_fill = max(0, n_train - (len(reached) - n_held))
+        val_idx = torch.cat([reached[len(reached) - n_held:], rest[n_fill:n_fill + n_val - n_held]])
+    forget, val = syn.subset(train_idx), syn.subset(val_idx)
     return forget, val, {**cost, "reached": int(syn.reached.sum()), "images": len(syn),
                          "mean_steps": float(syn.steps_taken.float().mean())}
 
-def compute_avg_gain(result: dict, reference: dict, *, other_names: Sequence[str] | None = None) -> float:
+def compute_avg_gain(result: dict, reference: dict, *, other_names: Sequence[str] | None = None,
+                     divisor: float | None = None) -> float:
     """Return the authors' aggregate score (``compute_avg_gain`` of ``clip_forget_utils.py``); lower is better.
 
     With ``result`` the metrics after forgetting and ``reference`` those of the original
@@ -347,10 +380,11 @@ def compute_avg_gain(result: dict, reference: dict, *, other_names: Sequence[str
 
         (forget / forget_before                                  # forget accuracy kept
          + max(0, (retain_before - retain) / retain_before)      # relative drop, other classes
-         + sum_d max(0, (other_d_before - other_d) / other_d_before)) / (2 + number of other datasets)
+         + sum_d max(0, (other_d_before - other_d) / other_d_before)) / divisor
 
-    i.e. the authors' sum over the forget term, the main dataset and the other three
-    datasets divided by 5; 0 is perfect forgetting with nothing else lost. A relative drop
+    ``divisor``: None (default) is the number of terms, 2 + the number of other datasets;
+    the authors divide by 5 whatever that number (:data:`AUTHORS_GAIN_DIVISOR`; the same with
+    their three other datasets). 0 is perfect forgetting with nothing else lost. A relative drop
     that is undefined (a reference accuracy of 0) counts 0, as the authors' ``fillna(0)``;
     so does the forget term when the class was never recognised. ``other_names``: the
     other datasets to use (default: every ``other_acc/<name>`` of ``reference``).
@@ -365,7 +399,7 @@ def compute_avg_gain(result: dict, reference: dict, *, other_names: Sequence[str
         k.split("/", 1)[1] for k in reference if k.startswith("other_acc/"))
     terms = [ratio(result["forget_acc"], reference["forget_acc"]), drop(result["retain_acc"], reference["retain_acc"])]
     terms += [drop(result[f"other_acc/{n}"], reference[f"other_acc/{n}"]) for n in names]
-    return float(sum(terms) / len(terms))
+    return float(sum(terms) / (len(terms) if divisor is None else divisor))
 
 def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_forget=None, lr: float,
                   n_samples: int = 25, sigma_schedule: Sequence[float] | None = None, k_start: int | None = None,
@@ -375,7 +409,8 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
                   method: str = "lipschitz_synthetic", config: dict | None = None, device="cpu",
                   optimizer: str = "adamw", rescore: str = "epoch", baseline: str = "measured",
                   loss_scale: str = "mean", noise_clamp: str = "pixel", accumulate: int = 1,
-                  precision: str = "fp32", reference: dict | None = None, progress: bool = False):
+                  fallback: str = "original", precision: str = "fp32", reference: dict | None = None,
+                  gain_divisor: float | None = None, progress: bool = False):
     """Forget ``task``'s class from a copy of ``model`` with paper B's procedure; return ``(model, record)``.
 
     ``forget_data[forget_idx]`` are the forget images (a synthetic set, or real training
@@ -388,7 +423,8 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
     ``optimizer`` ... ``accumulate``: the form of :func:`forget_lipschitz` (project's by
     default, :data:`AUTHORS_OPTIONS` for the authors'); ``precision="bf16"``: bf16
     autocast in the loss and every evaluation. ``reference``: the original model's test
-    metrics; adds ``avg_gain`` (:func:`compute_avg_gain`) to the record.
+    metrics; adds ``avg_gain`` (:func:`compute_avg_gain` with ``divisor=gain_divisor``) to the record.
+    ``metrics.stopped_early``: why forgetting stopped (``LipschitzResult.stop_reason``).
     """
     release_memory()
     unlearned = copy.deepcopy(model)
@@ -402,7 +438,7 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
             return harness.validate_model(m, task, tokenizer=tokenizer, device=device, forget_data=val_forget)
 
     options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
-                   noise_clamp=noise_clamp, accumulate=accumulate)
+                   noise_clamp=noise_clamp, accumulate=accumulate, fallback=fallback)
     with metrics.measure_run(device=device) as cost:
         result = forget_lipschitz(unlearned, forget_loader=loader, tokenizer=tokenizer, classnames=task.classnames,
                                   templates=task.templates, stop_dataset=forget_data, stop_indices=forget_idx,
@@ -428,9 +464,9 @@ def run_lipschitz(task, *, model, tokenizer, forget_data, forget_idx=None, val_f
         test_metrics=test, cost=cost, val=val, history=history)
     record["metrics"].update(stop_acc=result.final_acc, stop_acc_before=result.initial_acc, steps=result.steps,
                              accepted_steps=result.accepted_steps, epochs=len(result.epochs),
-                             stopped_early=None, failed=result.failed)
+                             stopped_early=result.stop_reason, failed=result.failed)
     if reference is not None:
-        record["metrics"]["avg_gain"] = compute_avg_gain(test, reference)
+        record["metrics"]["avg_gain"] = compute_avg_gain(test, reference, divisor=gain_divisor)
     return unlearned, record
 
 #: The explorer's run of ``lipschitz_synthetic``: the mini generation with fewer steps, fewer images and noise samples.

@@ -17,7 +17,7 @@ from ..losses import lipschitz_bounds, lipschitz_penalty
 
 #: The valid values of each option of the procedure (project / authors).
 _CHOICES = {"optimizer": ("adamw", "adam"), "rescore": ("epoch", "batch"), "baseline": ("measured", "one"),
-            "loss_scale": ("mean", "sum"), "noise_clamp": ("pixel", "batch")}
+            "loss_scale": ("mean", "sum"), "noise_clamp": ("pixel", "batch"), "fallback": ("original", "last")}
 
 
 def _freeze_batch_norm(model) -> list[str]:

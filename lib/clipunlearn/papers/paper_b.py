@@ -5,14 +5,18 @@ authors' class names, the evaluation per dataset, and the settings, models and t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from .. import data, harness, metrics, models
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
-from ..methods.lipschitz import AUTHORS_OPTIONS, generate_task_synthetic, paper_sigma_schedule, run_lipschitz
+from ..methods.lipschitz import (AUTHORS_GAIN_DIVISOR, AUTHORS_OPTIONS, generate_task_synthetic, paper_sigma_schedule,
+                                 run_lipschitz)
 from ..paths import check_profile, get_data_dir
+from .authors_artefacts import (build_authors_reference, compare_zero_shot, format_zero_shot_comparison,
+                                load_authors_synthetic, load_authors_zero_shot)
 
 
 def evaluate_class_forgetting(model, *, tokenizer, classnames: Sequence[str], templates: Sequence, dataset,
@@ -78,7 +82,8 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
                             n_train: int = 64, n_val: int = 32, n_real: int | None = 64, store,
                             device="cpu", avg_gain: bool = False, progress: bool = False,
                             selection: harness.Selection | None = None,
-                            references: dict[str, harness.Reference] | None = None) -> dict:
+                            references: dict[str, harness.Reference] | None = None,
+                            authors: dict | None = None) -> dict:
     """Paper B on every target of ``tasks`` (``{target: [task per seed]}``); return the synthetic sets by (target, seed).
 
     Per target: the original model (``original``), then ``lipschitz_synthetic`` (synthetic
@@ -88,8 +93,11 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
     ``n_real`` real training images of the class, selected on real validation images),
     each through :func:`clipunlearn.harness.run_selected`. ``forgetting``: keyword
     arguments of :func:`run_lipschitz` (the authors' form: ``**AUTHORS_OPTIONS``). ``avg_gain``:
-    add the authors' aggregate (:func:`compute_avg_gain`, against the original model) to
-    every record. ``progress``: progress bars of the ascent and the forgetting epochs. ``selection``
+    add the authors' aggregate (:func:`compute_avg_gain`, against the original model, divided by 5
+    as theirs) to every record. ``authors`` (:func:`load_authors_artefacts`): the authors' synthetic
+    set of a class is its forget set (the held-out set is still generated here), and their stored
+    zero-shot accuracies are its ``avg_gain`` reference, printed beside ours. ``progress``: progress
+    bars of the ascent and the forgetting epochs. ``selection``
     (``harness.PROTOCOL``): the grids are searched on its seed (synthetic images of that seed for the
     data-free method), never reported; ``references`` (``{target: harness.Reference}``, mini): the retrained
     model's record beside the original's, and every reported run's distance to it.
@@ -100,25 +108,36 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
                                            precision=forgetting.get("precision", "fp32"), device=device,
                                            selection=selection, references=references)[target]
         finish = harness.reference_fn(references, tokenizer=tokenizer, device=device)
-        reference = {"reference": original["metrics"]} if avg_gain else {}
+        theirs = (authors or {}).get("references", {}).get(target)
+        if theirs is not None:  # data, splits and prompts match when the original's numbers do
+            print(format_zero_shot_comparison(compare_zero_shot(original["metrics"], theirs),
+                                              title=f"{target}: original zero-shot accuracy, ours and the authors'"))
+        reference = {"reference": theirs or original["metrics"], "gain_divisor": AUTHORS_GAIN_DIVISOR} \
+            if avg_gain else {}
+        authors_set = (authors or {}).get("sets", {}).get(target)
         for task in seeded:
-            sets[(target, task.seed)] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train,
-                                                                n_val=n_val, generation=generation, seed=task.seed,
-                                                                device=device, progress=progress)
+            forget, val, cost = generate_task_synthetic(
+                model, task, tokenizer=tokenizer, n_train=0 if authors_set is not None else n_train, n_val=n_val,
+                generation=generation, seed=task.seed, device=device, progress=progress)
+            if authors_set is not None:  # their images to forget, ours held out
+                forget, cost = authors_set, {**cost, "authors_forget_set": authors["files"][target]}
+            sets[(target, task.seed)] = forget, val, cost
+
+        gain_source = {"avg_gain_reference": "authors" if theirs is not None else "original"} if avg_gain else {}
 
         def synthetic_fn(task, **candidate):
             forget, val, cost = sets[(task.target, task.seed)]
             return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
                                  data_free=True, method="lipschitz_synthetic",
-                                 config={"synthetic": {k: v for k, v in cost.items()}}, device=device,
+                                 config={"synthetic": {k: v for k, v in cost.items()}, **gain_source}, device=device,
                                  progress=progress, **reference, **{**forgetting, **candidate})
 
         def real_fn(task, **candidate):
             idx = task.forget_train[torch.randperm(len(task.forget_train), generator=torch.Generator().manual_seed(
                 task.seed))[:n_real]].sort().values if n_real else task.forget_train
             return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=task.train, forget_idx=idx,
-                                 val_forget=None, data_free=False, method="lipschitz_real", device=device,
-                                 progress=progress, **reference, **{**forgetting, **candidate})
+                                 val_forget=None, data_free=False, method="lipschitz_real", config=gain_source or None,
+                                 device=device, progress=progress, **reference, **{**forgetting, **candidate})
 
         def oracle(m, task):
             with metrics.autocast(device, forgetting.get("precision", "fp32")):
@@ -290,23 +309,85 @@ def paper_b_generation(generation: dict, *, profile: str, backbone: str, classes
         generation["image_size"] = models.get_image_size(model)
     return generation
 
-def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_files: dict, device, workers: int):
+def find_split_file(dataset: str, *, data_dir=None, split_fallback: Sequence[str] = ()):
+    """Return the authors' split file of ``dataset``, None for a dataset without one or named in ``split_fallback``.
+
+    Looked for in ``<data_dir>/<dataset>/`` and the authors' folder (``paper_b.json``:
+    ``folders_in_code``, e.g. ``<data_dir>/caltech-101/``). A paper dataset whose file is missing
+    raises FileNotFoundError saying where to get it, unless named in ``split_fallback``: then
+    the registered loader is used (Stanford Dogs and Caltech101 have no official split, so their
+    train and test are the same images).
+    """
+    paper = load_paper_config("paper_b")
+    name = paper["split_files"].get(dataset)
+    if name is None or dataset in split_fallback:
+        return None
+    base = get_data_dir(data_dir)
+    folders = [base / dataset] + ([base / paper["folders_in_code"][dataset]] if dataset in paper["folders_in_code"]
+                                  else [])
+    found = next((folder / name for folder in folders if (folder / name).is_file()), None)
+    if found is None:
+        raise FileNotFoundError(
+            f"{name} not found in {' or '.join(str(f) for f in folders)}: get {paper['split_sources'][dataset]} and "
+            f"put it there beside the images, or name {dataset!r} in split_fallback (notebook 20: SPLIT_FALLBACK) to "
+            "load it without (Stanford Dogs and Caltech101 then train and test on the same images).")
+    return found
+
+def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_fallback: Sequence[str], device,
+                workers: int):
     """One split of a paper-profile dataset, decoded once and then kept in memory (``metrics.CachedImages``).
 
-    The authors' CoOp split file when it is in ``<data_dir>/<dataset>/`` (their splits and class
-    names), else the registered loader with the authors' class names (:func:`authors_classnames`).
+    The authors' split file (:func:`find_split_file`: their splits and class names), else the
+    registered loader with the authors' class names (:func:`authors_classnames`).
     """
-    split_file = get_data_dir(data_dir) / dataset / split_files.get(dataset, "none")
-    if split_file.is_file():
+    split_file = find_split_file(dataset, data_dir=data_dir, split_fallback=split_fallback)
+    if split_file is not None:
         ds = data.load_dataset(dataset, split=split, transform=preprocess, split_file=split_file)
     else:
         ds = data.load_dataset(dataset, split=split, transform=preprocess, data_dir=data_dir)
         ds.classnames = authors_classnames(dataset, ds.classnames)
     return metrics.CachedImages(ds, device=device, num_workers=workers)
 
+def load_authors_artefacts(authors_dir, *, backbone: str, dataset: str, tasks: dict, others: Sequence[str] = (),
+                           model, device="cpu") -> dict:
+    """Return the authors' artefacts for ``tasks`` (``{class: [task, ...]}``) of ``backbone`` on ``dataset``.
+
+    ``authors_dir``: a checkout of the authors' repository where ``datagen.sh`` ran (empty: none
+    used). Returns ``{"sets": {class: SyntheticSet}, "files": {class: path}, "references": {class:
+    avg_gain reference}}`` (:mod:`.authors_artefacts`; paths from ``paper_b.json``:
+    ``authors_artefacts``) with what exists: a backbone or dataset the authors did not run, or a
+    missing file, leaves its entries out.
+    """
+    out = {"sets": {}, "files": {}, "references": {}}
+    if not authors_dir:
+        return out
+    root, paper = Path(authors_dir).expanduser(), load_paper_config("paper_b")
+    if not root.is_dir():
+        raise FileNotFoundError(f"authors' folder {root} does not exist: clone "
+                                f"{paper['code']} and run its datagen.sh there, or leave it empty")
+    artefacts, names = paper["authors_artefacts"], paper["dataset_names_in_code"]
+    folder, zero_shot_file = (artefacts[k].get(backbone) for k in ("synthetic_folder", "zero_shot_file"))
+    if dataset not in names or folder is None:
+        return out
+    zero_shot = load_authors_zero_shot(root / zero_shot_file) if (root / zero_shot_file).is_file() else {}
+    mean, std = models.get_normalization(model)
+    for classname, seeded in tasks.items():
+        path = root / folder / names[dataset] / f"{classname}.pt"
+        if path.is_file():
+            task = seeded[0]
+            out["sets"][classname] = load_authors_synthetic(
+                path, target=task.classnames.index(classname), classnames=task.classnames, mean=mean, std=std,
+                image_size=models.get_image_size(model), device=device)
+            out["files"][classname] = str(path)
+        reference = build_authors_reference(zero_shot, dataset=names[dataset], classname=classname,
+                                            others={o: names.get(o, o) for o in others})
+        if reference is not None:
+            out["references"][classname] = reference
+    return out
+
 def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], others: dict | None = None,
                        retain_per_class: int | None = 300, eval_per_class: int | None = 300, device="cpu",
-                       data_dir=None, workers: int = 8) -> tuple[dict, dict]:
+                       data_dir=None, workers: int = 8, split_fallback: Sequence[str] | str = ()) -> tuple[dict, dict]:
     """Load paper B's models, datasets and ``forget-class`` tasks; return ``(tasks, worlds)``.
 
     ``tasks[(backbone, dataset)]`` is ``{class: [harness.Task per seed]}`` and
@@ -316,13 +397,15 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
     [other datasets]}`` whose test sets (``eval_per_class`` images per class) every task
     scores as ``extra_sets``. Fashion-MNIST is the mini world (every style, the mini model's
     ``n_seen``); other datasets are decoded once and cached on ``device``
-    (``metrics.CachedImages``, ``workers`` DataLoader workers), from the authors' CoOp split
-    file when it is in ``<data_dir>/<dataset>/``. ``data_dir``: empty for
-    ``$CLIPUNLEARN_DATA`` or the cache.
+    (``metrics.CachedImages``, ``workers`` DataLoader workers), from the authors' split files
+    (:func:`find_split_file`; a missing one is an error unless its dataset is in ``split_fallback``,
+    a list or comma-separated names). ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache.
     """
     data_dir = data_dir or None
     others = others or {}
-    split_files = load_paper_config("paper_b")["split_files"]
+    split_fallback = split_names(split_fallback) if isinstance(split_fallback, str) else list(split_fallback)
+    for name in split_fallback:
+        data.get_dataset_spec(name)  # an unknown name lists the registered ones
     loaded = {}  # one model per backbone and one cached split per (backbone, dataset, split)
 
     def load_model(backbone):
@@ -334,7 +417,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
         key = (backbone, dataset, split)
         if key not in loaded:
             loaded[key] = _load_split(dataset, split, preprocess=load_model(backbone)[1], data_dir=data_dir,
-                                      split_files=split_files, device=device, workers=workers)
+                                      split_fallback=split_fallback, device=device, workers=workers)
         return loaded[key]
 
     tasks, worlds = {}, {}

@@ -16,6 +16,9 @@ ORIGINAL_COLOUR = "#9a9a9a"
 #: The reference models' fixed colours (the untouched model grey, the retrained gold standard black); the
 #: methods' colours follow their registration order without them, so adding a reference recolours nothing.
 REFERENCE_COLOURS = {"original": ORIGINAL_COLOUR, "retrain": "#222222"}
+#: Methods registered after the committed figures were drawn (paper C's own forms, issue 18): coloured after
+#: every other name, so adding them recolours no method of an existing figure.
+APPENDED_METHODS = ("ga_pairs", "cliperase_paper")
 ORACLE_LABEL = "oracle (peeks at real forget images)"
 
 
@@ -39,7 +42,7 @@ def method_colour(method: str):
     if method in REFERENCE_COLOURS:
         return REFERENCE_COLOURS[method]
     palette = sns.color_palette("tab10", 10)
-    known = [m for m in method_labels() if m not in REFERENCES]
+    known = [m for m in method_labels() if m not in REFERENCES and m not in APPENDED_METHODS] + list(APPENDED_METHODS)
     i = known.index(method) if method in known else zlib.crc32(method.encode())
     return palette[i % 10]
 
