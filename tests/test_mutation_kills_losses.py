@@ -39,8 +39,8 @@ class Counting(torch.nn.Module):
 def test_get_loss_of_an_unknown_name_lists_the_valid_ones():
     with pytest.raises(ValueError) as err:
         losses.get_loss("nope")
-    assert str(err.value) == ("unknown unlearning method 'nope'; valid: cliperase, ft, ga, graddiff, lipschitz, "
-                              "neggrad_plus, random_labels")
+    assert str(err.value) == ("unknown unlearning method 'nope'; valid: cliperase, cliperase_paper, ft, ga, ga_pairs, "
+                              "graddiff, lipschitz, neggrad_plus, random_labels")
 
 
 def test_register_loss_registers_the_function_under_its_name():
