@@ -177,8 +177,8 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     check is the zero-shot accuracy on ``stop_dataset[stop_indices]`` (the synthetic set)
     with prompts ``templates`` over ``classnames``, after every step; forgetting stops at
     ``<= threshold``. ``k_schedule`` (default :func:`paper_k_schedule`) and
-    ``sigma_schedule`` (default :func:`paper_sigma_schedule`) advance together after an epoch that did not lower the stop
-    accuracy (that epoch is rolled back). ``selective=False`` updates every tensor of
+    ``sigma_schedule`` (default :func:`paper_sigma_schedule`) advance together after an epoch that did not lower
+    the stop accuracy (that epoch is rolled back). ``selective=False`` updates every tensor of
     both encoders (ablation). ``exclude``: name patterns never updated, ``"paper"`` =
     :func:`layers.paper_b_frozen`. ``eval_fn(model) -> dict`` adds metrics to the
     history every ``eval_every`` steps (curves). Model ends in its best state, in eval mode.
