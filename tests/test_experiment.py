@@ -168,8 +168,13 @@ def test_result_store_saves_each_record_and_resumes(tmp_path):
     assert len(load_records(path)) == 1 and load_records(path)[0]["metrics"]["forget_acc"] == 0.0
     resumed = experiment.ResultStore(path, match={"profile": "mini", "quick": True}, resume=True)
     assert resumed.find(method="ga", task="forget-class", forget_class="bag", seed=0) is not None
-    fresh = experiment.ResultStore(path, match={"profile": "mini", "quick": False}, resume=True)
-    assert fresh.records == []  # other settings are never resumed
+    with pytest.warns(UserWarning, match=r"1 of the 1 records .* not resumed; they are kept in .*r\.json\.unmatched"):
+        fresh = experiment.ResultStore(path, match={"profile": "mini", "quick": False}, resume=True)
+    assert fresh.records == []  # other settings are never resumed ...
+    kept = load_records(path.with_name("r.json.unmatched"))  # ... and never lost
+    assert [r["metrics"]["forget_acc"] for r in kept] == [0.0] and kept[0]["config"]["quick"] is True
+    fresh.add(dict(rec, config={"forget_class": "bag", "seed": 0, "lr": 1e-4}, metrics={"forget_acc": 0.5}))
+    assert [r["config"]["quick"] for r in load_records(path)] == [False]
 
 
 def test_run_selected_searches_on_the_first_seed_only(tmp_path, world):

@@ -16,15 +16,24 @@ class ResultStore:
 
     ``resume=True`` loads the records already at ``path`` whose ``config`` matches
     ``match`` (e.g. ``{"profile": "mini", "quick": False}``), so a restarted notebook
-    skips finished runs (:meth:`find`); otherwise the file is started afresh.
+    skips finished runs (:meth:`find`); the others (another model, another mode) would be
+    overwritten by the next save, so they are first kept aside in ``<file>.unmatched``, with a
+    warning. Otherwise the file is started afresh.
     """
 
     def __init__(self, path, *, match: dict | None = None, resume: bool = False):
         self.path, self.match = Path(path), dict(match or {})
         self.records: list[dict] = []
         if resume and self.path.exists():  # an unreadable file raises results.ResultsFileError, untouched
-            self.records = [r for r in load_records(self.path)
-                            if all(r["config"].get(k) == v for k, v in self.match.items())]
+            found = load_records(self.path)
+            self.records = [r for r in found if self._matches(r)]
+            others = [r for r in found if not self._matches(r)]
+            if others:
+                kept = self.path.with_name(self.path.name + ".unmatched")
+                save_records(kept, others)
+                warnings.warn(f"{len(others)} of the {len(found)} records of {self.path} were made with other "
+                              f"settings than {self.match} and are not resumed; they are kept in {kept}, and this "
+                              f"run resumes the {len(self.records)} matching ones")
         elif self.path.exists():  # a fresh run replaces the file; an unreadable one is kept aside first
             try:
                 load_records(self.path)
@@ -32,6 +41,9 @@ class ResultStore:
                 kept = self.path.with_name(self.path.name + ".unreadable")
                 os.replace(self.path, kept)
                 warnings.warn(f"{err.args[0].split(';')[0]}; kept as {kept}, and this run starts {self.path} afresh")
+
+    def _matches(self, record: dict) -> bool:
+        return all(record["config"].get(k) == v for k, v in self.match.items())
 
     def add(self, *records: dict) -> None:
         """Append ``records`` (replacing earlier ones with the same identity) and save the file."""
