@@ -412,30 +412,31 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
     from the same seed, which is why the results use the shipped file. The image tower comes back in
     channels-last layout (:func:`clip.use_channels_last`: faster on a CPU, the same numbers to 1e-7).
     """
+    shipped = False
     if seed is None and not training and not force:
         seed = get_mini_seed()
-        if seed is None and name in checkpoints.SHIPPED:
-            weights, info = checkpoints.verify_shipped(name)
-            model, preprocess, tokenizer = create_mini_model(name, device=device)
-            model.load_state_dict(load_checkpoint(weights))
-            return use_channels_last(model.eval()), preprocess, tokenizer, {**info, "source": "shipped",
-                                                                            "path": str(weights)}
-    settings = {**MINI_TRAINING, **training, **({} if seed is None else {"seed": seed})}
-    folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, settings)
-    weights, info_path = folder / "model.pt", folder / "info.json"
-    model, preprocess, tokenizer = create_mini_model(name, device=device)
-    if weights.exists() and info_path.exists() and not force:
-        model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {folder} and the model is trained "
-                                              "again on next use (or pass force=True)"))
-        info = json.loads(info_path.read_text())
-        return use_channels_last(model.eval()), preprocess, tokenizer, {**info, "source": "trained",
-                                                                        "path": str(weights)}
-    trained, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)
-    info["eval"] = evaluate_mini_clip(trained, tokenizer, data_dir=data_dir, device=device)
-    save_checkpoint(trained.state_dict(), weights)
-    write_json_atomic(info_path, info)
-    return use_channels_last(trained.eval()), preprocess, tokenizer, {**info, "source": "trained",
-                                                                      "path": str(weights)}
+        shipped = seed is None and name in checkpoints.SHIPPED
+    if shipped:
+        weights, info = checkpoints.verify_shipped(name)
+        model, preprocess, tokenizer = create_mini_model(name, device=device)
+        model.load_state_dict(load_checkpoint(weights))
+        info = {**info, "source": "shipped"}
+    else:
+        settings = {**MINI_TRAINING, **training, **({} if seed is None else {"seed": seed})}
+        folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, settings)
+        weights, info_path = folder / "model.pt", folder / "info.json"
+        model, preprocess, tokenizer = create_mini_model(name, device=device)
+        if weights.exists() and info_path.exists() and not force:
+            model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {folder} and the model is "
+                                                  "trained again on next use (or pass force=True)"))
+            info = json.loads(info_path.read_text())
+        else:
+            model, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)
+            info["eval"] = evaluate_mini_clip(model, tokenizer, data_dir=data_dir, device=device)
+            save_checkpoint(model.state_dict(), weights)
+            write_json_atomic(info_path, info)
+        info = {**info, "source": "trained"}
+    return use_channels_last(model.eval()), preprocess, tokenizer, {**info, "path": str(weights)}
 
 
 def main(argv=None) -> int:

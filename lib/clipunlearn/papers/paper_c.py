@@ -96,7 +96,7 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
     replace the backbone; ``dataset`` (paper profile) replaces CIFAR-100. ``quick``: one class, one seed,
     the grid's middle value alone, 10 steps and small sets (the CI smoke test).
 
-    Paper C's own reading (issue 18), paper profile: ``epochs_over`` (:data:`EPOCH_READINGS`; empty: the
+    Paper C's own reading, paper profile: ``epochs_over`` (:data:`EPOCH_READINGS`; empty: the
     config's ``retain``, the reading its Dr supports) says what the epochs pass over; the tasks also score the
     training pairs (``task["train_eval"]``: ``forget_train_acc`` / ``retain_train_acc`` beside the test
     accuracies; ``train_eval=True`` adds them in the mini profile); ``paper_protocol`` (True: the paper's own

@@ -16,8 +16,8 @@ ORIGINAL_COLOUR = "#9a9a9a"
 #: The reference models' fixed colours (the untouched model grey, the retrained gold standard black); the
 #: methods' colours follow their registration order without them, so adding a reference recolours nothing.
 REFERENCE_COLOURS = {"original": ORIGINAL_COLOUR, "retrain": "#222222"}
-#: Methods registered after the committed figures were drawn (paper C's own forms, issue 18): coloured after
-#: every other name, so adding them recolours no method of an existing figure.
+#: Methods registered after the committed figures were drawn (paper C's own forms: the paper-protocol CLIPErase and
+#: the papers' GA): coloured after every other name, so adding them recolours no method of an existing figure.
 APPENDED_METHODS = ("ga_pairs", "cliperase_paper")
 ORACLE_LABEL = "oracle (peeks at real forget images)"
 
