@@ -93,6 +93,23 @@ def test_non_finite_weights_at_an_evaluation_stop_the_run(toy_loss):
     assert model.w.detach().tolist() == calls[0]  # the state evaluated at step 2
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "both"])
+def test_the_weight_check_finds_one_non_finite_value_among_many(bad):
+    net = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 3))
+    assert unlearning._finite_weights(net)
+    with torch.no_grad():
+        if bad == "both":  # +inf and -inf in one tensor: their sum is NaN, still caught
+            net[0].weight[5, 7], net[0].weight[100, 2] = float("inf"), -float("inf")
+        else:
+            net[1].bias[2] = bad
+    assert not unlearning._finite_weights(net)
+    half = torch.nn.Linear(4, 4).half()
+    with torch.no_grad():
+        half.weight.fill_(6e4)  # fp16 values whose fp16 sum would overflow: summed in fp32, still finite
+    assert unlearning._finite_weights(half)
+    assert unlearning._finite_weights(torch.nn.ReLU())  # no parameters: nothing diverged
+
+
 def test_non_finite_outputs_at_an_evaluation_stop_the_run(toy_loss):
     from clipunlearn.metrics import NonFiniteOutputError
 

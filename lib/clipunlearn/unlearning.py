@@ -205,8 +205,14 @@ def check_run_settings(*, lr=None, epochs=None, max_steps=None, steps=None, batc
 
 
 def _finite_weights(model) -> bool:
-    """True when every parameter of ``model`` is finite (no NaN, no infinity)."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """True when every parameter of ``model`` is finite (no NaN, no infinity).
+
+    One fp32 sum per tensor and one check of the sums: a NaN or an infinity makes its tensor's sum NaN or
+    infinite (``inf - inf`` is NaN), and a finite sum can overflow only beyond 3e38, itself a diverged state.
+    It reads each weight once instead of building elementwise masks (a tenth of a short run's time before).
+    """
+    sums = [p.detach().sum(dtype=torch.float32) for p in model.parameters()]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
 def _fail(model, tracker, result, reason: str, *, method: str) -> None:
