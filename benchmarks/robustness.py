@@ -47,10 +47,11 @@ def snapshot_notebooks(tag: str) -> Path:
 
 
 def set_aside_earlier_protocol(path: Path, log=print) -> bool:
-    """Move a results file written under the protocol before issue 17 to ``<name>.pre-protocol`` (kept, never
-    overwritten) and return True, so that resuming never mixes its runs with the current protocol's. Its runs
-    are recognised by result records without ``config.selected_on_seed`` (every run of the current protocol
-    has it; the untouched and retrained models' records have no selection at all)."""
+    """Move a results file written before the selection protocol (selection seed, retrained references) to
+    ``<name>.pre-protocol`` (kept, never overwritten) and return True, so that resuming never mixes its runs
+    with the current protocol's. Its runs are recognised by result records without ``config.selected_on_seed``
+    (every run of the current protocol has it; the untouched and retrained models' records have no selection
+    at all)."""
     if not path.exists():
         return False
     from clipunlearn.results import load_records  # the library, installed in the environment that runs this

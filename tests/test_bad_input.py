@@ -1,4 +1,4 @@
-"""Bad input gets a clear error that says what to do, and nothing is lost (issue 17, item 5).
+"""Bad input gets a clear error that says what to do, and nothing is lost.
 
 Settings out of range, a diverging run, a truncated results file and a truncated checkpoint.
 """

@@ -69,7 +69,7 @@ def test_unknown_notebook_lists_the_valid_ones():
         findings.check_notebook("99_x", [])
 
 
-@pytest.mark.xfail(strict=True, reason="the robustness table predates issue 17's protocol (selection seed, grid "
+@pytest.mark.xfail(strict=True, reason="the robustness table predates the selection protocol (selection seed, grid "
                    "extension, retrained references): rerun `python benchmarks/robustness.py` (notebooks 10-40 and "
                    "three retrained references for each of two retrained mini models, about two hours on 2 cores)")
 def test_committed_robustness_table_is_current_and_every_statement_holds_on_every_model(repo_root, committed):

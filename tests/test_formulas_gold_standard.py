@@ -1,4 +1,4 @@
-"""Formulas measured against the retrained gold standard and the MIA family (issue 17), each computed another way.
+"""Formulas measured against the retrained gold standard and the MIA family, each computed another way.
 
 ``gap_to_retrain`` and ``mia_advantage`` / ``auc_standard_error`` (``scores``), ``js_divergence``,
 ``output_divergence``, ``prediction_entropy`` and ``mia_efficacy`` (``metrics``).

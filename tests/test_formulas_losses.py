@@ -1,4 +1,4 @@
-"""Formula checks of every loss in ``clipunlearn.losses`` (issue 23): naive loops on hand-made toys.
+"""Formula checks of every loss in ``clipunlearn.losses``: naive loops on hand-made toys.
 
 Each expected value is computed independently (``tests/formula_helpers.py``: Python floats and
 ``math``) and compared to 1e-6. Weighted losses are checked term by term (other weights 0) and

@@ -1,4 +1,4 @@
-"""Formula checks of the evaluation harness (issue 23): accuracy, confusion, recall@k, AUC, membership
+"""Formula checks of the evaluation harness: accuracy, confusion, recall@k, AUC, membership
 inference (and which images are its members), score rounding. Expected values by hand or by naive loops.
 """
 

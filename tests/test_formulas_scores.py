@@ -1,4 +1,4 @@
-"""Formula checks of the aggregate scores and paper A's training terms (issue 23).
+"""Formula checks of the aggregate scores and paper A's training terms.
 
 ``experiment.unlearning_score`` / ``selection_score``, paper B's ``compute_avg_gain``, the Fisher and
 relative-Fisher layer scores (a naive per-sample autograd loop on a 2-layer toy), paper B's mean

@@ -1,4 +1,4 @@
-"""Formula checks of souping (paper A's restoring stage) and LoRA (issue 23), by hand values and loops."""
+"""Formula checks of souping (paper A's restoring stage) and LoRA, by hand values and loops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Formula checks of paper B's synthetic-image ascent (issue 23): jitter applied and undone, the normalised
+"""Formula checks of paper B's synthetic-image ascent: jitter applied and undone, the normalised
 step, clamping, Gaussian blur, the stop rule's threshold on both sides and its lowering; by loops / hand values.
 """
 

@@ -1,4 +1,4 @@
-"""The selection's grid extension: a choice at an end of the grid runs one more value beyond it (issue 17).
+"""The selection's grid extension: a choice at an end of the grid runs one more value beyond it.
 
 Runs are fakes whose validation score is a function of the learning rate written out here.
 """

@@ -1,4 +1,4 @@
-"""Paper B's paper profile in the authors' form (issue 18): why a run stopped, the model kept when no epoch is
+"""Paper B's paper profile in the authors' form: why a run stopped, the model kept when no epoch is
 accepted, which synthetic images are held out, and avg_gain's divisor. The forgetting loop is driven by the
 recording fakes of tests/test_mutation_kills_lipschitz.py (a scripted stop-set accuracy)."""
 

@@ -1,4 +1,4 @@
-"""Paper C as the paper states it (issue 18, items 6-8): its GA and its retention targets as registered losses,
+"""Paper C as the paper states it: its GA and its retention targets as registered losses,
 Df / Dr on the training pairs beside the test images, the epochs' two readings and the paper-protocol row.
 
 FORMULA tests compute the expected value by loops (``tests/formula_helpers.py``); DIRECTION tests take one small

@@ -1,4 +1,4 @@
-"""Issue 17's protocol as the drivers use it: the selection seed, the retrained reference beside every run,
+"""The selection protocol as the drivers use it: the selection seed, the retrained reference beside every run,
 the validation budget, the score's parts, per-class changes and the forget-ratio sweep."""
 
 from __future__ import annotations

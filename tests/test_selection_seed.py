@@ -1,4 +1,4 @@
-"""The grid searched on a selection seed that is not reported (issue 17): run_selected(selection_task=...)."""
+"""The grid searched on a selection seed that is not reported: run_selected(selection_task=...)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Split invariants of every forgetting task (issue 23, item 2), on every task kind and every task builder.
+"""Split invariants of every forgetting task, on every task kind and every task builder.
 
 What a task's index sets must satisfy, computed here from the datasets' own labels, styles
 and source ids (never from the library's selection helpers) and checked on:
@@ -24,7 +24,7 @@ forget-target test images it never saw (checked end to end through ``evaluate_mo
 model that has memorised its training set); calibration images a per-class capped subset of
 the validation images, never training pairs nor test images.
 
-Three invariants were strict xfails until issue 17 fixed the library: MIA members never include
+Three invariants were strict xfails until the library was fixed: MIA members never include
 the unlearner's forget validation images, a style subgroup never validates on other renderings of
 its training images, and the forget validation cap is per class.
 """
