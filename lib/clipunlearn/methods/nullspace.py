@@ -12,7 +12,7 @@ and no longer aligns with the class prompt. ``alpha = 1`` is the full projection
 features are orthogonal to every prompt of the class), ``0 < alpha < 1`` the paper's partial
 projection, which trades forgetting against what the other classes keep; its strength is
 selected like every method's (``harness.run_selected``), on held-out *synthetic* images of the
-class (no real image of it is seen). The cost is one QR decomposition and one matrix product.
+class (no real image of it is seen). The cost is one SVD of the prompt embeddings and one matrix product.
 
 The paper's retain-aware variant (CCUP) also uses the other classes' text embeddings; this is the
 plain projection of the forget class's prompts (``docs/PAPERS.md``).
@@ -28,10 +28,10 @@ from .. import harness, metrics
 from ..clip import release_memory
 from ..registry import register_procedure
 
-__all__ = ["class_text_basis", "nullspace_projection", "image_projection", "project_image_tower", "run_nullspace"]
+__all__ = ["build_text_basis", "build_projection", "find_image_projection", "project_image_tower", "run_nullspace"]
 
 
-def class_text_basis(model, tokenizer, classnames, templates, *, device="cpu", tol: float = 1e-6) -> torch.Tensor:
+def build_text_basis(model, tokenizer, classnames, templates, *, device="cpu", tol: float = 1e-6) -> torch.Tensor:
     """Return an orthonormal basis ``[D, r]`` of the unit text embeddings of every template x class in ``classnames``.
 
     ``templates``: format strings or callables (as ``metrics.build_classifier`` takes them); ``r`` is the
@@ -47,7 +47,7 @@ def class_text_basis(model, tokenizer, classnames, templates, *, device="cpu", t
     return u[:, s > tol * s[0]]
 
 
-def nullspace_projection(basis: torch.Tensor, alpha: float) -> torch.Tensor:
+def build_projection(basis: torch.Tensor, alpha: float) -> torch.Tensor:
     """Return ``P = I - alpha * Q Q^T`` ``[D, D]`` for an orthonormal ``basis`` ``Q`` ``[D, r]``, alpha in [0, 1]."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] (0: nothing, 1: the full projection), got {alpha}")
@@ -55,7 +55,7 @@ def nullspace_projection(basis: torch.Tensor, alpha: float) -> torch.Tensor:
     return eye - alpha * basis @ basis.T
 
 
-def image_projection(model) -> tuple[str, torch.nn.Parameter, torch.nn.Parameter | None]:
+def find_image_projection(model) -> tuple[str, torch.nn.Parameter, torch.nn.Parameter | None]:
     """Return ``(kind, weight, bias)`` of the image tower's final projection into the joint space.
 
     ``"linear"``: a ModifiedResNet's attention-pool output ``attnpool.c_proj`` (``y = W x + b``,
@@ -73,7 +73,7 @@ def image_projection(model) -> tuple[str, torch.nn.Parameter, torch.nn.Parameter
 
 def project_image_tower(model, projection: torch.Tensor) -> None:
     """Apply ``projection`` ``P`` ``[D, D]`` to the output of the image tower's final projection, in place."""
-    kind, weight, bias = image_projection(model)
+    kind, weight, bias = find_image_projection(model)
     with torch.no_grad():
         p = projection.to(weight.device, weight.dtype)
         if kind == "linear":
@@ -96,8 +96,8 @@ def run_nullspace(task, *, model, tokenizer, alpha: float, val_forget=None, conf
     unlearned = copy.deepcopy(model)
     names = [task.classnames[c] if isinstance(c, int) else c for c in task.forget_classes]
     with metrics.measure_run(device=device) as cost:
-        basis = class_text_basis(unlearned, tokenizer, names, task.templates, device=device)
-        project_image_tower(unlearned, nullspace_projection(basis, alpha))
+        basis = build_text_basis(unlearned, tokenizer, names, task.templates, device=device)
+        project_image_tower(unlearned, build_projection(basis, alpha))
     unlearned.eval()
     val = harness.validate_model(unlearned, task, tokenizer=tokenizer, device=device, forget_data=val_forget)
     test = harness.evaluate_model(unlearned, task, tokenizer=tokenizer, device=device) if evaluate else {}
