@@ -29,7 +29,8 @@ from ..methods.nullspace import run_nullspace
 from ..synthetic_prior import PRIOR_VARIANT, SYNTHETIC_PRIORS, feature_statistics_distance, split_priors  # noqa: F401
 
 __all__ = ["NULLSPACE_EXTENSION", "fit_probe", "measure_closeness", "make_closeness_fn", "run_prior_benchmark",
-           "run_nullspace_benchmark", "comparison_table", "CLOSENESS_KEYS", "PRIOR_VARIANT", "split_priors"]
+           "run_nullspace_benchmark", "run_datafree_benchmark", "comparison_table", "CLOSENESS_KEYS", "PRIOR_VARIANT",
+           "split_priors"]
 
 #: How the nullspace strength's grid grows at an end: quarter-decade steps, at most the full projection (1).
 NULLSPACE_EXTENSION = harness.GridExtension(name="alpha", factor=10 ** 0.25, bounds=(1e-2, 1.0))
@@ -195,3 +196,34 @@ def comparison_table(records: Sequence[dict]):
 def _mean(values) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else math.nan
+
+
+def run_datafree_benchmark(tasks: dict, *, model, tokenizer, lipschitz: dict, grid: dict, nullspace_grid: dict | None,
+                           store, selection=None, references: dict | None = None, device="cpu") -> None:
+    """Notebook 40: the BatchNorm-prior ``lipschitz_synthetic`` and the nullspace projection on ``tasks``
+    (``{target: [task per seed]}``, one task kind), with the mini settings ``lipschitz`` (``configs.mini_settings``:
+    ``generation``, ``forgetting``, ``n_train``, ``n_val``, ``bn_prior``). Runs already in ``store`` are skipped.
+
+    ``nullspace_grid`` None leaves the projection out (a style subgroup: the class's prompts do not name the
+    style, so projecting them out forgets the class in every style). The projection selects on paper B's
+    held-out synthetic images of the forgotten class, generated here as ``lipschitz_synthetic`` does.
+    """
+    finish = harness.reference_fn(references, tokenizer=tokenizer, device=device)
+    held: dict = {}
+
+    def held_out(task):
+        if task.seed not in held:
+            held[task.seed] = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=0,
+                                                      n_val=lipschitz["n_val"], generation=lipschitz["generation"],
+                                                      seed=task.seed, device=device)[1]
+        return held[task.seed]
+
+    for seeded in tasks.values():
+        held.clear()
+        run_prior_benchmark(seeded, model=model, tokenizer=tokenizer, generation=lipschitz["generation"], prior="bn",
+                            prior_settings=lipschitz["bn_prior"], forgetting=lipschitz["forgetting"], grid=grid,
+                            n_train=lipschitz["n_train"], n_val=lipschitz["n_val"], store=store, selection=selection,
+                            finish_fn=finish, device=device)
+        if nullspace_grid:
+            run_nullspace_benchmark(seeded, model=model, tokenizer=tokenizer, held_out=held_out, grid=nullspace_grid,
+                                    store=store, selection=selection, finish_fn=finish, device=device)
