@@ -185,7 +185,8 @@ def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting
     task ``ablation``, ``config.ablation`` (the factor) and ``config.value``; the main run
     is added once per factor as the reference row (``config.reference`` true).
     """
-    main = store.find(method="lipschitz_synthetic", task=task.kind, forget_class=task.target, seed=task.seed)
+    main = store.find(method="lipschitz_synthetic", task=task.kind, forget_class=task.target, seed=task.seed,
+                      synthetic_prior="none")
     if main is None:
         raise ValueError("run run_synthetic_benchmark on this task first (it selects the learning rate)")
     forget, val, _ = synthetic_set
@@ -326,7 +327,8 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
         if profile == "paper":
             settings["generation"].update(max_attempts=2)
         settings["forgetting"].update(max_epochs=10, n_samples=10)
-        settings["prior_settings"] = {**settings["prior_settings"], "steps": min(10, settings["prior_settings"]["steps"])}
+        settings["prior_settings"] = {**settings["prior_settings"],
+                                      "steps": min(10, settings["prior_settings"]["steps"])}
         settings["nullspace_grid"] = {"alpha": settings["nullspace_grid"]["alpha"][-1:]}
         settings.update(grid={"lr": settings["grid"]["lr"][1:2]}, n_train=16, n_val=16, n_real=16,
                         task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
