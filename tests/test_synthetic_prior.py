@@ -133,3 +133,14 @@ def test_split_priors_and_the_store_keep_the_priors_apart():
     assert _identity(none) != _identity(bn)
     sel = {"method": "nullspace", "task": "selection", "metrics": {}}
     assert _identity({**sel, "config": {"alpha": 0.5}}) != _identity({**sel, "config": {"alpha": 1.0}})
+
+
+def test_fit_probe_leaves_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    feats, labels = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)), torch.arange(12) % 3
+    torch.manual_seed(123)
+    first = paper_b_datafree.fit_probe(feats, labels, num_classes=3, steps=5, seed=7)
+    assert torch.equal(torch.rand(3), expected)  # the runs after a measurement draw what they drew before
+    again = paper_b_datafree.fit_probe(feats, labels, num_classes=3, steps=5, seed=7)
+    assert torch.equal(first.weight, again.weight)  # and the probe itself repeats from its seed

@@ -42,9 +42,13 @@ CLOSENESS_KEYS = ("syn_stats_distance", "real_stats_distance", "other_stats_dist
 
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, steps: int = 300,
               lr: float = 0.1, weight_decay: float = 1e-4, seed: int = 0) -> torch.nn.Linear:
-    """Return a linear probe (multinomial logistic regression) fitted on ``features`` ``[N, D]``, full-batch Adam."""
-    torch.manual_seed(seed)
-    probe = torch.nn.Linear(features.shape[1], num_classes)
+    """Return a linear probe (multinomial logistic regression) fitted on ``features`` ``[N, D]``, full-batch Adam.
+
+    Its initialisation draws from ``seed`` inside a forked generator: the global random state is left as it was,
+    so measuring never moves the runs that follow."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(features.shape[1], num_classes)
     opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
