@@ -41,10 +41,12 @@ def toy_method(monkeypatch):
 def test_registry_keeps_the_report_order_labels_and_needs():
     assert list(registry.method_labels()) == [
         "original", "retrain", "ft", "ga", "ga_pairs", "graddiff", "neggrad_plus", "random_labels", "cliperase",
-        "cliperase_paper", "lipschitz", "lipschitz_synthetic", "lipschitz_real", "three_stage", "three_stage-no_fisher"]
+        "cliperase_paper", "lipschitz", "lipschitz_synthetic", "lipschitz_real", "nullspace", "three_stage",
+        "lipschitz_synthetic_bn", "three_stage-no_fisher"]
     assert [m for m in registry.METHODS if registry.METHODS[m].needs_class_texts] == [
         "ga", "graddiff", "neggrad_plus", "random_labels"]
-    assert registry.method_names(kind="procedure") == ["lipschitz_synthetic", "lipschitz_real", "three_stage"]
+    assert registry.method_names(kind="procedure") == ["lipschitz_synthetic", "lipschitz_real", "nullspace",
+                                                       "three_stage"]
     assert registry.METHODS["lipschitz_synthetic"].data_free and not registry.METHODS["three_stage"].data_free
     assert explorer.available_methods() == ["ft", "ga", "graddiff", "neggrad_plus", "random_labels", "cliperase",
                                             "lipschitz_synthetic", "three_stage"]

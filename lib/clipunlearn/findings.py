@@ -21,6 +21,7 @@ from .benchmark import summary_table
 from .registry import REFERENCES
 from .report import oracle_table, summarise
 from .results import load_records
+from .synthetic_prior import PRIOR_VARIANT, split_priors
 
 __all__ = ["Finding", "CHECKS", "check_notebook", "check_results_dir", "assert_findings", "findings_frame"]
 
@@ -132,8 +133,9 @@ def check_cliperase(records: Sequence[dict], *, quick: bool = False) -> list[Fin
 
 
 def check_synthetic_lipschitz(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
-    """Notebook 20: paper B's data-free forgetting, its selection and the oracle."""
+    """Notebook 20: paper B's data-free forgetting, its selection and the oracle; the data-free comparison."""
     out: list[Finding] = []
+    records = split_priors(records)  # the BatchNorm-prior runs apart from paper B's
     frame = _frame(records, "forget-class", ["forget_acc", "retain_acc", "stop_acc"])
     original, ours = frame.loc["original"], frame.loc["lipschitz_synthetic"]
     drop = 0.10 if quick else 0.05
@@ -188,7 +190,42 @@ def check_synthetic_lipschitz(records: Sequence[dict], *, quick: bool = False) -
         _add(out, "6", "on sneaker, the real-image variant is the closer to the retrained model (gap <= 0.05, the "
              "synthetic one >= 0.1)", sneaker["lipschitz_real"] <= 0.05 and sneaker["lipschitz_synthetic"] >= 0.1,
              real=sneaker["lipschitz_real"], synthetic=sneaker["lipschitz_synthetic"])
+    out += _check_datafree(records)
     return out
+
+
+def _check_datafree(records: Sequence[dict]) -> list[Finding]:
+    """Notebook 20's data-free comparison (records already split by prior): closeness, forgetting, nullspace."""
+    out: list[Finding] = []
+    runs = {m: {(r["config"]["forget_class"], r["config"]["seed"]): r["metrics"] for r in records
+                if r["method"] == m and r["task"] == "forget-class"} for m in ("lipschitz_synthetic", PRIOR_VARIANT,
+                                                                                "nullspace", "original")}
+    none, bn, null = runs["lipschitz_synthetic"], runs[PRIOR_VARIANT], runs["nullspace"]
+    if not bn or not all("syn_stats_distance" in m for m in [*none.values(), *bn.values()]):
+        return out
+    paired = sorted(set(none) & set(bn))
+    _add(out, "7", "by their BatchNorm feature statistics paper B's synthetic images are farther from real images "
+         "of the class than real images of the other classes are, in every run",
+         all(none[k]["syn_stats_distance"] > none[k]["other_stats_distance"] for k in none),
+         synthetic=_mean(m["syn_stats_distance"] for m in none.values()),
+         other_classes=_mean(m["other_stats_distance"] for m in none.values()),
+         real_floor=_mean(m["real_stats_distance"] for m in none.values()))
+    _add(out, "7", "the BatchNorm prior brings them closer (a smaller statistics distance in every run)",
+         bool(paired) and all(bn[k]["syn_stats_distance"] < none[k]["syn_stats_distance"] for k in paired),
+         prior=_mean(bn[k]["syn_stats_distance"] for k in paired),
+         none=_mean(none[k]["syn_stats_distance"] for k in paired))
+    if null:
+        original = _mean(m["retain_acc"] for m in runs["original"].values())
+        _add(out, "9", "the nullspace projection, its strength selected on synthetic images only, costs under a second",
+             all(m["seconds"] < 1.0 for m in null.values()), slowest=max(m["seconds"] for m in null.values()),
+             forget=_mean(m["forget_acc"] for m in null.values()), retain=_mean(m["retain_acc"] for m in null.values()),
+             original_retain=original)
+    return out
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else math.nan
 
 
 def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
@@ -275,9 +312,12 @@ def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -
 def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
     """Notebook 40: every method on every task kind, by the one unlearning score."""
     out: list[Finding] = []
+    records = split_priors(records)  # the BatchNorm-prior runs apart from paper B's
     tasks = [k for k in ("forget-class", "forget-subgroup", "forget-style-subgroup")
              if any(r["task"] == k for r in records)]
-    present = sorted({r["method"] for r in records if r["task"] in tasks} - set(REFERENCES))
+    # the trained methods' statements; the data-free comparison (BatchNorm prior, nullspace) is notebook 20's
+    present = sorted({r["method"] for r in records if r["task"] in tasks} - set(REFERENCES)
+                     - {PRIOR_VARIANT, "nullspace"})
     numeric = summary_table(records, tasks=tasks, methods=present, numeric=True)
     # the benchmark's methods: those run on every task (lipschitz_real, reused from notebook 20, is not)
     methods = [m for m in present if all(numeric.loc[m, (k, "score")] == numeric.loc[m, (k, "score")] for k in tasks)]

@@ -67,8 +67,9 @@ class ResultStore:
 
 def _identity(record: dict) -> tuple:
     c = record["config"]
-    keys = ("forget_class", "seed", "variant", "forget_ratio", "lr", "run_task", "ablation", "value", "oracle")
+    keys = ("forget_class", "seed", "variant", "synthetic_prior", "forget_ratio", "lr", "alpha", "run_task",
+            "ablation", "value", "oracle")
     ident = tuple((k, repr(c.get(k))) for k in keys)
     if record["task"] != "selection":  # one result per method / task / target / seed / variant
-        ident = tuple(x for x in ident if x[0] not in ("lr",))
+        ident = tuple(x for x in ident if x[0] not in ("lr", "alpha"))
     return (record["method"], record["task"]) + ident

@@ -6,4 +6,4 @@ register themselves with :func:`clipunlearn.registry.register_procedure` when im
 (paper A; its stages in :mod:`.three_stage_stages`).
 """
 
-from . import lipschitz, retrain, three_stage  # noqa: F401  (register lipschitz_synthetic, lipschitz_real, three_stage; label retrain)
+from . import lipschitz, nullspace, retrain, three_stage  # noqa: F401  (register the procedures; label retrain)

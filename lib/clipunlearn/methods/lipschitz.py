@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .. import harness, layers, metrics, models, synthetic
+from .. import harness, layers, metrics, models, synthetic_prior
 from ..clip import is_resnet, release_memory
 from ..configs import load_paper_config, mini_settings
 from ..losses import LOSSES
@@ -345,16 +345,18 @@ def generate_task_synthetic(model, task, *, tokenizer, n_train: int, n_val: int,
     filled with the most probable of the others (the held-out set too when fewer than ``n_val``
     reached; a warning says so; ``cost["reached"]`` counts them).
     """
-    gen = dict(generation)
+    gen = dict(generation)  # synthetic_prior: "none" (paper B's ascent) or "bn" (synthetic_prior.generate_bn_prior)
+    prior, prior_settings = gen.pop("synthetic_prior", "none"), gen.pop("prior_settings", None)
     if gen.get("logit_scale") == "model":
         gen["logit_scale"] = float(model.logit_scale.detach().exp())
     mean, std = models.get_normalization(model)
     with torch.no_grad(), metrics.autocast(device, gen.get("precision", "fp32")):
         classifier = metrics.build_classifier(model, tokenizer, task.classnames, task.templates, device=device)
     with metrics.measure_run(device=device) as cost:
-        syn = synthetic.generate_synthetic(model, classifier.float(), classes=task.forget_classes,
-                                           classnames=task.classnames, n_per_class=n_train + n_val, mean=mean,
-                                           std=std, seed=seed, device=device, progress=progress, **gen)
+        syn = synthetic_prior.generate_with_prior(
+            model, classifier.float(), prior=prior, prior_settings=prior_settings, classes=task.forget_classes,
+            classnames=task.classnames, n_per_class=n_train + n_val, mean=mean, std=std, seed=seed, device=device,
+            progress=progress, **gen)
     train_idx, val_idx = torch.arange(len(syn))[:n_train], torch.arange(len(syn))[n_train:n_train + n_val]
     if gen.get("restart"):  # held out: the last reached images; fill-ins (most probable first) only where needed
         missing = int((~syn.reached).sum())

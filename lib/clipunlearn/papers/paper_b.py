@@ -15,6 +15,8 @@ from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
 from ..methods.lipschitz import (AUTHORS_GAIN_DIVISOR, AUTHORS_OPTIONS, generate_task_synthetic, paper_sigma_schedule,
                                  run_lipschitz)
 from ..paths import check_profile, get_data_dir
+from ..synthetic_prior import SYNTHETIC_PRIORS
+from . import paper_b_datafree
 from .authors_artefacts import (build_authors_reference, compare_zero_shot, format_zero_shot_comparison,
                                 load_authors_synthetic, load_authors_zero_shot)
 
@@ -83,7 +85,9 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
                             device="cpu", avg_gain: bool = False, progress: bool = False,
                             selection: harness.Selection | None = None,
                             references: dict[str, harness.Reference] | None = None,
-                            authors: dict | None = None) -> dict:
+                            authors: dict | None = None, priors: Sequence[str] = ("none",),
+                            prior_settings: dict | None = None, nullspace_grid: dict | None = None,
+                            closeness=None) -> dict:
     """Paper B on every target of ``tasks`` (``{target: [task per seed]}``); return the synthetic sets by (target, seed).
 
     Per target: the original model (``original``), then ``lipschitz_synthetic`` (synthetic
@@ -101,6 +105,13 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
     (``harness.PROTOCOL``): the grids are searched on its seed (synthetic images of that seed for the
     data-free method), never reported; ``references`` (``{target: harness.Reference}``, mini): the retrained
     model's record beside the original's, and every reported run's distance to it.
+
+    The data-free comparison (:mod:`.paper_b_datafree`): every ``lipschitz_synthetic`` record says its
+    ``config.synthetic_prior``; ``priors`` other than ``"none"`` (``"bn"``: DeepInversion's BatchNorm prior
+    with ``prior_settings``) run ``lipschitz_synthetic`` again on their own synthetic images (sets under
+    ``(target, seed, prior)``); ``nullspace_grid`` (``{"alpha": [...]}``) runs the nullspace projection,
+    selected on paper B's held-out synthetic images; ``closeness`` (``paper_b_datafree.make_closeness_fn``)
+    adds how close each synthetic forget set is to real images of its class to its records.
     """
     sets = {}
     for target, seeded in tasks.items():
@@ -127,10 +138,14 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
 
         def synthetic_fn(task, **candidate):
             forget, val, cost = sets[(task.target, task.seed)]
-            return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
-                                 data_free=True, method="lipschitz_synthetic",
-                                 config={"synthetic": {k: v for k, v in cost.items()}, **gain_source}, device=device,
-                                 progress=progress, **reference, **{**forgetting, **candidate})
+            unlearned, record = run_lipschitz(
+                task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None), data_free=True,
+                method="lipschitz_synthetic", config={"synthetic": {k: v for k, v in cost.items()}, **gain_source,
+                                                      "synthetic_prior": "none"},
+                device=device, progress=progress, **reference, **{**forgetting, **candidate})
+            if closeness is not None:
+                record["metrics"].update(closeness(task, forget.images))
+            return unlearned, record
 
         def real_fn(task, **candidate):
             idx = task.forget_train[torch.randperm(len(task.forget_train), generator=torch.Generator().manual_seed(
@@ -144,9 +159,21 @@ def run_synthetic_benchmark(tasks: dict, *, model, tokenizer, generation: dict, 
                 return harness.validate_model(m, task, tokenizer=tokenizer, device=device)
 
         harness.run_selected("lipschitz_synthetic", seeded, run_fn=synthetic_fn, grid=grid, store=store,
-                             oracle_fn=oracle, selection=selection, finish_fn=finish)
+                             oracle_fn=oracle, selection=selection, finish_fn=finish, match={"synthetic_prior": "none"})
         harness.run_selected("lipschitz_real", seeded, run_fn=real_fn, grid=grid, store=store, selection=selection,
                              finish_fn=finish)
+        for prior in [p for p in priors if p != "none"]:
+            made = paper_b_datafree.run_prior_benchmark(
+                seeded, model=model, tokenizer=tokenizer, generation=generation, prior=prior,
+                prior_settings=prior_settings or {}, forgetting={**forgetting, **reference}, grid=grid,
+                n_train=n_train, n_val=n_val, store=store, selection=selection, closeness=closeness,
+                oracle_fn=oracle, finish_fn=finish, device=device)
+            sets.update({(target, seed, prior): s for seed, s in made.items()})
+        if nullspace_grid:
+            paper_b_datafree.run_nullspace_benchmark(
+                seeded, model=model, tokenizer=tokenizer, held_out=lambda t: sets[(t.target, t.seed)][1],
+                grid=nullspace_grid, store=store, selection=selection, oracle_fn=oracle, finish_fn=finish,
+                device=device, **reference)
     return sets
 
 def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting: dict, ablations: dict, store,
@@ -158,7 +185,8 @@ def run_synthetic_ablations(task, synthetic_set, *, model, tokenizer, forgetting
     task ``ablation``, ``config.ablation`` (the factor) and ``config.value``; the main run
     is added once per factor as the reference row (``config.reference`` true).
     """
-    main = store.find(method="lipschitz_synthetic", task=task.kind, forget_class=task.target, seed=task.seed)
+    main = store.find(method="lipschitz_synthetic", task=task.kind, forget_class=task.target, seed=task.seed,
+                      synthetic_prior="none")
     if main is None:
         raise ValueError("run run_synthetic_benchmark on this task first (it selects the learning rate)")
     forget, val, _ = synthetic_set
@@ -201,6 +229,8 @@ def _profile_settings(profile: str, *, precision: str) -> dict:
             n_val=mini["lipschitz"]["n_val"], n_real=64,
             task=dict(retain_per_class=300, eval_per_class=300),
             ablations={"n_samples": [1, 5], "sigma": [0.5, 2.0], "k": [1, 15], "layers": ["all"]},
+            priors=("none", "bn"), prior_settings=mini["lipschitz"]["bn_prior"],
+            nullspace_grid=mini["grids"]["nullspace"],
         )
     paper = load_paper_config("paper_b")
     gen, forget = paper["generation"], paper["forgetting"]
@@ -219,22 +249,26 @@ def _profile_settings(profile: str, *, precision: str) -> dict:
         grid={"lr": [2e-5, forget["lr"], 1e-4]}, n_train=gen["n_per_class"], n_val=32, n_real=None,
         task=dict(retain_per_class=None, eval_per_class=None),
         ablations={"n_samples": [1, 5], "sigma": [0.5, 2.0], "k": [1, 50], "layers": ["all"]},
+        priors=("none",), prior_settings=paper["project_variants"]["bn_prior"],
+        nullspace_grid=paper["project_variants"]["nullspace_grid"],
     )
 
 def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbone: str = "", model: str = "",
                      pretrained: str = "", dataset: str = "", other_datasets: str = "", forget_classes: str = "",
-                     precision: str = "fp32") -> dict:
+                     precision: str = "fp32", priors: str = "") -> dict:
     """Return notebook 20's settings of paper B for ``profile`` (``"mini"`` or ``"paper"``), parameters applied.
 
     Keys: ``backbones`` (``{name: pretrained}``), ``forget`` (``{dataset: [class, ...]}``),
     ``generation`` / ``forgetting`` (keyword arguments of :func:`generate_task_synthetic` /
     :func:`run_lipschitz`), ``grid``, ``n_train``, ``n_val``, ``n_real``, ``task`` (sizes for
-    ``harness.build_task``), ``ablations``, ``seeds`` (list of ints) and ``others``
+    ``harness.build_task``), ``ablations``, ``priors`` / ``prior_settings`` / ``nullspace_grid`` (the
+    data-free comparison, :func:`run_synthetic_benchmark`), ``seeds`` (list of ints) and ``others``
     (``{dataset: [other datasets scored with their own prompts]}``, paper profile only).
     The mini settings come from ``configs.mini_settings()``; the paper's from ``paper_b.json``.
     The string arguments are the notebook's parameters: ``seeds`` and the lists comma-separated;
     ``backbone`` keeps one backbone; ``model`` / ``pretrained`` / ``dataset`` / ``other_datasets`` /
-    ``precision`` are for the paper profile (``model`` / ``pretrained`` are refused by mini,
+    ``priors``: the synthetic-image priors, comma-separated (empty: the profile's; mini ``none,bn``, paper
+    ``none``). ``precision`` are for the paper profile (``model`` / ``pretrained`` are refused by mini,
     the others ignored). ``quick``: one class, one seed, one learning rate (the middle), short
     generation and small evaluation sets (the CI smoke test).
     """
@@ -242,6 +276,12 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
     if precision not in metrics.PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(metrics.PRECISIONS)}")
     settings = _profile_settings(profile, precision=precision)
+    if priors:
+        wanted = split_names(priors)
+        unknown = [p for p in wanted if p not in SYNTHETIC_PRIORS]
+        if unknown or "none" not in wanted:
+            raise ValueError(f"priors must name 'none' and any of {', '.join(SYNTHETIC_PRIORS)}; got {priors!r}")
+        settings["priors"] = tuple(wanted)
     seed_list = parse_seeds(seeds)
     backbones = settings["backbones"]
     if backbone:
@@ -287,6 +327,9 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
         if profile == "paper":
             settings["generation"].update(max_attempts=2)
         settings["forgetting"].update(max_epochs=10, n_samples=10)
+        settings["prior_settings"] = {**settings["prior_settings"],
+                                      "steps": min(10, settings["prior_settings"]["steps"])}
+        settings["nullspace_grid"] = {"alpha": settings["nullspace_grid"]["alpha"][-1:]}
         settings.update(grid={"lr": settings["grid"]["lr"][1:2]}, n_train=16, n_val=16, n_real=16,
                         task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
                                                                                        "layers": ["all"]})

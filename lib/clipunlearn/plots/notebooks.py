@@ -11,6 +11,7 @@ from ..configs import load_paper_config
 from ..paths import REPO_ROOT, check_profile, get_run_name
 from ..report import get_forget_class, get_metric
 from ..results import load_records
+from ..synthetic_prior import split_priors
 from .common import NoDataError, _slug, save_figures
 from .paper_a import (SUBGROUP_TASKS, plot_alpha_curve, plot_layer_ranking, plot_stages, plot_stages_by_style,
                       plot_three_stage_ablation, reported_three_stage_ablation)
@@ -105,8 +106,9 @@ def figures_cliperase(records: list[dict]) -> dict:
 
 
 def figures_synthetic_lipschitz(records: list[dict]) -> dict:
-    """Notebook 20's record figures (the synthetic image grids need the images: drawn in the notebook)."""
-    return figures_unlearning(records, prefix="20")
+    """Notebook 20's record figures (the synthetic image grids need the images: drawn in the notebook); the
+    BatchNorm-prior runs of ``lipschitz_synthetic`` appear as their own method (``synthetic_prior.split_priors``)."""
+    return figures_unlearning(split_priors(records), prefix="20")
 
 
 def figures_subgroup_forgetting(records: list[dict]) -> dict:
@@ -136,6 +138,7 @@ def figures_subgroup_forgetting(records: list[dict]) -> dict:
 
 def figures_benchmark(records: list[dict]) -> dict:
     """The cross-paper benchmark's figures: the heat map of unlearning scores and a trade-off plot per task."""
+    records = split_priors(records)
     tasks = [t for t in ("forget-class", "forget-subgroup", "forget-style-subgroup")
              if any(r["task"] == t for r in records)]
     out = {}
