@@ -11,6 +11,7 @@ from ..configs import load_paper_config
 from ..paths import REPO_ROOT, check_profile, get_run_name
 from ..report import get_forget_class, get_metric
 from ..results import load_records
+from .attacks import figures_attacks
 from .common import NoDataError, _slug, save_figures
 from .paper_a import (SUBGROUP_TASKS, plot_alpha_curve, plot_layer_ranking, plot_stages, plot_stages_by_style,
                       plot_three_stage_ablation, reported_three_stage_ablation)
@@ -152,6 +153,7 @@ FIGURES: dict[str, Callable[[list[dict]], dict]] = {
     "20_synthetic_lipschitz": figures_synthetic_lipschitz,
     "30_subgroup_forgetting": figures_subgroup_forgetting,
     "40_benchmark": figures_benchmark,
+    "45_attacks": figures_attacks,
 }
 
 
