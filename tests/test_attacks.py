@@ -186,3 +186,14 @@ def test_a_loss_run_is_regenerated_exactly_from_its_record(task, tiny_tokenizer,
     with pytest.raises(ValueError, match=r"cannot regenerate 'lipschitz_real': valid methods are"):
         attacks_bench.regenerate_model({**rec, "method": "lipschitz_real"}, task, model=tiny_clip.model,
                                        tokenizer=tiny_tokenizer)
+
+
+def test_the_method_list_comes_from_the_records_and_keeps_the_procedures_that_can_be_rebuilt():
+    bench = [make_record(method=m, task=k, config={"forget_class": "x", "seed": s}, metrics={})
+             for m, k, s in [("original", "forget-class", None), ("ga", "forget-class", 0),
+                             ("lipschitz_real", "forget-class", 0), ("three_stage", "forget-subgroup", 0),
+                             ("brand_new", "forget-class", None)]]
+    assert attacks_bench.attack_methods(bench, tasks=["forget-class", "forget-subgroup"]) == [
+        "ga", "lipschitz_real", "three_stage"]
+    assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=True) == ["ga"]
+    assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=False) == ["lipschitz_real"]

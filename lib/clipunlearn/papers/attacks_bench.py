@@ -34,10 +34,6 @@ REFERENCES = ("original", "retrain")
 MATCH_TOLERANCE = 1e-4
 
 
-def attack_methods(records: Sequence[dict], *, tasks: Sequence[str]) -> list[str]:
-    """Return the methods with a reported run (``config.seed`` set) on any of ``tasks``, in the records' order."""
-    return list(dict.fromkeys(r["method"] for r in records if r["task"] in tasks and r["method"] not in REFERENCES
-                              and r["config"].get("seed") is not None))
 
 
 def _regenerate_three_stage(record: dict, task: Task, *, model, tokenizer, device):
@@ -59,6 +55,14 @@ def _regenerate_lipschitz(record: dict, task: Task, *, model, tokenizer, device)
 
 #: How a procedure's run is rebuilt from its record (a registered loss needs no entry).
 REGENERATORS = {"three_stage": _regenerate_three_stage, "lipschitz_synthetic": _regenerate_lipschitz}
+
+
+def attack_methods(records: Sequence[dict], *, tasks: Sequence[str], regenerable: bool | None = None) -> list[str]:
+    """Return the methods with a reported run (``config.seed`` set) on any of ``tasks``, in the records' order;
+    ``regenerable``: only those :func:`regenerate_model` can rebuild (True) or only the others (False)."""
+    found = dict.fromkeys(r["method"] for r in records if r["task"] in tasks and r["method"] not in REFERENCES
+                          and r["config"].get("seed") is not None)
+    return [m for m in found if regenerable is None or (m in LOSSES or m in REGENERATORS) == regenerable]
 
 
 def regenerate_model(record: dict, task: Task, *, model, tokenizer, device="cpu"):
