@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clipunlearn import data, harness, plots
+from clipunlearn import data, findings, harness, plots
 from clipunlearn.harness import attacks
 from clipunlearn.papers import attacks_bench
 from clipunlearn.results import make_record
@@ -197,3 +197,22 @@ def test_the_method_list_comes_from_the_records_and_keeps_the_procedures_that_ca
         "ga", "lipschitz_real", "three_stage"]
     assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=True) == ["ga"]
     assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=False) == ["lipschitz_real"]
+
+
+def test_the_statements_see_a_method_that_forgets_in_its_features_too():
+    def rec(method, fp32, probe, benign, targeted):
+        return record(method, 0, **{"quantise_weights/fp32/forget_acc": fp32, "quantise_weights/bf16/forget_acc": fp32,
+                                    "quantise_weights/int8/forget_acc": fp32, "probe_features/forget_acc": probe,
+                                    "relearn_retain/100/forget_acc": benign,
+                                    "relearn_forget/n20/30/forget_acc": targeted})
+    records = [rec("original", 0.96, 0.95, 0.6, 1.0), rec("retrain", 0.0, 0.79, 0.0, 0.0),
+               rec("ga", 0.0, 0.94, 0.26, 0.0), rec("cliperase", 0.0, 0.92, 0.13, 0.0)]
+    holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
+    assert all(holds.values()) and set(holds) == {"0", "1", "2", "3", "4", "5"}
+    records[2] = rec("ga", 0.0, 0.85, 0.26, 0.0)  # a probe gap of 0.06: the features forgot as well
+    holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
+    assert not holds["3"] and holds["4"]
+    records[3] = rec("cliperase", 0.0, 0.92, 0.13, 0.2)  # targeted relearning brings CLIPErase back
+    holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
+    assert not holds["5"]
+    assert [f.key for f in findings.check_attacks(records, quick=True)] == ["0"]

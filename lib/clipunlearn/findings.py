@@ -350,6 +350,24 @@ def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
     _add(out, "2", "the image features of the retrained model still separate the forget class (its probe finds at "
          "least half the forget test images): the probe's gap to retrain, not its level, is the measure",
          ref_probe and min(ref_probe.values()) >= 0.5, **{k[1]: v for k, v in ref_probe.items()})
+    task = "forget-class"
+    gap = lambda metric: _attack_means(attacked, f"gap/{metric}")  # noqa: E731
+    forgot = sorted(m for (m, k), v in fp32.items() if k == task and m not in REFERENCES and v <= 0.1)
+    probe_gap = gap("probe_features/forget_acc")
+    _add(out, "3", "every method that forgets the sneaker at the output (zero-shot forget accuracy <= 0.1) keeps it in "
+         "its image features: its probe finds more than 0.1 of the forget test images beyond the retrained model's",
+         forgot and all(probe_gap[(m, task)] > 0.1 for m in forgot), **{m: probe_gap[(m, task)] for m in forgot})
+    benign = gap("relearn_retain/100/forget_acc")
+    shallow = ("ga", "cliperase")
+    _add(out, "4", "GA's and CLIPErase's sneaker comes partly back after 100 steps of fine-tuning on retain pairs only "
+         "(gap to retrain above 0.1; the retrained model stays at 0)",
+         all(benign.get((m, task), 0.0) > 0.1 for m in shallow)
+         and fp32.get(("retrain", task)) == 0.0 and _attack_means(attacked, "relearn_retain/100/forget_acc").get(
+             ("retrain", task)) == 0.0, **{m: benign.get((m, task), float("nan")) for m in shallow})
+    targeted = gap("relearn_forget/n20/30/forget_acc")
+    _add(out, "5", "targeted relearning on 20 unseen sneaker photos for 30 steps brings back nothing beyond the "
+         "retrained model in any method that forgot (gap at most 0.05)",
+         forgot and all(targeted[(m, task)] <= 0.05 for m in forgot), **{m: targeted[(m, task)] for m in forgot})
     return out
 
 
