@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from .benchmark import summary_table
-from .registry import REFERENCES
+from .registry import LOSSES as LOSS_METHODS, REFERENCES
 from .report import oracle_table, summarise
 from .results import load_records
 from .synthetic_prior import PRIOR_VARIANT, split_priors
@@ -351,12 +351,73 @@ def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Fin
     return out
 
 
+def check_attacks(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
+    """Notebook 45: relearning, probe and quantisation attacks on every method, against the retrained model."""
+    out: list[Finding] = []
+    attacked = [r for r in records if r["task"] == "attacks"]
+    values = [v for r in attacked for k, v in r["metrics"].items() if k.endswith("_acc") and not k.startswith("gap/")]
+    ref_gaps = [v for r in attacked if r["method"] == "retrain" for k, v in r["metrics"].items()
+                if k.startswith("gap/")]
+    _add(out, "0", "every accuracy lies in [0, 1], the retrained model's gaps are 0 and every regenerated run of a "
+         "registered loss reproduces its recorded forget accuracy",
+         values and all(0.0 <= v <= 1.0 for v in values) and ref_gaps and all(g == 0.0 for g in ref_gaps)
+         and all(r["metrics"].get("regenerated_matches") is not False for r in attacked
+                 if r["method"] in LOSS_METHODS), records=len(attacked))
+    if quick:
+        return out
+    out += attack_statements(attacked)
+    return out
+
+
+def _attack_means(attacked: Sequence[dict], metric: str) -> dict[tuple[str, str], float]:
+    """Return ``{(method, benchmark task): mean over seeds}`` of ``metric`` in the attack records."""
+    out: dict = {}
+    for r in attacked:
+        if r["metrics"].get(metric) is not None:
+            out.setdefault((r["method"], r["config"]["run_task"]), []).append(float(r["metrics"][metric]))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
+    """The full-mode statements of notebook 45 on its attack records."""
+    out: list[Finding] = []
+    fp32, bf16, int8 = (_attack_means(attacked, f"quantise_weights/{p}/forget_acc") for p in ("fp32", "bf16", "int8"))
+    shift = max(abs(q[k] - fp32[k]) for q in (bf16, int8) for k in fp32)
+    _add(out, "1", "quantisation brings nothing back: bf16 weights and int8 linear layers move no model's forget "
+         "accuracy by more than 0.05", shift <= 0.05, largest_shift=shift)
+    probe = _attack_means(attacked, "probe_features/forget_acc")
+    ref_probe = {k: v for k, v in probe.items() if k[0] == "retrain"}
+    _add(out, "2", "the image features of the retrained model still separate the forget class (its probe finds at "
+         "least half the forget test images): the probe's gap to retrain, not its level, is the measure",
+         ref_probe and min(ref_probe.values()) >= 0.5, **{k[1]: v for k, v in ref_probe.items()})
+    task = "forget-class"
+    gap = lambda metric: _attack_means(attacked, f"gap/{metric}")  # noqa: E731
+    forgot = sorted(m for (m, k), v in fp32.items() if k == task and m not in REFERENCES and v <= 0.1)
+    probe_gap = gap("probe_features/forget_acc")
+    _add(out, "3", "every method that forgets the sneaker at the output (zero-shot forget accuracy <= 0.1) keeps it in "
+         "its image features: its probe finds more than 0.1 of the forget test images beyond the retrained model's",
+         forgot and all(probe_gap[(m, task)] > 0.1 for m in forgot), **{m: probe_gap[(m, task)] for m in forgot})
+    benign = gap("relearn_retain/100/forget_acc")
+    shallow = ("ga", "cliperase")
+    _add(out, "4", "GA's and CLIPErase's sneaker comes partly back after 100 steps of fine-tuning on retain pairs only "
+         "(gap to retrain above 0.1; the retrained model stays at 0)",
+         all(benign.get((m, task), 0.0) > 0.1 for m in shallow)
+         and fp32.get(("retrain", task)) == 0.0 and _attack_means(attacked, "relearn_retain/100/forget_acc").get(
+             ("retrain", task)) == 0.0, **{m: benign.get((m, task), float("nan")) for m in shallow})
+    targeted = gap("relearn_forget/n20/30/forget_acc")
+    _add(out, "5", "targeted relearning on 20 unseen sneaker photos for 30 steps brings back nothing beyond the "
+         "retrained model in any method that forgot (gap at most 0.05)",
+         forgot and all(targeted[(m, task)] <= 0.05 for m in forgot), **{m: targeted[(m, task)] for m in forgot})
+    return out
+
+
 #: Notebook stem -> its check. ``benchmarks/robustness.py`` evaluates every entry.
 CHECKS = {
     "10_cliperase": check_cliperase,
     "20_synthetic_lipschitz": check_synthetic_lipschitz,
     "30_subgroup_forgetting": check_subgroup_forgetting,
     "40_benchmark": check_benchmark,
+    "45_attacks": check_attacks,
 }
 
 

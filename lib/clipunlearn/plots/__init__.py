@@ -12,6 +12,7 @@ function that draws all its figures from its records, so
 
 from __future__ import annotations
 
+from .attacks import ATTACK_COLUMNS, attack_table, plot_relearning
 from .common import NoDataError, ORACLE_LABEL, ORIGINAL_COLOUR, method_colour, save_figure, save_figures
 from .records import (plot_ablation, plot_benchmark_heatmap, plot_forget_confusion, plot_forget_ratio,
                       plot_forgetting_curves, plot_method_bars, plot_per_class, plot_selection, plot_tradeoff)
@@ -23,7 +24,8 @@ from .notebooks import (FIGURES, FORGET_TASKS, draw_figures, figures_benchmark, 
                         figures_unlearning, image_figure_name, main, reported_ablation,
                         save_notebook_figures)
 
-__all__ = ["FIGURES", "FORGET_TASKS", "NoDataError", "ORACLE_LABEL", "ORIGINAL_COLOUR", "SUBGROUP_TASKS",
+__all__ = ["ATTACK_COLUMNS", "attack_table", "plot_relearning",
+           "FIGURES", "FORGET_TASKS", "NoDataError", "ORACLE_LABEL", "ORIGINAL_COLOUR", "SUBGROUP_TASKS",
            "draw_figures", "figures_benchmark", "figures_cliperase", "figures_setup_and_baseline",
            "figures_subgroup_forgetting", "figures_synthetic_lipschitz", "figures_unlearning", "image_figure_name", "main",
            "method_colour",

@@ -12,6 +12,7 @@ from ..paths import REPO_ROOT, check_profile, get_run_name
 from ..report import get_forget_class, get_metric
 from ..results import load_records
 from ..synthetic_prior import split_priors
+from .attacks import figures_attacks
 from .common import NoDataError, _slug, save_figures
 from .paper_a import (SUBGROUP_TASKS, plot_alpha_curve, plot_layer_ranking, plot_stages, plot_stages_by_style,
                       plot_three_stage_ablation, reported_three_stage_ablation)
@@ -155,6 +156,7 @@ FIGURES: dict[str, Callable[[list[dict]], dict]] = {
     "20_synthetic_lipschitz": figures_synthetic_lipschitz,
     "30_subgroup_forgetting": figures_subgroup_forgetting,
     "40_benchmark": figures_benchmark,
+    "45_attacks": figures_attacks,
 }
 
 
