@@ -309,7 +309,7 @@ def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None
                                  retain_key=s.retain_key)
         result.alpha, result.alpha_curve, result.metrics = restored["alpha"], restored["alpha_curve"], \
             restored["metrics"]
-        result.fallback = restored["fallback"]
+        result.fallback = bool(restored.get("fallback", False))
     elif calib_fn is not None:
         result.metrics = {"alpha": 1.0, **calib_fn(model)}
     seconds["restore"] = time.perf_counter() - t

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -134,7 +135,7 @@ def forget_loss(sims: torch.Tensor, *, margin: float, criterion: str = "per_samp
 def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[str], margin: float = 0.0,
                  lr: float = 1e-3, max_steps: int = 50, use_lora: bool = True, rank: int = 4,
                  lora_alpha: float | None = None, weight_decay: float = 0.0, retain_weight: float = 0.0,
-                 criterion: str = "per_sample", device="cpu", progress: bool = False) -> dict:
+                 criterion: str = "mean", device="cpu", progress: bool = False) -> dict:
     """Lower the forget pairs' image-text similarity by tuning only ``layers``; return what happened.
 
     Its own loop, not ``unlearning.unlearn``: a stop check on the next batch before each step and adapters made
@@ -146,8 +147,9 @@ def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[s
     AdamW on the LoRA adapters (``use_lora``; merged into the weights at the end) or on
     the layers' full weights. Stop rule: before each step the next forget batch is measured; with
     ``criterion="per_sample"`` (paper A's) the stage stops once *every* pair's similarity is below ``margin``
-    (the paper's delta), with ``"mean"`` once their mean is; or after ``max_steps`` updates. The history holds
-    the mean similarity and, per sample, the largest (``max_similarity``). The model stays in eval mode and comes
+    (the paper's delta), with ``"mean"`` (this function's default; ``three_stage_unlearn`` passes its setting) once
+    their mean is; or after ``max_steps`` updates. The history holds the mean similarity and, per sample, the
+    largest (``max_similarity``). The model stays in eval mode and comes
     back plain (no adapters) with its ``requires_grad`` flags unchanged.
     Returns ``{"steps", "stopped", "similarity_before", "similarity_after", "history"}``.
     """
@@ -168,8 +170,9 @@ def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[s
                 batch = to_device(next(forget_iter), device)
                 sims = pair_similarities(model, batch)
                 loss = forget_loss(sims, margin=margin, criterion=criterion)
-                history.append({"step": steps, "similarity": float(sims.detach().mean()),
-                                "max_similarity": float(sims.detach().max())})
+                history.append({"step": steps, "similarity": float(sims.detach().mean())})
+                if criterion == "per_sample":
+                    history[-1]["max_similarity"] = float(sims.detach().max())
                 if history[-1]["max_similarity" if criterion == "per_sample" else "similarity"] < margin:
                     stopped = "margin"
                     break
@@ -261,8 +264,9 @@ def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: in
         return torch.maximum(torch.minimum(images + d / scale, hi), lo)
 
     curve, best, stale = [], math.inf, 0
+    loss_fn = partial(alignment_loss, per_sample=True) if per_sample else alignment_loss
     for _ in range(steps):
-        loss = alignment_loss(model, apply(delta), per_sample=per_sample)
+        loss = loss_fn(model, apply(delta))
         curve.append(float(loss.detach()))  # delta = 0 at the first step
         if tol > 0:
             stale = 0 if curve[-1] < (1 - tol) * best else stale + 1
@@ -277,7 +281,7 @@ def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: in
             delta.clamp_(-eps, eps)
     with torch.no_grad():
         aligned = apply(delta)
-        after = float(alignment_loss(model, aligned, per_sample=per_sample))
+        after = float(loss_fn(model, aligned))
     curve.append(after)
     return aligned.detach(), {"loss_before": curve[0], "loss_after": after, "curve": curve, "steps": len(curve) - 1}
 
@@ -353,9 +357,9 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
                 batch = to_device(next(retain_iter), device)
                 if align_fn is not None:
                     batch = {**batch, "images": align_fn(batch["images"])}
-                distill = to_device(next(distill_iter), device) if distill_iter is not None else None
+                extra = {"distill_batch": to_device(next(distill_iter), device)} if distill_iter is not None else {}
                 loss, logs = remind_loss(model, original, batch, kd_weight=kd_weight, kd_temperature=kd_temperature,
-                                         distill_batch=distill)
+                                         **extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
