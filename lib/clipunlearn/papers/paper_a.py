@@ -23,7 +23,7 @@ from ..scores import score_components, unlearning_score
 
 __all__ = ["PAPER_A_BASELINES", "MINI_STYLE_ABLATIONS", "OTHER_STYLE_KEYS", "PAPER_A_COLUMNS", "PAPER_A_TRANSFER",
            "PAPER_A_METHODS", "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets",
-           "other_all_styles", "style_seed_table", "stage_effects",
+           "other_all_styles", "with_other_all", "style_seed_table", "stage_effects",
            "run_subgroup_benchmark", "run_three_stage_ablation", "paper_a_table"]
 
 
@@ -204,7 +204,7 @@ def other_all_styles(metrics: dict) -> float | None:
     values = [metrics.get(k) for k in OTHER_STYLE_KEYS]
     return None if any(v is None for v in values) else sum(values) / len(values)
 
-def _with_other_all(records: Sequence[dict]) -> list[dict]:
+def with_other_all(records: Sequence[dict]) -> list[dict]:
     """``records`` with ``other_all_acc`` (:func:`other_all_styles`) added to the metrics of the style task's."""
     out = []
     for r in records:
@@ -219,7 +219,7 @@ def style_seed_table(records: Sequence[dict], *, methods: Sequence[str] = ("orig
     the chosen ``alpha`` and ``restored``: ``"no (alpha 1)"`` where restoring fell back to the unlearned model
     (``", no alpha forgot enough"`` when no alpha met the forget bar on the calibration images), else ``"yes"``."""
     rows = []
-    for r in _with_other_all([r for r in records if r.get("task") == task and r["method"] in methods]):
+    for r in with_other_all([r for r in records if r.get("task") == task and r["method"] in methods]):
         m = r["metrics"]
         alpha = m.get("alpha")
         restored = None if alpha is None else ("yes" if alpha < 1 else "no (alpha 1)" + (
@@ -255,7 +255,7 @@ def paper_a_targets(records: list[dict]) -> dict[str, bool]:
     bars = {"forget-subgroup": (0.05, {"sibling_acc": 0.03, "retain_acc": 0.03}),
             "forget-style-subgroup": (0.10, {"sibling_acc": 0.05, "other_all_acc": 0.05})}
     out = {}
-    records = _with_other_all(records)
+    records = with_other_all(records)
     for task, (forget_bar, keep) in bars.items():
         if not any(r.get("task") == task and r["method"] == "three_stage" for r in records):
             continue
