@@ -133,26 +133,29 @@ def test_defaults_are_the_documented_settings_in_config_and_in_the_stage_calls(t
     fakes = Fakes(monkeypatch)
     forget, retain = batches(tokenizer, n_batches=2, seed=1), batches(tokenizer, n_batches=2, seed=2, label=1)
     result = three_stage.three_stage_unlearn(model, forget_loader=forget, retain_loader=retain, calib_fn=calib)
-    # defaults: two layers by relative Fisher on two batches, LoRA rank 4, margin -0.2, retain_weight 0 (the
-    # project's choice: retention is left to reminding), 8/255 pixel bound, the 11-point alpha grid, 5 % forget bar
+    # defaults: two layers by relative Fisher on two batches, LoRA rank 4, paper A's per-sample condition at
+    # delta = margin = 0, retain_weight 0 (the project's choice: retention is left to reminding), per-image
+    # alignment within an 8/255 pixel bound, the 11-point alpha grid, 5 % forget bar
     assert result.config == {
         "n_layers": 2, "layer_choice": "fisher", "encoders": ["image", "text"], "fisher_batches": 2, "align": True,
         "distill": True, "use_lora": True, "soup": True,
         "alphas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], "max_forget": 0.05,
         "forget_key": "forget_acc", "retain_key": "retain_acc", "rank": 4, "lora_alpha": None, "forget_lr": 1e-3,
-        "forget_steps": 100, "margin": -0.2, "retain_weight": 0.0, "align_eps": 8 / 255, "align_steps": 3,
-        "align_lr": 2 / 255, "remind_lr": 3e-3, "remind_steps": 30, "kd_weight": 1.0, "kd_temperature": 1.0,
+        "forget_steps": 100, "margin": 0.0, "forget_criterion": "per_sample", "retain_weight": 0.0,
+        "align_eps": 8 / 255, "align_steps": 3, "align_lr": 2 / 255, "align_per_sample": True, "align_tol": 0.0,
+        "align_patience": 3, "remind_lr": 3e-3, "remind_steps": 30, "kd_weight": 1.0, "kd_temperature": 1.0,
         "ema_decay": 0.9, "seed": 0}
     layers_ = ["transformer.resblocks.1.mlp.c_proj", "visual.attnpool.c_proj"]
     assert result.layers == layers_
     assert [len(f) for f, r, _ in fakes.fisher] == [2] and [len(r) for f, r, _ in fakes.fisher] == [2]
-    assert fakes.forget == [dict(forget_loader=forget, retain_loader=retain, layers=layers_, margin=-0.2, lr=1e-3,
-                                 max_steps=100, use_lora=True, rank=4, lora_alpha=None, retain_weight=0.0, device="cpu",
-                                 progress=False)]
+    assert fakes.forget == [dict(forget_loader=forget, retain_loader=retain, layers=layers_, margin=0.0, lr=1e-3,
+                                 max_steps=100, use_lora=True, rank=4, lora_alpha=None, retain_weight=0.0,
+                                 criterion="per_sample", device="cpu", progress=False)]
     assert fakes.remind == [dict(original=ANY, retain_loader=retain, layers=layers_, lr=3e-3, steps=30, kd_weight=1.0,
                                  kd_temperature=1.0, ema_decay=0.9, use_lora=True, rank=4, lora_alpha=None,
-                                 align_fn=ANY, device="cpu", progress=False)]
-    assert [kw for _, _, kw in fakes.align] == [dict(eps=8 / 255, steps=3, lr=2 / 255, device="cpu")] * 2
+                                 align_fn=ANY, distill_loader=None, device="cpu", progress=False)]
+    assert [kw for _, _, kw in fakes.align] == [dict(eps=8 / 255, steps=3, lr=2 / 255, per_sample=True, tol=0.0,
+                                                     patience=3, device="cpu")] * 2
     assert [{k: v for k, v in kw.items() if not k.endswith("_state")} for kw in fakes.restore] == [
         dict(calib_fn=calib, alphas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), max_forget=0.05,
              forget_key="forget_acc", retain_key="retain_acc")]
@@ -169,7 +172,8 @@ def test_every_setting_is_passed_on_to_the_stages(tiny_resnet_clip, monkeypatch)
         model, original=original, forget_loader=forget, retain_loader=retain, calib_fn=calib_fn, n_layers=2,
         encoders=("text",), fisher_batches=3, use_lora=False, alphas=(0.25, 1.0), max_forget=0.2, forget_key="f",
         retain_key=("r",), rank=3, lora_alpha=6.0, forget_lr=0.02, forget_steps=5, margin=-0.3, retain_weight=0.5,
-        align_eps=0.03, align_steps=4, align_lr=0.01, remind_lr=0.04, remind_steps=6, kd_weight=0.7,
+        forget_criterion="mean", align_eps=0.03, align_steps=4, align_lr=0.01, align_per_sample=False, align_tol=0.2,
+        align_patience=7, distill_loader=retain[:1], remind_lr=0.04, remind_steps=6, kd_weight=0.7,
         kd_temperature=2.0, ema_decay=0.5, device="cpu", seed=5, progress=True)
     [(f_batches, r_batches, fisher_kwargs)] = fakes.fisher
     assert [b["images"] for b in f_batches] == [forget[0]["images"], forget[1]["images"], forget[0]["images"]]
@@ -179,17 +183,19 @@ def test_every_setting_is_passed_on_to_the_stages(tiny_resnet_clip, monkeypatch)
     layers_ = ["transformer.resblocks.1.mlp.c_proj", "transformer.resblocks.0.mlp.c_fc"]
     assert result.layers == layers_ and result.layer_scores == SCORES
     assert fakes.forget == [dict(forget_loader=forget, retain_loader=retain, layers=layers_, margin=-0.3, lr=0.02,
-                                 max_steps=5, use_lora=False, rank=3, lora_alpha=6.0, retain_weight=0.5, device="cpu",
-                                 progress=True)]
+                                 max_steps=5, use_lora=False, rank=3, lora_alpha=6.0, retain_weight=0.5,
+                                 criterion="mean", device="cpu", progress=True)]
     [remind] = fakes.remind
     assert remind["original"] is original and callable(remind["align_fn"])
     assert remind == dict(original=original, retain_loader=retain, layers=layers_, lr=0.04, steps=6, kd_weight=0.7,
                           kd_temperature=2.0, ema_decay=0.5, use_lora=False, rank=3, lora_alpha=6.0,
-                          align_fn=remind["align_fn"], device="cpu", progress=True)
+                          align_fn=remind["align_fn"], distill_loader=retain[:1], device="cpu", progress=True)
     assert [m is original for m, _, _ in fakes.align] == [True, True]  # aligned on the original model
     assert [torch.equal(images, b["images"]) for (_, images, _), b in zip(fakes.align, retain)] == [True, True]
-    assert [kw for _, _, kw in fakes.align] == [dict(eps=0.03, steps=4, lr=0.01, device="cpu")] * 2
-    assert result.alignment == {"loss_before": 3.0, "loss_after": 1.0, "batches": 2}
+    assert [kw for _, _, kw in fakes.align] == [dict(eps=0.03, steps=4, lr=0.01, per_sample=False, tol=0.2,
+                                                     patience=7, device="cpu")] * 2
+    assert {k: result.alignment[k] for k in ("loss_before", "loss_after", "batches")} == {
+        "loss_before": 3.0, "loss_after": 1.0, "batches": 2}
     [restore] = fakes.restore
     assert {k: v for k, v in restore.items() if not k.endswith("_state")} == dict(
         calib_fn=calib_fn, alphas=(0.25, 1.0), max_forget=0.2, forget_key="f", retain_key=("r",))
@@ -381,7 +387,9 @@ def test_align_images_steps_by_lr_over_std(tiny_resnet_clip, monkeypatch):
     std = torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1)
     # one Adam step moves delta by lr against the gradient's sign (pixel units), i.e. by lr / std in model space
     torch.testing.assert_close(aligned, images - 0.1 * signs / std, rtol=0, atol=1e-7)
-    assert logs == {"loss_before": float((signs * images).sum()), "loss_after": float((signs * aligned).sum())}
+    assert logs == {"loss_before": float((signs * images).sum()), "loss_after": float((signs * aligned).sum()),
+                    "curve": [logs["loss_before"], *logs["curve"][1:-1], logs["loss_after"]],
+                    "steps": len(logs["curve"]) - 1}
 
 
 def test_align_images_clamps_delta_to_eps_in_pixel_units_and_images_to_the_valid_range(tiny_resnet_clip, monkeypatch):
@@ -410,7 +418,9 @@ def test_align_images_loss_before_is_the_loss_at_delta_zero(tiny_resnet_clip, mo
     seen = linear_loss(monkeypatch, signs)
     aligned, logs = three_stage.align_images(tiny_resnet_clip.model, images, eps=0.1, steps=3, lr=0.01)
     assert torch.equal(seen[0], images) and len(seen) == 4
-    assert logs == {"loss_before": float((signs * images).sum()), "loss_after": float((signs * aligned).sum())}
+    assert logs == {"loss_before": float((signs * images).sum()), "loss_after": float((signs * aligned).sum()),
+                    "curve": [logs["loss_before"], *logs["curve"][1:-1], logs["loss_after"]],
+                    "steps": len(logs["curve"]) - 1}
     assert logs["loss_after"] < logs["loss_before"]
 
 
@@ -419,7 +429,8 @@ def test_align_images_with_no_steps_returns_the_images_and_one_loss(tiny_resnet_
     linear_loss(monkeypatch, signs)
     aligned, logs = three_stage.align_images(tiny_resnet_clip.model, images, steps=0)
     loss = float((signs * images).sum())
-    assert torch.equal(aligned, images) and logs == {"loss_before": loss, "loss_after": loss}
+    assert torch.equal(aligned, images) and logs == {"loss_before": loss, "loss_after": loss, "curve": [loss],
+                                                     "steps": 0}
 
 
 # --------------------------------------------------------------------------- #

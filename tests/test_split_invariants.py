@@ -56,7 +56,7 @@ CIFAR_HIERARCHY = {"vehicle": ("airplane", "automobile", "ship", "truck"), "pet"
 PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
 PACS_HIERARCHY = {"animal": ("dog", "elephant", "giraffe", "horse"), "object": ("guitar", "house"),
                   "person": ("person",)}
-SETS = ("forget_train", "forget_val", "retain_train", "retain_val", "val_sibling")
+SETS = ("forget_train", "forget_val", "retain_train", "retain_val", "val_sibling", "val_other")
 
 
 # --------------------------------------------------------------------------- #
@@ -188,6 +188,10 @@ def pools(task, hierarchy):
             out["sibling"] = where(ds, lambda c, s: c in siblings and is_(main, s))
         elif kind == "forget-style-subgroup":
             out["sibling"] = where(ds, lambda c, s: c in forget and s != fs)
+            # paper A's retain set "similar to D_f": the other classes in the forget style; validation of the
+            # other classes in the non-photo styles
+            out["style_other"] = where(ds, lambda c, s: c not in forget and s == fs)
+            out["other_val"] = where(ds, lambda c, s: c not in forget and s != main)
         if styled(ds):
             out["other"] = where(ds, lambda c, s: c not in forget | siblings and s != main)
             if kind == "forget-class":
@@ -228,7 +232,20 @@ def check_task(task, *, hierarchy=None, val_fraction=0.1, retain_per_class=300, 
 
     # training pairs and validation images: the right classes and styles ...
     assert got["forget_train"] <= tr["forget"] and got["forget_val"] <= tr["forget"]
-    assert got["retain_train"] <= tr["retain"] | tr["sibling"]  # siblings are kept: trained on as retain pairs
+    style_other = tr.get("style_other", set())
+    # siblings are kept: trained on as retain pairs (a style subgroup's also the other classes in its style)
+    assert got["retain_train"] <= tr["retain"] | tr["sibling"] | style_other
+    if task.kind == "forget-style-subgroup":
+        assert got["val_other"] <= tr["other_val"]
+        parts = {k: as_set(v) for k, v in task.retain_parts.items()}
+        assert set().union(*parts.values()) == got["retain_train"]
+        assert parts["sibling"] <= tr["sibling"] and parts["style"] <= style_other
+        assert parts["photo"] <= tr["retain"]
+        n_classes = len(per_class(train, parts["style"]))
+        if n_classes:  # as many as the siblings, spread over the classes (each capped at the even share)
+            assert max(per_class(train, parts["style"]).values()) <= -(-len(parts["sibling"]) // n_classes)
+    else:
+        assert task.val_other is None and task.retain_parts == {}
     assert got["retain_val"] <= tr["retain"]
     if task.kind == "forget-class":
         assert task.val_sibling is None
@@ -259,6 +276,9 @@ def check_task(task, *, hierarchy=None, val_fraction=0.1, retain_per_class=300, 
         styles_tolerance = len(train.stylenames) if task.kind == "forget-style-subgroup" else 0.5
         assert within(len(got["retain_train"] & tr["sibling"]), (1 - val_fraction) * len(tr["sibling"]),
                       styles_tolerance)
+    elif task.kind == "forget-style-subgroup":  # siblings: the cap in each kept style
+        assert max(per_class(train, got["retain_train"] & tr["retain"]).values(), default=0) <= retain_per_class
+        assert max(per_style(train, got["retain_train"] & tr["sibling"]).values(), default=0) <= retain_per_class
     else:
         assert max(per_class(train, got["retain_train"]).values(), default=0) <= retain_per_class
     assert max(per_class(train, got["retain_val"]).values(), default=0) <= val_per_class
@@ -268,7 +288,9 @@ def check_task(task, *, hierarchy=None, val_fraction=0.1, retain_per_class=300, 
         assert max(per_style(train, got["val_sibling"]).values(), default=0) <= val_per_class
     if retain_per_class is None and forget_limit is None and val_per_class >= len(train):  # nothing capped
         assert got["forget_train"] | got["forget_val"] == tr["forget"]
-        assert got["retain_train"] | got["retain_val"] | (got["val_sibling"] or set()) == tr["retain"] | tr["sibling"]
+        kept = got["retain_train"] | got["retain_val"] | (got["val_sibling"] or set())
+        assert kept & (tr["retain"] | tr["sibling"]) == tr["retain"] | tr["sibling"]
+        assert kept - (tr["retain"] | tr["sibling"]) <= style_other
 
     # test subsets: exactly the expected ones, from the test split, the right images, disjoint
     assert task.test is not task.train and set(task.eval_sets) == set(ev)
@@ -364,8 +386,11 @@ def test_calibration_images_are_capped_validation_images(case, per_class_cap, se
     task, hierarchy = build(world, kind=kind, target=target, **kwargs)
     split = experiment.calibration_split(task, per_class=per_class_cap, seed=seed)
     has_siblings = task.val_sibling is not None and len(task.val_sibling) > 0
-    assert set(split) == {"forget", "retain"} | ({"sibling"} if has_siblings else set())
-    source = {"forget": task.forget_val, "retain": task.retain_val, "sibling": task.val_sibling}
+    has_other = task.val_other is not None and len(task.val_other) > 0
+    assert set(split) == {"forget", "retain"} | ({"sibling"} if has_siblings else set()) | (
+        {"other"} if has_other else set())
+    source = {"forget": task.forget_val, "retain": task.retain_val, "sibling": task.val_sibling,
+              "other": task.val_other}
     train = task.train
     for name, idx in split.items():
         got, val = as_set(idx), as_set(source[name])
@@ -435,7 +460,10 @@ def test_siblings_and_other_styles_hold_what_they_should():
                                                        for s in ("sketch", "negative")}
     assert content(train, style.forget_train) == {("sneaker", "sketch")}
     assert content(train, style.retain_train) == ({(n, "photo") for n in FMNIST if n != "sneaker"}
-                                                  | {("sneaker", "photo"), ("sneaker", "negative")})
+                                                  | {("sneaker", "photo"), ("sneaker", "negative")}
+                                                  | {(n, "sketch") for n in FMNIST if n != "sneaker"})
+    assert content(train, style.retain_parts["style"]) == {(n, "sketch") for n in FMNIST if n != "sneaker"}
+    assert content(train, style.val_other) == {(n, s) for n in FMNIST if n != "sneaker" for s in ("sketch", "negative")}
 
     cls, _ = build("fmnist", kind="forget-class", target="sneaker", seed=0)
     assert content(test, cls.eval_sets["other_forget"]) == {("sneaker", "sketch"), ("sneaker", "negative")}

@@ -108,7 +108,8 @@ def validate_model(model, task: Task, *, tokenizer, device="cpu", forget_data=No
 
     ``forget_data``: ``(dataset, indices)`` to score forgetting on instead of the real
     forget validation images (a data-free method passes held-out synthetic images).
-    For subgroup tasks ``val_retain_acc`` averages the sibling and retain accuracies.
+    For subgroup tasks ``val_retain_acc`` averages the sibling and retain accuracies (a style subgroup's also
+    the other classes' other styles, ``val_other_acc``).
     """
     model.eval()
     clf = metrics.build_classifier(model, tokenizer, task.classnames, task.templates, device=device)
@@ -118,14 +119,19 @@ def validate_model(model, task: Task, *, tokenizer, device="cpu", forget_data=No
     if task.val_sibling is not None and len(task.val_sibling):
         sibling = metrics.accuracy(model, clf, task.train, indices=task.val_sibling, device=device)
         out["val_sibling_acc"] = sibling
-        retain = (retain + sibling) / 2
+        kept = [retain, sibling]
+        if task.val_other is not None and len(task.val_other):  # a style subgroup: the other classes' other styles
+            out["val_other_acc"] = metrics.accuracy(model, clf, task.train, indices=task.val_other, device=device)
+            kept.append(out["val_other_acc"])
+        retain = sum(kept) / len(kept)
     out["val_retain_acc"] = retain
     out["score"] = selection_score(out)
     return out
 
 
 def calibration_fn(task: Task, *, tokenizer, per_class: int = 30, device="cpu") -> Callable[[object], dict]:
-    """Return ``calib(model) -> {"forget_acc", "sibling_acc", "retain_acc"}`` on :func:`calibration_split`."""
+    """Return ``calib(model) -> {"forget_acc", "sibling_acc", "retain_acc"[, "other_acc"]}`` on
+    :func:`calibration_split`."""
     split = calibration_split(task, per_class=per_class)
 
     @torch.no_grad()

@@ -55,6 +55,14 @@ class Task:
     #: training images scored like the test subsets, ``{"forget", "retain"}`` indices into ``train`` (empty: none);
     #: reported as ``forget_train_acc`` / ``retain_train_acc`` (paper C's Df / Dr may be measured on them).
     train_eval_sets: dict = field(default_factory=dict, repr=False)
+    #: a style subgroup's retain pairs by role, indices into ``train`` (empty for other kinds): ``sibling`` (the
+    #: class in its other styles), ``style`` (the other classes in the forget style, as many as the siblings)
+    #: and ``photo`` (the other classes' photos); ``retain_train`` is their union.
+    retain_parts: dict = field(default_factory=dict, repr=False)
+    #: the caption template(s) of the forget pairs (empty: ``templates``); a style subgroup's names the subgroup.
+    forget_templates: tuple = ()
+    #: validation images of the other classes in the other styles (a style subgroup's; None for other kinds).
+    val_other: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def forget_name(self) -> str:
@@ -67,6 +75,9 @@ class Task:
                                                   "member_idx")}
         if self.val_sibling is not None:
             out["val_sibling"] = len(self.val_sibling)
+        if self.val_other is not None:
+            out["val_other"] = len(self.val_other)
+        out.update({f"retain_{k}": len(v) for k, v in self.retain_parts.items()})
         out.update({f"test_{k}": len(v) for k, v in self.eval_sets.items()})
         return out
 
@@ -160,7 +171,8 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     if retain_per_class is not None:
         retain_train = _cap_per_class(train, retain_train, retain_per_class, seed)
     retain_val = _cap_per_class(train, retain_val, val_per_class, seed)
-    val_sibling = None
+    val_sibling = val_other = None
+    parts, forget_templates = {}, ()
     if kind == "forget-subgroup":
         sib_all = _pick(train, classes=siblings, styles=photo)
         sib_train, val_sibling = split(sib_all)
@@ -171,9 +183,13 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
         keep_styles = [s for s in range(len(stylenames)) if s not in forget_style]
         sib_all = _pick(train, classes=classes, styles=keep_styles)
         sib_train, val_sibling = _split_like(train, sib_all, forget_pool, forget_val, split)
-        retain_train = torch.cat([retain_train, _cap_per_class(train, sib_train, retain_per_class, seed)])
         sib_styles = torch.as_tensor(train.styles)[val_sibling]  # val_per_class of each kept style
         val_sibling = torch.cat([val_sibling[sib_styles == s][:val_per_class] for s in keep_styles])
+        parts, val_other = _style_retain(train, classes, forget_style, sib_train, retain_train, retain_val,
+                                         keep_styles=keep_styles, per_class=retain_per_class,
+                                         val_per_class=val_per_class, seed=seed, split=split)
+        retain_train = torch.cat(list(parts.values()))
+        forget_templates = _style_templates(templates, style)
     retain_train = retain_train.sort().values
 
     # fixed test subsets (seed 0 for every seed)
@@ -201,7 +217,38 @@ def build_task(train, test, *, kind: str = "forget-class", target: str, seed: in
     return Task(kind=kind, target=target, seed=seed, train=train, test=test, classnames=list(train.classnames),
                 templates=tuple(templates), forget_classes=classes, forget_train=forget_train,
                 retain_train=retain_train, forget_val=forget_val, retain_val=retain_val, eval_sets=evals,
-                member_idx=members.sort().values, val_sibling=val_sibling, train_eval_sets=train_evals)
+                member_idx=members.sort().values, val_sibling=val_sibling, train_eval_sets=train_evals,
+                retain_parts=parts, forget_templates=forget_templates, val_other=val_other)
+
+
+def _style_retain(train, classes, forget_style, sib_train, photo_train, photo_val, *, keep_styles, per_class,
+                  val_per_class, seed, split) -> tuple[dict, torch.Tensor]:
+    """Return a style subgroup's retain parts ``{"sibling", "style", "photo"}`` and its ``val_other`` images.
+
+    Paper A's retain set is "similar to D_f": the class in its other styles (``per_class`` of each kept style)
+    and the other classes in the forget style, as many in all as the siblings, spread evenly over the classes.
+    The other classes' photos (``photo_train``) stay a part of their own. ``val_other``: other classes in the
+    non-photo styles, split from the training pool like the rest, ``val_per_class`` per class and style.
+    """
+    styles = torch.as_tensor(train.styles)
+    non_photo = list(range(1, len(train.stylenames)))
+    sibling = torch.cat([_cap_per_class(train, sib_train[styles[sib_train] == s], per_class, seed)
+                         for s in keep_styles])
+    pool_train, pool_val = _split_like(train, _pick(train, exclude=classes, styles=non_photo), photo_train, photo_val,
+                                       split)  # no rendering of a photo validation image among the training pairs
+    in_style = pool_train[torch.isin(styles[pool_train], torch.as_tensor(forget_style))]
+    n_classes = len(torch.as_tensor(train.targets)[in_style].unique())
+    style_part = _cap_per_class(train, in_style, -(-len(sibling) // max(n_classes, 1)), seed)
+    val_other = torch.cat([_cap_per_class(train, pool_val[styles[pool_val] == s], val_per_class, seed)
+                           for s in non_photo])
+    return {"sibling": sibling.sort().values, "style": style_part, "photo": photo_train}, val_other.sort().values
+
+
+def _style_templates(templates: Sequence, style: str) -> tuple:
+    """Return the one template naming ``style`` (``"a sketch of a {}."``), else all ``templates``."""
+    word = data.STYLE_WORDS.get(style, style)
+    named = [t for t in templates if isinstance(t, str) and f" {word} of" in t]
+    return tuple(named[:1]) or tuple(templates)
 
 
 def _split_like(dataset, idx: torch.Tensor, train_part: torch.Tensor, val_part: torch.Tensor, split):
@@ -257,6 +304,8 @@ def calibration_split(task: Task, *, per_class: int = 30, seed: int | None = Non
     parts = {"forget": task.forget_val, "retain": task.retain_val}
     if task.val_sibling is not None and len(task.val_sibling):
         parts["sibling"] = task.val_sibling
+    if task.val_other is not None and len(task.val_other):
+        parts["other"] = task.val_other
     return {k: _cap_per_class(task.train, v, per_class, seed) for k, v in parts.items()}
 
 

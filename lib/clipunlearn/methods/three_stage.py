@@ -27,7 +27,6 @@ Notebook 30's settings per profile, tasks and drivers: :mod:`clipunlearn.papers.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import math
 import time
@@ -44,7 +43,7 @@ from ..harness import Task, calibration_fn, evaluate_model, pick_examples, summa
 from ..registry import register_label, register_procedure
 from ..unlearning import _cycle, make_pair_loader
 from .three_stage_stages import (_layer_tensors, _read_tensor, align_images, batchnorm_layers, candidate_layers,
-                                 choose_layers, forget_stage, remind_stage, restore_stage)
+                                 choose_layers, content_key, forget_stage, mean_curve, remind_stage, restore_stage)
 
 
 #: Paper A's ablations: method name -> switches of ``three_stage.three_stage_unlearn`` (variant = name after "-").
@@ -74,27 +73,6 @@ __all__ = [
     "restore_stage",
 ]
 
-def content_key(*parts) -> str:
-    """Return a SHA-1 of tensors (shape, dtype and bytes) and plain values: a cache key for data-only results.
-
-    Every piece enters with its length in front, so that no two different sequences of parts hash the
-    same bytes (without it ``content_key(0.5, 11) == content_key(0.51, 1)``).
-    """
-    h = hashlib.sha1()
-
-    def add(data: bytes) -> None:
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-
-    for part in parts:
-        if torch.is_tensor(part):
-            t = part.detach().cpu().contiguous()
-            add(f"tensor{tuple(t.shape)}{t.dtype}".encode())
-            add(t.view(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            add(repr(part).encode())
-    return h.hexdigest()
-
 # --------------------------------------------------------------------------- #
 # The whole method
 # --------------------------------------------------------------------------- #
@@ -109,6 +87,7 @@ class ThreeStageResult:
     remind: dict = field(default_factory=dict)  # remind_stage's report ({"skipped": ...} with remind_steps=0)
     alpha_curve: list = field(default_factory=list)  # [{"alpha", **calib_fn(model)}]
     alpha: float = 1.0  # weight of the unlearned model in the final soup
+    fallback: bool = False  # no alpha forgot enough on the calibration set: the one forgetting most was kept
     metrics: dict = field(default_factory=dict)  # calib_fn of the final model (empty without calib_fn)
     stages: dict = field(default_factory=dict)  # stage_fn after each stage: {"forget", "remind", "restore"}
     reused: list = field(default_factory=list)  # what came from the cache: "fisher", "forget", "align", "remind"
@@ -139,11 +118,15 @@ class ThreeStageSettings:
     lora_alpha: float | None = None
     forget_lr: float = 1e-3
     forget_steps: int = 100
-    margin: float = -0.2
+    margin: float = 0.0
+    forget_criterion: str = "per_sample"
     retain_weight: float = 0.0
     align_eps: float = 8 / 255
     align_steps: int = 3
     align_lr: float = 2 / 255
+    align_per_sample: bool = True
+    align_tol: float = 0.0
+    align_patience: int = 3
     remind_lr: float = 3e-3
     remind_steps: int = 30
     kd_weight: float = 1.0
@@ -166,7 +149,7 @@ class ThreeStageSettings:
 
 
 def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None, *, original=None, forget_loader,
-                        retain_loader, calib_fn: Callable[[torch.nn.Module], dict] | None = None,
+                        retain_loader, distill_loader=None, calib_fn: Callable[[torch.nn.Module], dict] | None = None,
                         stage_fn: Callable[[str, torch.nn.Module], dict] | None = None, cache: dict | None = None,
                         device="cpu", progress: bool = False, **changes) -> ThreeStageResult:
     """Unlearn a subgroup with paper A's three stages, in place; return a :class:`ThreeStageResult`.
@@ -180,12 +163,16 @@ def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None
       Fisher on ``fisher_batches`` forget and retain batches and keeps the top
       ``n_layers``; ``"all"`` tunes every candidate, ``"random"`` ``n_layers`` at random
       (the "without relative Fisher" ablations).
-    * forgetting: :func:`forget_stage` (``forget_lr``, ``forget_steps``, ``margin``,
+    * forgetting: :func:`forget_stage` (``forget_lr``, ``forget_steps``, ``margin`` (the threshold delta),
+      ``forget_criterion`` (``"per_sample"``: every pair below delta, paper A's; ``"mean"``),
       ``retain_weight``, ``use_lora``, ``rank``, ``lora_alpha``).
     * reminding: :func:`remind_stage` on the same layers for ``remind_steps`` retain
       batches (``remind_lr``, ``kd_weight``, ``kd_temperature``, ``ema_decay``); with
       ``align`` each batch is first aligned by :func:`align_images` on the original
-      model (``align_eps``, ``align_steps``, ``align_lr``); an image tower without
+      model (``align_eps``, ``align_steps`` at most, ``align_lr``, ``align_per_sample``: each image's own
+      statistics as in the paper's notation, ``align_tol`` / ``align_patience``: stop once converged; the
+      report keeps the mean loss curve over batches); ``distill_loader`` (optional) holds the batches
+      distillation runs on; an image tower without
       BatchNorm (ViT) skips alignment and says so in ``result.alignment["skipped"]``
       (project's choice). ``distill=False`` sets ``kd_weight=0``.
     * restoring: with ``soup``, :func:`restore_stage` over ``alphas`` with ``calib_fn``
@@ -247,13 +234,13 @@ def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None
     tuned = _layer_tensors(model, result.layers)
     forget_cache_key = ("forget", loader_key(forget_loader), loader_key(retain_loader) if s.retain_weight else None,
                         content_key(result.layers, s.margin, s.forget_lr, s.forget_steps, s.use_lora, s.rank,
-                                    s.lora_alpha, s.retain_weight, s.seed))
+                                    s.lora_alpha, s.retain_weight, s.seed, s.forget_criterion))
 
     def run_forget():
         report_ = forget_stage(model, forget_loader=forget_loader, retain_loader=retain_loader, layers=result.layers,
                                margin=s.margin, lr=s.forget_lr, max_steps=s.forget_steps, use_lora=s.use_lora,
-                               rank=s.rank, lora_alpha=s.lora_alpha, retain_weight=s.retain_weight, device=device,
-                               progress=progress)
+                               rank=s.rank, lora_alpha=s.lora_alpha, retain_weight=s.retain_weight,
+                               criterion=s.forget_criterion, device=device, progress=progress)
         return report_, {k: _read_tensor(model, k).detach().to("cpu", copy=True) for k in tuned}
 
     result.forget, weights = _cached(cache, forget_cache_key, result, "forget", run_forget)
@@ -274,30 +261,36 @@ def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None
 
         def align_fn(images):
             t0 = time.perf_counter()
-            key = ("align", content_key(images, s.align_eps, s.align_steps, s.align_lr))
+            key = ("align", content_key(images, s.align_eps, s.align_steps, s.align_lr, s.align_per_sample,
+                                        s.align_tol, s.align_patience))
             aligned, logs = _cached(cache, key, result, "align", lambda: _on_cpu(align_images(
-                original, images, eps=s.align_eps, steps=s.align_steps, lr=s.align_lr, device=device)))
+                original, images, eps=s.align_eps, steps=s.align_steps, lr=s.align_lr, per_sample=s.align_per_sample,
+                tol=s.align_tol, patience=s.align_patience, device=device)))
             align_logs.append(logs)
             seconds["align"] += time.perf_counter() - t0
             return aligned.to(device)
     t = time.perf_counter()
     kd = s.kd_weight if s.distill else 0.0
     remind_cache_key = ("remind", forget_cache_key, loader_key(retain_loader),
+                        loader_key(distill_loader) if distill_loader is not None else None,
                         content_key(s.remind_lr, s.remind_steps, kd, s.kd_temperature, s.ema_decay, s.use_lora, s.rank,
-                                    s.lora_alpha, align_fn is not None, s.align_eps, s.align_steps, s.align_lr, s.seed))
+                                    s.lora_alpha, align_fn is not None, s.align_eps, s.align_steps, s.align_lr, s.seed,
+                                    s.align_per_sample, s.align_tol, s.align_patience))
 
     def run_remind():
         if s.remind_steps > 0:
             report_ = remind_stage(model, original=original, retain_loader=retain_loader, layers=result.layers,
                                    lr=s.remind_lr, steps=s.remind_steps, kd_weight=kd, kd_temperature=s.kd_temperature,
                                    ema_decay=s.ema_decay, use_lora=s.use_lora, rank=s.rank, lora_alpha=s.lora_alpha,
-                                   align_fn=align_fn, device=device, progress=progress)
+                                   align_fn=align_fn, distill_loader=distill_loader, device=device,
+                                   progress=progress)
         else:
             report_ = {"skipped": "remind_steps=0"}
         if align_logs:
             aligned = {"loss_before": sum(a["loss_before"] for a in align_logs) / len(align_logs),
                        "loss_after": sum(a["loss_after"] for a in align_logs) / len(align_logs),
-                       "batches": len(align_logs)}
+                       "batches": len(align_logs), "curve": mean_curve([a.get("curve", []) for a in align_logs]),
+                       "steps": [a.get("steps") for a in align_logs]}
         else:
             aligned = alignment or {"skipped": "no retain batches were reminded (remind_steps=0)"}
         return report_, aligned, {k: _read_tensor(model, k).detach().to("cpu", copy=True) for k in tuned}
@@ -316,6 +309,7 @@ def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None
                                  retain_key=s.retain_key)
         result.alpha, result.alpha_curve, result.metrics = restored["alpha"], restored["alpha_curve"], \
             restored["metrics"]
+        result.fallback = bool(restored.get("fallback", False))
     elif calib_fn is not None:
         result.metrics = {"alpha": 1.0, **calib_fn(model)}
     seconds["restore"] = time.perf_counter() - t
@@ -373,8 +367,11 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
                     seed: int | None = None, progress: bool = False, config: dict | None = None):
     """Run paper A's three stages on a fresh copy of ``model`` for ``task``; return ``(model, record)``.
 
-    Forget / retain pairs: ``unlearning.make_pair_loader`` over ``task.forget_train`` /
-    ``task.retain_train`` (siblings included) with ``task.templates``, ``batch_size``.
+    Forget / retain pairs: ``unlearning.make_pair_loader`` over ``task.forget_train`` (captions from
+    ``task.forget_templates``, else ``task.templates``) / ``task.retain_train`` (siblings included) with
+    ``task.templates``, ``batch_size``; a task with ``retain_parts`` (a style subgroup) scores layers and
+    reminds on its siblings and forget-style images and distils on its photos. Alpha's calibration adds the
+    other classes' other styles when the task has them (``val_other``).
     ``lr`` is the forgetting stage's learning rate (what the grid searches); ``settings``:
     other keyword arguments of ``three_stage_unlearn`` (the ablation switches
     among them). Alpha is chosen on :func:`calibration_fn` (validation images, largest
@@ -399,8 +396,8 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
         raise ValueError("give the forgetting stage's learning rate as lr=, not settings['forget_lr']")
     seed = task.seed if seed is None else seed
 
-    def pairs(idx, shift):
-        return make_pair_loader(task.train, tokenizer=tokenizer, templates=task.templates, indices=idx,
+    def pairs(idx, shift, templates=task.templates):
+        return make_pair_loader(task.train, tokenizer=tokenizer, templates=templates, indices=idx,
                                 batch_size=batch_size, seed=task.seed * 7 + shift, device=device)
 
     def predict(m) -> list[int]:
@@ -426,15 +423,25 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
 
     calib = calibration_fn(task, tokenizer=tokenizer, per_class=calib_per_class, device=device)
     has_siblings = task.val_sibling is not None and len(task.val_sibling) > 0  # as calibration_split
+    kept = ("sibling_acc", "retain_acc") if has_siblings else ("retain_acc",)
+    if task.val_other is not None and len(task.val_other):
+        kept += ("other_acc",)
+    parts = task.retain_parts
+    if parts:  # a style subgroup: remind on the siblings and the forget style, distil on the other photos
+        retain_loader = pairs(torch.cat([parts["sibling"], parts["style"]]).sort().values, 1)
+        distill_loader = pairs(parts["photo"], 2)
+    else:
+        retain_loader, distill_loader = pairs(task.retain_train, 1), None
     unlearned = copy.deepcopy(model)
     original = copy_frozen(model)
     with metrics.measure_run(device=device) as cost:
         result = three_stage_unlearn(
             unlearned, ThreeStageSettings.build(
                 settings, forget_key="forget_acc", forget_lr=lr, seed=seed,
-                retain_key=("sibling_acc", "retain_acc") if has_siblings else "retain_acc"),
-            original=original, forget_loader=pairs(task.forget_train, 0), retain_loader=pairs(task.retain_train, 1),
-            calib_fn=calib, stage_fn=stage_fn, cache=cache, device=device, progress=progress)
+                retain_key=kept if len(kept) > 1 else kept[0]),
+            original=original, forget_loader=pairs(task.forget_train, 0, task.forget_templates or task.templates),
+            retain_loader=retain_loader, distill_loader=distill_loader, calib_fn=calib, stage_fn=stage_fn,
+            cache=cache, device=device, progress=progress)
     del original
     # the method's own cost: stage reports left out, work reused from the cache counted at its original time
     cost["seconds"] = max(0.0, cost["seconds"] - result.seconds.get("report", 0.0)) + result.seconds.get("reused", 0.0)
@@ -447,8 +454,10 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
     report = {
         "layer_scores": [[name, float(s)] for name, s in info["layer_scores"].items()],
         "layers": info["layers"], "alpha": info["alpha"], "alpha_curve": info["alpha_curve"],
+        "fallback": info["fallback"],
         "forget": {"steps": forget["steps"], "stopped": forget["stopped"],
-                   "similarity": [h["similarity"] for h in forget["history"]]},
+                   "similarity": [h["similarity"] for h in forget["history"]],
+                   "max_similarity": [h.get("max_similarity") for h in forget["history"]]},
         "alignment": info["alignment"],
         "remind": {k: remind[k] for k in ("steps", "loss_before", "loss_after", "skipped") if k in remind},
         "seconds": info["seconds"], "reused": info["reused"],
@@ -464,7 +473,8 @@ def run_three_stage(task: Task, *, model, tokenizer, lr: float = 1e-3, batch_siz
     for stage in ("forget", "remind"):
         m.update({f"after_{stage}/{k}": v for k, v in _scalars(stages.get(stage, {})).items()})
     finite = all(math.isfinite(v) for v in (forget["similarity_after"], remind.get("loss_after", 0.0)))
-    m.update(alpha=info["alpha"], forget_steps=forget["steps"], steps=forget["steps"] + remind.get("steps", 0),
+    m.update(alpha=info["alpha"], soup_fallback=info["fallback"], forget_steps=forget["steps"],
+             steps=forget["steps"] + remind.get("steps", 0),
              best_step=None, stopped_early=None if finite else "non-finite loss", failed=not finite)
     return unlearned, record
 

@@ -6,7 +6,9 @@ distillation and an EMA of the weights) and restoring (souping with the original
 
 from __future__ import annotations
 
+import hashlib
 import math
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -17,11 +19,42 @@ from .. import layers as layer_scores
 from ..clip import RequiresGrad, get_normalization, make_adamw, to_device
 from ..lora import add_lora, has_lora, lora_parameters, lora_targets, merge_lora
 from ..losses import contrastive_loss, encode_pairs, lipschitz_bounds, pair_positives
+from ..metrics import round_score
 from ..souping import interpolate_state_dicts, select_alpha
 from ..unlearning import _cycle
 
 
 LAYER_CHOICES = ("fisher", "all", "random")
+
+
+def content_key(*parts) -> str:
+    """Return a SHA-1 of tensors (shape, dtype and bytes) and plain values: a cache key for data-only results.
+
+    Every piece enters with its length in front, so that no two different sequences of parts hash the
+    same bytes (without it ``content_key(0.5, 11) == content_key(0.51, 1)``).
+    """
+    h = hashlib.sha1()
+
+    def add(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    for part in parts:
+        if torch.is_tensor(part):
+            t = part.detach().cpu().contiguous()
+            add(f"tensor{tuple(t.shape)}{t.dtype}".encode())
+            add(t.view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            add(repr(part).encode())
+    return h.hexdigest()
+
+def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    """Return the step-wise mean of ``curves`` of any lengths, each held at its last value after it ends."""
+    curves = [list(c) for c in curves if len(c)]
+    if not curves:
+        return []
+    n = max(len(c) for c in curves)
+    return [sum(c[min(i, len(c) - 1)] for c in curves) / len(curves) for i in range(n)]
 
 def _layer_tensors(model, names: Sequence[str]) -> list[str]:
     """Return the plain parameter names (``state_dict`` keys) of the modules ``names``."""
@@ -87,27 +120,43 @@ def _trainable(model, layers: Sequence[str], *, use_lora: bool, rank: int, lora_
         p.requires_grad_(n in keep)
     return [p for n, p in model.named_parameters() if n in keep]
 
+FORGET_CRITERIA = ("per_sample", "mean")
+
+
+def forget_loss(sims: torch.Tensor, *, margin: float, criterion: str = "per_sample") -> torch.Tensor:
+    """Return the forgetting loss of the pair similarities ``sims``: their mean (``"mean"``), or per sample
+    (``"per_sample"``, paper A's condition ``s_i < delta``) the mean of ``max(s_i - margin, 0)``: a pair already
+    below the threshold ``margin`` is not pushed further."""
+    if criterion not in FORGET_CRITERIA:
+        raise ValueError(f"unknown forget criterion {criterion!r}; valid: {', '.join(FORGET_CRITERIA)}")
+    return sims.mean() if criterion == "mean" else (sims - margin).clamp_min(0).mean()
+
+
 def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[str], margin: float = 0.0,
                  lr: float = 1e-3, max_steps: int = 50, use_lora: bool = True, rank: int = 4,
                  lora_alpha: float | None = None, weight_decay: float = 0.0, retain_weight: float = 0.0,
-                 device="cpu", progress: bool = False) -> dict:
+                 criterion: str = "mean", device="cpu", progress: bool = False) -> dict:
     """Lower the forget pairs' image-text similarity by tuning only ``layers``; return what happened.
 
     Its own loop, not ``unlearning.unlearn``: a stop check on the next batch before each step and adapters made
     and merged here (``docs/ARCHITECTURE.md``, "Loops outside the one loop").
 
-    Loss: the mean cosine similarity of each forget image with its class caption
+    Loss: :func:`forget_loss` of the cosine similarity of each forget image with its caption
     (``+ retain_weight *`` the label-aware CLIP loss on a retain batch; project's
     choice ``retain_weight=0``: the paper leaves retention to the reminding stage).
     AdamW on the LoRA adapters (``use_lora``; merged into the weights at the end) or on
-    the layers' full weights. Stop rule (project's choice): before each step the mean
-    similarity of the next forget batch is measured; the stage stops once it is below
-    ``margin``, or after ``max_steps`` updates. The model stays in eval mode and comes
+    the layers' full weights. Stop rule: before each step the next forget batch is measured; with
+    ``criterion="per_sample"`` (paper A's) the stage stops once *every* pair's similarity is below ``margin``
+    (the paper's delta), with ``"mean"`` (this function's default; ``three_stage_unlearn`` passes its setting) once
+    their mean is; or after ``max_steps`` updates. The history holds the mean similarity and, per sample, the
+    largest (``max_similarity``). The model stays in eval mode and comes
     back plain (no adapters) with its ``requires_grad`` flags unchanged.
     Returns ``{"steps", "stopped", "similarity_before", "similarity_after", "history"}``.
     """
     if retain_weight and retain_loader is None:
         raise ValueError("retain_weight > 0 needs a retain_loader")
+    if criterion not in FORGET_CRITERIA:
+        raise ValueError(f"unknown forget criterion {criterion!r}; valid: {', '.join(FORGET_CRITERIA)}")
     model.eval()
     history, stopped, steps = [], "max_steps", 0
     forget_iter = _cycle(forget_loader)
@@ -120,9 +169,11 @@ def forget_stage(model, *, forget_loader, retain_loader=None, layers: Sequence[s
             while True:
                 batch = to_device(next(forget_iter), device)
                 sims = pair_similarities(model, batch)
-                loss = sims.mean()
-                history.append({"step": steps, "similarity": float(loss.detach())})
-                if history[-1]["similarity"] < margin:
+                loss = forget_loss(sims, margin=margin, criterion=criterion)
+                history.append({"step": steps, "similarity": float(sims.detach().mean())})
+                if criterion == "per_sample":
+                    history[-1]["max_similarity"] = float(sims.detach().max())
+                if history[-1]["max_similarity" if criterion == "per_sample" else "similarity"] < margin:
                     stopped = "margin"
                     break
                 if steps >= max_steps:
@@ -154,11 +205,12 @@ def batchnorm_layers(model) -> list[tuple[str, torch.nn.Module]]:
     return [(n, m) for n, m in model.visual.named_modules()
             if isinstance(m, torch.nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d"]
 
-def alignment_loss(model, images: torch.Tensor) -> torch.Tensor:
+def alignment_loss(model, images: torch.Tensor, *, per_sample: bool = False) -> torch.Tensor:
     """Return ``sum_l |mu_l - BN_mu_l|_1 + |sigma_l - BN_sigma_l|_1`` over the image tower's BatchNorm layers.
 
     ``mu_l`` / ``sigma_l``: per-channel mean and standard deviation (over batch and
-    space) of the features entering BatchNorm ``l`` (forward pre-hooks);
+    space; with ``per_sample``, paper A's ``mu_l(x_i + delta_i)``, over space for each image, the sum then
+    averaged over the images) of the features entering BatchNorm ``l`` (forward pre-hooks);
     ``BN_mu_l`` / ``BN_sigma_l``: its running mean and ``sqrt(running_var + eps)``. Raises
     a ValueError for an image tower without BatchNorm (a ViT).
     """
@@ -168,12 +220,14 @@ def alignment_loss(model, images: torch.Tensor) -> torch.Tensor:
                          "run three_stage_unlearn with align=False or on a ResNet tower")
     terms = []
 
+    dims = (2, 3) if per_sample else (0, 2, 3)
+
     def hook(module, inputs):
         x = inputs[0].float()
-        mu = x.mean(dim=(0, 2, 3))
-        sigma = (x.var(dim=(0, 2, 3), unbiased=False) + module.eps).sqrt()
-        terms.append((mu - module.running_mean).abs().sum()
-                     + (sigma - (module.running_var + module.eps).sqrt()).abs().sum())
+        mu = x.mean(dim=dims)
+        sigma = (x.var(dim=dims, unbiased=False) + module.eps).sqrt()
+        gap = (mu - module.running_mean).abs() + (sigma - (module.running_var + module.eps).sqrt()).abs()
+        terms.append(gap.sum(-1).mean() if per_sample else gap.sum())
 
     handles = [m.register_forward_pre_hook(hook) for _, m in bns]
     try:
@@ -184,13 +238,17 @@ def alignment_loss(model, images: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: int = 10, lr: float = 2 / 255,
+                 per_sample: bool = False, tol: float = 0.0, patience: int = 3,
                  device="cpu") -> tuple[torch.Tensor, dict]:
-    """Return ``(aligned images, {"loss_before", "loss_after"})``: ``images + delta`` minimising :func:`alignment_loss`.
+    """Return ``(aligned images, {"loss_before", "loss_after", "curve", "steps"})``: ``images + delta`` minimising
+    :func:`alignment_loss` (``per_sample``: each image's own statistics, a ``delta_i`` per image).
 
-    ``delta`` is learnt with Adam (``steps`` steps, learning rate ``lr`` in pixel units)
-    and bounded in pixel units, ``||delta||_inf <= eps`` of the [0, 1] pixel range (project's choice:
-    8/255, as in adversarial-perturbation work), then mapped to model space with the
-    model's normalisation; aligned images stay in the valid pixel range. ``model`` is
+    ``delta`` is learnt with Adam (at most ``steps`` steps, learning rate ``lr`` in pixel units); with
+    ``tol > 0`` it stops once the loss has not fallen below ``(1 - tol)`` times its best for ``patience`` steps
+    (converged); ``curve`` is the loss before each step and at the end. ``delta`` is bounded in pixel units,
+    ``||delta||_inf <= eps`` of the [0, 1] pixel range (project's choice: 8/255, as in adversarial-perturbation
+    work), then mapped to model space with the model's normalisation; aligned images stay in the valid pixel
+    range. ``model`` is
     not changed (use the original model: its statistics define the pre-training
     distribution).
     """
@@ -201,11 +259,20 @@ def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: in
     lo, hi = lipschitz_bounds(model, device=device)
     delta = torch.zeros_like(images, requires_grad=True)  # pixel units
     optimizer = torch.optim.Adam([delta], lr=lr)
-    apply = lambda d: torch.maximum(torch.minimum(images + d / scale, hi), lo)
-    before = None
+
+    def apply(d):
+        return torch.maximum(torch.minimum(images + d / scale, hi), lo)
+
+    curve, best, stale = [], math.inf, 0
+    loss_fn = partial(alignment_loss, per_sample=True) if per_sample else alignment_loss
     for _ in range(steps):
-        loss = alignment_loss(model, apply(delta))
-        before = float(loss.detach()) if before is None else before  # delta = 0 at the first step
+        loss = loss_fn(model, apply(delta))
+        curve.append(float(loss.detach()))  # delta = 0 at the first step
+        if tol > 0:
+            stale = 0 if curve[-1] < (1 - tol) * best else stale + 1
+            best = min(best, curve[-1])
+            if stale >= patience:
+                break
         (grad,) = torch.autograd.grad(loss, [delta])
         optimizer.zero_grad(set_to_none=True)
         delta.grad = grad
@@ -214,8 +281,9 @@ def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: in
             delta.clamp_(-eps, eps)
     with torch.no_grad():
         aligned = apply(delta)
-        after = float(alignment_loss(model, aligned))
-    return aligned.detach(), {"loss_before": after if before is None else before, "loss_after": after}
+        after = float(loss_fn(model, aligned))
+    curve.append(after)
+    return aligned.detach(), {"loss_before": curve[0], "loss_after": after, "curve": curve, "steps": len(curve) - 1}
 
 # --------------------------------------------------------------------------- #
 # Stage 2b: reminding (contrastive + distillation + EMA)
@@ -226,20 +294,24 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, *, tem
     return t * t * F.kl_div((logits / t).log_softmax(1), (teacher_logits / t).log_softmax(1), log_target=True,
                             reduction="batchmean")
 
-def remind_loss(model, original, batch: dict, *, kd_weight: float = 1.0,
-                kd_temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+def remind_loss(model, original, batch: dict, *, kd_weight: float = 1.0, kd_temperature: float = 1.0,
+                distill_batch: dict | None = None) -> tuple[torch.Tensor, dict]:
     """Return the reminding loss on a retain batch and its parts: contrastive ``+ kd_weight *`` distillation.
 
     Contrastive: ``losses.contrastive_loss`` with label-aware positives. Distillation
     (project's choice of target): the original model's in-batch image-to-text
     distribution, ``softmax(logit_scale * cos)`` over the batch's captions, taught to
-    the model with :func:`distillation_loss` at ``kd_temperature``.
+    the model with :func:`distillation_loss` at ``kd_temperature``, on ``distill_batch`` when given (a
+    style subgroup: the other classes' photos), else on ``batch``.
     """
     img, txt = encode_pairs(model, batch)
-    logits = model.logit_scale.exp() * img @ txt.T
     contrastive = contrastive_loss(img, txt, model.logit_scale.exp(), positives=pair_positives(batch["labels"]))
     if not kd_weight:
         return contrastive, {"contrastive": float(contrastive.detach()), "kd": 0.0}
+    if distill_batch is not None:
+        batch = distill_batch
+        img, txt = encode_pairs(model, batch)
+    logits = model.logit_scale.exp() * img @ txt.T
     with torch.no_grad():
         img_o, txt_o = encode_pairs(original, batch)
         teacher = original.logit_scale.exp() * img_o @ txt_o.T
@@ -249,15 +321,16 @@ def remind_loss(model, original, batch: dict, *, kd_weight: float = 1.0,
 def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: float = 1e-4, steps: int = 30,
                  kd_weight: float = 1.0, kd_temperature: float = 1.0, ema_decay: float = 0.9, use_lora: bool = True,
                  rank: int = 4, lora_alpha: float | None = None, weight_decay: float = 0.0,
-                 align_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, device="cpu",
-                 progress: bool = False) -> dict:
+                 align_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, distill_loader=None,
+                 device="cpu", progress: bool = False) -> dict:
     """Fine-tune ``layers`` on retain pairs with :func:`remind_loss`; leave the model at the EMA weights.
 
     Its own loop, not ``unlearning.unlearn``: a weight average after every step replaces the weights at the end,
     and each batch may be aligned first (``docs/ARCHITECTURE.md``, "Loops outside the one loop").
 
     ``align_fn(images) -> images`` (e.g. :func:`align_images` on the original model)
-    transforms each retain batch first. Trains the same kind of parameters as the
+    transforms each retain batch first. ``distill_loader``: batches the distillation term is computed on
+    instead of the retain batch (:func:`remind_loss`). Trains the same kind of parameters as the
     forgetting stage (fresh LoRA adapters, merged at the end, or full weights). The
     EMA (project's choice: of the *effective* weights of ``layers``, i.e. ``W + BA``
     under LoRA, ``ema <- decay * ema + (1 - decay) * W`` after every step, started at
@@ -274,6 +347,7 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
     ema = {k: _read_tensor(model, k).detach().clone() for k in keys}
     history = []
     retain_iter = _cycle(retain_loader)
+    distill_iter = _cycle(distill_loader) if distill_loader is not None and kd_weight else None
     bar = tqdm(total=steps, desc="remind", leave=False, disable=not progress)
     with RequiresGrad(model):
         params = _trainable(model, layers, use_lora=use_lora, rank=rank, lora_alpha=lora_alpha)
@@ -283,7 +357,9 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
                 batch = to_device(next(retain_iter), device)
                 if align_fn is not None:
                     batch = {**batch, "images": align_fn(batch["images"])}
-                loss, logs = remind_loss(model, original, batch, kd_weight=kd_weight, kd_temperature=kd_temperature)
+                extra = {"distill_batch": to_device(next(distill_iter), device)} if distill_iter is not None else {}
+                loss, logs = remind_loss(model, original, batch, kd_weight=kd_weight, kd_temperature=kd_temperature,
+                                         **extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -312,7 +388,8 @@ def restore_stage(model, *, original_state: dict, unlearned_state: dict, calib_f
 
     ``calib_fn(model) -> dict`` evaluates on a calibration set; the choice is
     ``souping.select_alpha`` (largest retained accuracy with forget accuracy <=
-    ``max_forget``). Returns ``{"alpha", "alpha_curve": [{"alpha", **metrics}], "metrics"}``.
+    ``max_forget``). Returns ``{"alpha", "alpha_curve": [{"alpha", **metrics}], "metrics", "fallback"}``
+    (``fallback``: no alpha met ``max_forget``, the one that forgets most was kept).
     """
     curve = []
     for alpha in alphas:
@@ -322,4 +399,6 @@ def restore_stage(model, *, original_state: dict, unlearned_state: dict, calib_f
     alpha = select_alpha(curve, forget_key=forget_key, retain_key=retain_key, max_forget=max_forget)
     model.load_state_dict(interpolate_state_dicts(original_state, unlearned_state, alpha))
     model.eval()
-    return {"alpha": alpha, "alpha_curve": curve, "metrics": next(t for t in curve if t["alpha"] == alpha)}
+    met = any(round_score(t[forget_key]) <= max_forget for t in curve)
+    return {"alpha": alpha, "alpha_curve": curve, "metrics": next(t for t in curve if t["alpha"] == alpha),
+            "fallback": not met}

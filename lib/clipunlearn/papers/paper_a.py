@@ -21,8 +21,9 @@ from ..report import format_mean_std, mean_std, summarise
 from ..results import make_record
 from ..scores import score_components, unlearning_score
 
-__all__ = ["PAPER_A_BASELINES", "MINI_STYLE_ABLATIONS", "PAPER_A_COLUMNS", "PAPER_A_TRANSFER", "PAPER_A_METHODS",
-           "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets",
+__all__ = ["PAPER_A_BASELINES", "MINI_STYLE_ABLATIONS", "OTHER_STYLE_KEYS", "PAPER_A_COLUMNS", "PAPER_A_TRANSFER",
+           "PAPER_A_METHODS", "parse_subgroups", "paper_a_settings", "load_paper_a_tasks", "paper_a_targets",
+           "other_all_styles", "with_other_all", "style_seed_table", "stage_effects",
            "run_subgroup_benchmark", "run_three_stage_ablation", "paper_a_table"]
 
 
@@ -32,9 +33,13 @@ __all__ = ["PAPER_A_BASELINES", "MINI_STYLE_ABLATIONS", "PAPER_A_COLUMNS", "PAPE
 #: The baselines beside three-stage and paper B's Lipschitz forgetting (``lipschitz_synthetic``).
 PAPER_A_BASELINES = ("ft", "ga", "cliperase")
 
-#: The mini profile's variants on the style subgroup (where the three stages lose the siblings): the text
-#: tower's layers only, and longer reminding.
-MINI_STYLE_ABLATIONS = ("three_stage-text_only", "three_stage-long_remind")
+#: The mini profile's ablations, run on both subgroup tasks: paper A's table with one "without relative Fisher"
+#: row (every candidate layer; the random-layer variant stays in the library), to keep the notebook's time.
+MINI_STYLE_ABLATIONS = ("three_stage-no_fisher_all", "three_stage-no_align", "three_stage-no_distill",
+                        "three_stage-no_soup", "three_stage-no_lora")
+
+#: A style subgroup's other-class accuracy over every style: the photos (``retain_acc``) and each other style.
+OTHER_STYLE_KEYS = ("retain_acc", "other_acc@sketch", "other_acc@negative")
 
 def parse_subgroups(text: str) -> dict[str, list[str]]:
     """Parse ``"TARGET:CLASS+CLASS+...;..."`` (notebook 30's ``SUBGROUPS``) into ``{target: classes of its group}``.
@@ -69,7 +74,7 @@ def _paper_a_profile(profile: str) -> dict:
             baselines=list(PAPER_A_BASELINES), steps=30, batch_size=32, grid={"lr": list(harness.MINI_LR_GRID)},
             three_stage={**mini["three_stage"], "examples": 6}, three_stage_grid=mini["grids"]["three_stage"],
             lipschitz=mini["lipschitz"], lipschitz_grid=mini["grids"]["lipschitz_synthetic"],
-            ablations=list(THREE_STAGE_PAPER_ABLATIONS), style_ablations=list(MINI_STYLE_ABLATIONS),
+            ablations=list(MINI_STYLE_ABLATIONS), style_ablations=list(MINI_STYLE_ABLATIONS),
             dataset="fashion-mnist", transfer=[], hierarchy=None,  # the Fashion-MNIST hierarchy
         )
     paper, paper_b = load_paper_config("paper_a"), load_paper_config("paper_b")
@@ -193,16 +198,64 @@ def load_paper_a_tasks(*, model: str, pretrained: str | None, dataset: str, targ
             task.extra_sets.update(extra)
     return base, preprocess, tokenizer, train, test, tasks
 
+def other_all_styles(metrics: dict) -> float | None:
+    """Return a style subgroup's other-class accuracy over every style: the mean of :data:`OTHER_STYLE_KEYS`
+    (photos, sketches, negatives of the other classes, each style weighted alike); None when one is missing."""
+    values = [metrics.get(k) for k in OTHER_STYLE_KEYS]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+def with_other_all(records: Sequence[dict]) -> list[dict]:
+    """``records`` with ``other_all_acc`` (:func:`other_all_styles`) added to the metrics of the style task's."""
+    out = []
+    for r in records:
+        value = other_all_styles(r["metrics"]) if r.get("task") == "forget-style-subgroup" else None
+        out.append(r if value is None else {**r, "metrics": {**r["metrics"], "other_all_acc": value}})
+    return out
+
+def style_seed_table(records: Sequence[dict], *, methods: Sequence[str] = ("original", "retrain", "three_stage"),
+                     task: str = "forget-style-subgroup") -> pd.DataFrame:
+    """Return one row per method and seed (``-``: a reference's one record) on the style task: forget, sibling,
+    other-class (every style) accuracy,
+    the chosen ``alpha`` and ``restored``: ``"no (alpha 1)"`` where restoring fell back to the unlearned model
+    (``", no alpha forgot enough"`` when no alpha met the forget bar on the calibration images), else ``"yes"``."""
+    rows = []
+    for r in with_other_all([r for r in records if r.get("task") == task and r["method"] in methods]):
+        m = r["metrics"]
+        alpha = m.get("alpha")
+        restored = None if alpha is None else ("yes" if alpha < 1 else "no (alpha 1)" + (
+            ", no alpha forgot enough" if m.get("soup_fallback") else ""))
+        seed = r["config"].get("seed")
+        rows.append({"method": r["method"], "seed": "-" if seed is None else seed, "forget_acc": m.get("forget_acc"),
+                     "sibling_acc": m.get("sibling_acc"), "other_all_acc": m.get("other_all_acc"),
+                     "alpha": alpha, "restored": restored})
+    if not rows:
+        raise ValueError(f"no records of task {task!r} for methods {list(methods)}")
+    order = {name: i for i, name in enumerate(methods)}
+    rows.sort(key=lambda row: (order[row["method"]], -1 if row["seed"] == "-" else row["seed"]))
+    return pd.DataFrame(rows).set_index(["method", "seed"])
+
+def stage_effects(records: Sequence[dict], *, task: str, metric: str = "unlearning_score") -> pd.Series:
+    """Return, per ablation variant of ``task`` (``config.variant``), how much ``metric`` falls when that part is
+    switched off: the full runs' mean minus the variant's mean (over seeds), largest first. The stage whose
+    removal costs most matters most."""
+    frame = summarise(records, task=task, numeric=True, metrics=[metric], by=("variant",))[metric]
+    if "full" not in frame.index:
+        raise ValueError(f"no 'full' ablation rows in task {task!r}: run run_three_stage_ablation first")
+    drops = {v: frame["full"] - value for v, value in frame.items() if v not in ("full", "none")}
+    return pd.Series(drops, name=f"{metric} lost").sort_values(ascending=False)
+
 def paper_a_targets(records: list[dict]) -> dict[str, bool]:
     """Return the project's targets for three-stage on notebook 30's records, each with whether it holds.
 
     ``forget-subgroup``: forget accuracy <= 0.05, sibling and retain accuracy within 3 points
-    of the original; ``forget-style-subgroup``: forget accuracy <= 0.10, sibling accuracy within
-    5 points (means over seeds). Tasks without records are left out.
+    of the original; ``forget-style-subgroup``: forget accuracy <= 0.10, sibling accuracy and the other
+    classes' accuracy over every style (``other_all_acc``, :func:`other_all_styles`) within 5 points (means
+    over seeds). Tasks without records are left out.
     """
     bars = {"forget-subgroup": (0.05, {"sibling_acc": 0.03, "retain_acc": 0.03}),
-            "forget-style-subgroup": (0.10, {"sibling_acc": 0.05})}
+            "forget-style-subgroup": (0.10, {"sibling_acc": 0.05, "other_all_acc": 0.05})}
     out = {}
+    records = with_other_all(records)
     for task, (forget_bar, keep) in bars.items():
         if not any(r.get("task") == task and r["method"] == "three_stage" for r in records):
             continue
@@ -328,7 +381,8 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
     departure from the loss-based ablations, which search every variant, kept for time), every other
     setting as in ``three_stage_kwargs``
     (:func:`run_three_stage`'s; ``settings`` is updated with the switches; no stage metrics
-    or examples are recorded). Records have
+    or examples are recorded). "Without souping" (switches ``{"soup": False}``) is not rerun when the main run
+    recorded its metrics after reminding: that model is the soup at alpha 1 (``config.from_main_run``). Records have
     task ``record_task`` (default ``ablation``; one name per target when several targets are
     ablated in one file) and ``config.variant`` (the name after ``three_stage-``); the original
     model (variant ``none``) and the main runs (``full``) are added as ablation rows, so
@@ -362,6 +416,10 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
     for task, name in tqdm(jobs, desc="ablations", disable=not progress):
         variant = name.split("-", 1)[1] if name.startswith("three_stage-") else name
         done = store.find(method=name, task=record_task, forget_class=task.target, seed=task.seed, variant=variant)
+        main_run = store.find(method="three_stage", task=task.kind, forget_class=task.target, seed=task.seed)
+        if done is None and variants[name] == {"soup": False} and _has_stage(main_run, "after_remind"):
+            done = _unsouped(main_run, method=name, record_task=record_task, original=original)
+            store.add(done)
         if done is None:
             _, done = run_three_stage(task, model=model, tokenizer=tokenizer, lr=lr, method=name,
                                       settings={**base, **variants[name]}, extra_metrics=extra_metrics, cache=cache,
@@ -373,6 +431,19 @@ def run_three_stage_ablation(tasks: Sequence[Task], *, model, tokenizer, store,
             store.add(done)
         out.append(done)
     return out
+
+def _has_stage(record: dict | None, stage: str) -> bool:
+    return record is not None and any(k.startswith(f"{stage}/") for k in record["metrics"])
+
+def _unsouped(main: dict, *, method: str, record_task: str, original: dict) -> dict:
+    """The "without souping" row from a main run: its reminded model is the soup at alpha 1, and its test metrics
+    after reminding are in the record (``after_remind/<metric>``); no rerun."""
+    metrics = {k.split("/", 1)[1]: v for k, v in main["metrics"].items() if k.startswith("after_remind/")}
+    metrics.update(alpha=1.0, seconds=main["metrics"].get("seconds"), failed=bool(main["metrics"].get("failed")))
+    metrics["unlearning_score"] = unlearning_score(metrics, original["metrics"])
+    return make_record(method=method, task=record_task,
+                       config={**main["config"], "variant": method.split("-", 1)[1], "soup": False,
+                               "from_main_run": "after_remind"}, metrics=metrics)
 
 #: Paper A's reported quantities -> ours (the settings differ: ImageNet monkeys vs Fashion-MNIST shoes).
 PAPER_A_COLUMNS = {"target": "forget_acc", "retain (siblings)": "sibling_acc", "all classes": "retain_acc",
