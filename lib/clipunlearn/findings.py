@@ -215,8 +215,22 @@ def _check_datafree(records: Sequence[dict]) -> list[Finding]:
          bool(paired) and all(bn[k]["syn_stats_distance"] < none[k]["syn_stats_distance"] for k in paired),
          prior=_mean(bn[k]["syn_stats_distance"] for k in paired),
          none=_mean(none[k]["syn_stats_distance"] for k in paired))
+    _add(out, "8", "paper B's synthetic images already carry the class in the model's image features: a linear probe "
+         "trained on real image features assigns most of them to it (mean share >= 0.5)",
+         _mean(m["syn_probe_acc"] for m in none.values()) >= 0.5,
+         share=_mean(m["syn_probe_acc"] for m in none.values()))
+    _add(out, "8", "the hypothesis does not hold: forgetting on the prior's images, closer by their statistics, leaves "
+         "more of the real class recognised than forgetting on paper B's images, not less (mean forget accuracy)",
+         bool(paired) and _mean(bn[k]["forget_acc"] for k in paired) > _mean(none[k]["forget_acc"] for k in paired),
+         prior=_mean(bn[k]["forget_acc"] for k in paired), none=_mean(none[k]["forget_acc"] for k in paired))
     if null:
         original = _mean(m["retain_acc"] for m in runs["original"].values())
+        _add(out, "9", "the nullspace projection forgets every class (forget accuracy <= 0.05 in every run) and keeps "
+             "the retain accuracy within 0.02 of the original's",
+             all(m["forget_acc"] <= 0.05 for m in null.values())
+             and _mean(m["retain_acc"] for m in null.values()) >= original - 0.02,
+             forget=_mean(m["forget_acc"] for m in null.values()), retain=_mean(m["retain_acc"] for m in null.values()),
+             original_retain=original)
         _add(out, "9", "the nullspace projection, its strength selected on synthetic images only, costs under a second",
              all(m["seconds"] < 1.0 for m in null.values()), slowest=max(m["seconds"] for m in null.values()),
              forget=_mean(m["forget_acc"] for m in null.values()), retain=_mean(m["retain_acc"] for m in null.values()),
