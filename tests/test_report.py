@@ -120,3 +120,21 @@ def test_render_readme_profile_option_and_bad_marker(tmp_path):
     with pytest.raises(ValueError, match="valid profiles: mini, paper"):
         report.render_readme("<!-- results: 10_cliperase forget-class profile=huge -->\n<!-- /results -->",
                              results_dir=tmp_path)
+
+
+def test_readme_tables_keep_a_methods_variants_apart(tmp_path):
+    from clipunlearn.results import make_record
+
+    def run(prior, forget, seed):
+        config = {"seed": seed, **({"synthetic_prior": prior} if prior else {})}
+        return make_record(method="lipschitz_synthetic", task="forget-class", config=config,
+                           metrics={"forget_acc": forget})
+
+    records = [run(None, 0.2, 0), run("none", 0.4, 1), run("bn", 0.9, 0), run("bn", 0.7, 1)]
+    assert [r["method"] for r in report.label_variants(records)] == [
+        "lipschitz_synthetic", "lipschitz_synthetic", "lipschitz_synthetic_bn", "lipschitz_synthetic_bn"]
+    assert records[2]["method"] == "lipschitz_synthetic"  # copies: the caller's records are left as they were
+    save_records(tmp_path / "mini" / "20_x.json", records)
+    table = report.render_table(report.parse_marker("20_x forget-class metrics=forget_acc"), results_dir=tmp_path)
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()[2:] if "|" in line}
+    assert rows == {"Lipschitz, synthetic": "0.300 ± 0.141", "Lipschitz, synthetic + BN prior": "0.800 ± 0.141"}

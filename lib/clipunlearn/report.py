@@ -346,13 +346,32 @@ def parse_marker(args: str) -> dict:
     return spec
 
 
+#: Config keys whose value, when not the default, makes a run a variant of its method in the README's tables:
+#: ``{key: default}`` (a ``lipschitz_synthetic`` run on BatchNorm-prior images is ``lipschitz_synthetic_bn``).
+VARIANT_KEYS = {"synthetic_prior": "none"}
+
+
+def label_variants(records: Iterable[dict]) -> list[dict]:
+    """Return ``records`` with each run of a non-default :data:`VARIANT_KEYS` value renamed ``<method>_<value>``
+    (a copy), so that a table never averages two kinds of run under one method name."""
+    out = []
+    for r in records:
+        config = r.get("config", {})
+        for key, default in VARIANT_KEYS.items():
+            value = config.get(key)
+            if value is not None and value != default:
+                r = {**r, "method": f"{r['method']}_{value}"}
+        out.append(r)
+    return out
+
+
 def render_table(spec: dict, *, results_dir) -> str:
     """Return the markdown of one results block (its table and a source line, or why there is none)."""
     path = Path(results_dir) / spec["profile"] / f"{spec['stem']}.json"
     source = f"`results/{spec['profile']}/{spec['stem']}.json`"
     if not path.exists():
         return f"_No results yet: run `./run_all.sh --profile {spec['profile']} --only {spec['stem']}`._"
-    records = json.loads(path.read_text())["records"]
+    records = label_variants(json.loads(path.read_text())["records"])
     by = spec["by"] or DEFAULT_BY.get(spec["task"], ("method",))
     if not any(r.get("task") == spec["task"] and all(get_value(r, k) is not None for k in by) for r in records):
         keys = ", ".join(f"`{k}`" for k in by)
