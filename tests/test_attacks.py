@@ -199,6 +199,19 @@ def test_the_method_list_comes_from_the_records_and_keeps_the_procedures_that_ca
     assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=False) == ["lipschitz_real"]
 
 
+def test_a_synthetic_prior_is_a_method_of_its_own_and_nullspace_is_rebuilt_from_its_alpha(task, tiny_tokenizer,
+                                                                                            tiny_resnet_clip):
+    bench = [make_record(method="lipschitz_synthetic", task="forget-class",
+                         config={"forget_class": "x", "seed": 0, "synthetic_prior": p}, metrics={}) for p in ("none", "bn")]
+    assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=True) == [
+        "lipschitz_synthetic", "lipschitz_synthetic_bn"]
+    rec = make_record(method="nullspace", task=task.kind, config={"forget_class": task.target, "seed": task.seed,
+                                                                  "alpha": 1.0}, metrics={})
+    model = attacks_bench.regenerate_model(rec, task, model=tiny_resnet_clip.model, tokenizer=tiny_tokenizer)
+    original = tiny_resnet_clip.model.visual.attnpool.c_proj.weight
+    assert not torch.equal(model.visual.attnpool.c_proj.weight, original)  # the projection was applied to a copy
+
+
 def test_the_statements_see_a_method_that_forgets_in_its_features_too():
     def rec(method, fp32, probe, benign, targeted):
         return record(method, 0, **{"quantise_weights/fp32/forget_acc": fp32, "quantise_weights/bf16/forget_acc": fp32,

@@ -19,8 +19,10 @@ from ..configs import mini_settings
 from ..harness import Reference, Task, reported_tasks, run_method
 from ..harness.attacks import ATTACKS, AttackSettings, measure_accuracies, run_attacks, unseen_forget_pool
 from ..methods.lipschitz import generate_task_synthetic, run_lipschitz
+from ..methods.nullspace import run_nullspace
 from ..methods.three_stage import run_three_stage
 from ..registry import LOSSES
+from ..report import label_variants
 from ..results import make_record
 
 __all__ = ["ATTACK_TASK", "REFERENCES", "add_retrain_gaps", "attack_methods", "regenerate_model",
@@ -45,21 +47,32 @@ def _regenerate_three_stage(record: dict, task: Task, *, model, tokenizer, devic
 
 def _regenerate_lipschitz(record: dict, task: Task, *, model, tokenizer, device):
     lip = mini_settings()["lipschitz"]
+    prior = record["config"].get("synthetic_prior", "none")
+    generation = {**lip["generation"], **({"synthetic_prior": prior, "prior_settings": lip["bn_prior"]}
+                                          if prior != "none" else {})}
     forget, val, _ = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=lip["n_train"],
-                                             n_val=lip["n_val"], generation=lip["generation"], seed=task.seed,
+                                             n_val=lip["n_val"], generation=generation, seed=task.seed,
                                              device=device)
     return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
                          data_free=True, method="lipschitz_synthetic", device=device,
                          **{**lip["forgetting"], "lr": record["config"]["lr"]})[0]
 
 
-#: How a procedure's run is rebuilt from its record (a registered loss needs no entry).
-REGENERATORS = {"three_stage": _regenerate_three_stage, "lipschitz_synthetic": _regenerate_lipschitz}
+def _regenerate_nullspace(record: dict, task: Task, *, model, tokenizer, device):
+    return run_nullspace(task, model=model, tokenizer=tokenizer, alpha=record["config"]["alpha"], evaluate=False,
+                         device=device)[0]
+
+
+#: How a procedure's run is rebuilt from its record (a registered loss needs no entry); a variant of a method
+#: (``report.label_variants``: the BatchNorm-prior synthetic images) is rebuilt by its method's entry.
+REGENERATORS = {"three_stage": _regenerate_three_stage, "lipschitz_synthetic": _regenerate_lipschitz,
+                "lipschitz_synthetic_bn": _regenerate_lipschitz, "nullspace": _regenerate_nullspace}
 
 
 def attack_methods(records: Sequence[dict], *, tasks: Sequence[str], regenerable: bool | None = None) -> list[str]:
     """Return the methods with a reported run (``config.seed`` set) on any of ``tasks``, in the records' order;
     ``regenerable``: only those :func:`regenerate_model` can rebuild (True) or only the others (False)."""
+    records = label_variants(records)
     found = dict.fromkeys(r["method"] for r in records if r["task"] in tasks and r["method"] not in REFERENCES
                           and r["config"].get("seed") is not None)
     return [m for m in found if regenerable is None or (m in LOSSES or m in REGENERATORS) == regenerable]
@@ -100,6 +113,7 @@ def run_attack_benchmark(records: Sequence[dict], tasks: dict[str, Sequence[Task
     ``AttackSettings`` fields besides the tokenizer, device and seed. Returns every attack record.
     """
     settings = dict(settings or {})
+    records = label_variants(records)  # a variant's runs (another synthetic prior) are a method of their own
     out = []
     jobs = []
     for target, seeded in tasks.items():
