@@ -202,7 +202,8 @@ def test_the_method_list_comes_from_the_records_and_keeps_the_procedures_that_ca
 def test_a_synthetic_prior_is_a_method_of_its_own_and_nullspace_is_rebuilt_from_its_alpha(task, tiny_tokenizer,
                                                                                             tiny_resnet_clip):
     bench = [make_record(method="lipschitz_synthetic", task="forget-class",
-                         config={"forget_class": "x", "seed": 0, "synthetic_prior": p}, metrics={}) for p in ("none", "bn")]
+                         config={"forget_class": "x", "seed": 0, "synthetic_prior": p}, metrics={})
+             for p in ("none", "bn")]
     assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=True) == [
         "lipschitz_synthetic", "lipschitz_synthetic_bn"]
     rec = make_record(method="nullspace", task=task.kind, config={"forget_class": task.target, "seed": task.seed,
