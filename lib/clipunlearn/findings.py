@@ -286,6 +286,8 @@ def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -
         _add(out, "2", f"paper A's ablations ran on the {label}, every part switched off once",
              {"full", "no_fisher_all", "no_align", "no_distill", "no_soup", "no_lora"} <= variants,
              variants=", ".join(sorted(variants)))
+    if not quick:
+        _check_stage_ranking(out, records)
     if "lipschitz_synthetic" in sub.index:
         lip = sub.loc["lipschitz_synthetic"]
         _add(out, "4", "LIP (synthetic images only) forgets the sandal (forget accuracy <= 0.05) but moves it out of "
@@ -300,6 +302,25 @@ def check_subgroup_forgetting(records: Sequence[dict], *, quick: bool = False) -
              style.loc["retrain", "forget_acc"] >= 0.4, retrain=style.loc["retrain", "forget_acc"],
              three_stage=st.forget_acc)
     return out
+
+
+def _check_stage_ranking(out: list, records: Sequence[dict]) -> None:
+    """Notebook 30's "which stage matters most": the part whose removal costs most, on each task."""
+    parts = ("no_fisher_all", "no_align", "no_distill", "no_soup", "no_lora")
+    sandal = _frame(records, "ablation", ["forget_acc", "other_acc"], by=("variant",))
+    style = _frame(records, "ablation-style", ["forget_acc", "other_acc"], by=("variant",))
+    if not (set(parts) | {"full"}) <= set(sandal.index) & set(style.index):
+        return
+    lost = sandal.loc["full", "other_acc"] - sandal.loc[list(parts), "other_acc"]
+    _add(out, "2", "on the sandal every part can go: each variant still forgets it (forget accuracy <= 0.05); "
+         "switching off the relative-Fisher selection costs the other classes the most",
+         (sandal.loc[list(parts), "forget_acc"] <= 0.05).all() and lost.idxmax() == "no_fisher_all",
+         most=lost.idxmax(), other_lost=lost.max())
+    rise = style.loc[list(parts), "forget_acc"] - style.loc["full", "forget_acc"]
+    _add(out, "2", "on the style subgroup the layer choice matters most: switching off the relative-Fisher selection "
+         "leaves the most sketches recognised (the largest rise of forget accuracy of any part)",
+         rise.idxmax() == "no_fisher_all", most=rise.idxmax(), rise=rise.max(),
+         no_lora=rise["no_lora"], no_align=rise["no_align"])
 
 
 def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
