@@ -344,25 +344,45 @@ def check_benchmark(records: Sequence[dict], *, quick: bool = False) -> list[Fin
     subgroups = ("forget-subgroup", "forget-style-subgroup")
     _add(out, "1", "CLIPErase scores at least 0.97 on both subgroup tasks",
          all(score("cliperase", k) >= 0.97 for k in subgroups), **{k: score("cliperase", k) for k in subgroups})
-    _add(out, "2", "on the class task, where the score counts the forgotten class in the other styles, GA scores "
-         "highest and CLIPErase below 0.9", ranked["forget-class"][0] == "ga" and score("cliperase", "forget-class")
-         < 0.9, first=ranked["forget-class"][0], ga=score("ga", "forget-class"),
+    _add(out, "2", "on the class task, where the score counts the forgotten class in the other styles, the three "
+         "stages and GA, which keep it there, score highest (above 0.9) and CLIPErase below 0.9",
+         set(ranked["forget-class"][:2]) == {"three_stage", "ga"} and score("ga", "forget-class") > 0.9
+         and score("cliperase", "forget-class") < 0.9, first=ranked["forget-class"][0],
+         second=ranked["forget-class"][1], ga=score("ga", "forget-class"),
          cliperase=score("cliperase", "forget-class"))
-    _add(out, "3", "on the style subgroup CLIPErase is first and the three stages fall below 0.8",
-         ranked["forget-style-subgroup"][0] == "cliperase" and score("three_stage", "forget-style-subgroup") < 0.8,
-         first=ranked["forget-style-subgroup"][0], three_stage=score("three_stage", "forget-style-subgroup"))
-    _add(out, "4", "FT scores lowest on the class subgroup, at most 0.7 on the class task and 0 on the style subgroup "
-         "(it never forgets the sketches)", ranked["forget-subgroup"][-1] == "ft"
-         and score("ft", "forget-class") <= 0.7 and score("ft", "forget-style-subgroup") == 0.0,
-         last_subgroup=ranked["forget-subgroup"][-1], ft_class=score("ft", "forget-class"),
-         ft_style=score("ft", "forget-style-subgroup"))
+    _add(out, "3", "on the style subgroup CLIPErase is first (at least 0.97) and every other method stays below 0.95",
+         ranked["forget-style-subgroup"][0] == "cliperase" and score("cliperase", "forget-style-subgroup") >= 0.97
+         and score(ranked["forget-style-subgroup"][1], "forget-style-subgroup") < 0.95,
+         first=ranked["forget-style-subgroup"][0], second=ranked["forget-style-subgroup"][1],
+         three_stage=score("three_stage", "forget-style-subgroup"))
+    _add(out, "4", "FT scores lowest on both subgroup tasks and at most 0.7 on the class task",
+         ranked["forget-subgroup"][-1] == "ft" and ranked["forget-style-subgroup"][-1] == "ft"
+         and score("ft", "forget-class") <= 0.7, ft_class=score("ft", "forget-class"),
+         ft_subgroup=score("ft", "forget-subgroup"), ft_style=score("ft", "forget-style-subgroup"))
+    _check_nullspace(out, records)
     if "retrain" in numeric.index:
         ref = {k: numeric.loc["retrain", (k, "score")] for k in tasks}
         _add(out, "5", "the retrained gold standard scores at least 0.99 on the class and class-subgroup tasks but "
-             "below 0.7 on the style subgroup, where it still recognises half the sketches",
+             "below 0.7 on the style subgroup, where it still recognises at least half the sketches",
              ref["forget-class"] >= 0.99 and ref["forget-subgroup"] >= 0.99 and ref["forget-style-subgroup"] < 0.7,
              **ref)
     return out
+
+
+def _check_nullspace(out: list, records: Sequence[dict]) -> None:
+    """Notebook 40's data-free baseline: closest to the retrained model on the sandal, an eraser on the class."""
+    sub = _frame(records, "forget-subgroup", ["gap_retrain"])
+    cls = _frame(records, "forget-class", ["forget_acc", "other_forget_acc", "gap_retrain"])
+    if "nullspace" not in sub.index or "nullspace" not in cls.index:
+        return
+    others = sub.drop(index=[m for m in ("nullspace", *REFERENCES) if m in sub.index])["gap_retrain"]
+    _add(out, "6", "the nullspace projection (data-free, no training) is the closest method to the retrained model on "
+         "the class subgroup, but on the class task it erases the class in every style (other-style forget "
+         "accuracy <= 0.05, where the retrained model keeps it)",
+         sub.loc["nullspace", "gap_retrain"] < others.min() and cls.loc["nullspace", "other_forget_acc"] <= 0.05
+         and cls.loc["nullspace", "forget_acc"] <= 0.05, gap_subgroup=sub.loc["nullspace", "gap_retrain"],
+         next_best=others.min(), other_forget_class=cls.loc["nullspace", "other_forget_acc"],
+         gap_class=cls.loc["nullspace", "gap_retrain"])
 
 
 def check_attacks(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:

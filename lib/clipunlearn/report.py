@@ -43,7 +43,8 @@ METRIC_LABELS = {
     "train_seconds": "train seconds", "gap_retrain": "gap to retrain", "js_retrain": "JS to retrain",
     "mia_advantage": "MIA advantage", "mia_se": "MIA SE", "mia_efficacy": "MIA-efficacy",
     "unlearning_score": "unlearning score", "score_retention_uncapped": "retention (uncapped)",
-    "score_forgetting": "forgetting", "score_retention": "retention",
+    "score_forgetting": "forgetting", "score_retention": "retention", "syn_stats_distance": "stats distance",
+    "other_stats_distance": "other stats distance", "syn_probe_acc": "probe says class",
 }
 ALL_CLASSES = "all classes"
 DEFAULT_METRICS = {
