@@ -432,12 +432,14 @@ def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
          "its image features: its probe finds more than 0.1 of the forget test images beyond the retrained model's",
          forgot and all(probe_gap[(m, task)] > 0.1 for m in forgot), **{m: probe_gap[(m, task)] for m in forgot})
     benign = gap("relearn_retain/100/forget_acc")
-    shallow = ("ga", "cliperase")
-    _add(out, "4", "GA's and CLIPErase's sneaker comes partly back after 100 steps of fine-tuning on retain pairs only "
-         "(gap to retrain above 0.1; the retrained model stays at 0)",
-         all(benign.get((m, task), 0.0) > 0.1 for m in shallow)
-         and fp32.get(("retrain", task)) == 0.0 and _attack_means(attacked, "relearn_retain/100/forget_acc").get(
-             ("retrain", task)) == 0.0, **{m: benign.get((m, task), float("nan")) for m in shallow})
+    ascent, steady = ("ga", "graddiff", "neggrad_plus"), ("ft", "random_labels", "nullspace")
+    _add(out, "4", "the methods that ascend the forget loss (GA, GradDiff, NegGrad+) get the sneaker partly back after "
+         "100 steps of fine-tuning on retain pairs only (mean gap to retrain above 0.1), FT, random labels and the "
+         "nullspace projection do not (at most 0.02); the retrained model stays at 0",
+         all(benign.get((m, task), 0.0) > 0.1 for m in ascent)
+         and all(benign.get((m, task), 1.0) <= 0.02 for m in steady)
+         and _attack_means(attacked, "relearn_retain/100/forget_acc").get(("retrain", task)) == 0.0,
+         **{m: benign.get((m, task), float("nan")) for m in (*ascent, *steady, "cliperase")})
     targeted = gap("relearn_forget/n20/30/forget_acc")
     _add(out, "5", "targeted relearning on 20 unseen sneaker photos for 30 steps brings back nothing beyond the "
          "retrained model in any method that forgot (gap at most 0.05)",

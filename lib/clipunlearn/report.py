@@ -45,6 +45,10 @@ METRIC_LABELS = {
     "unlearning_score": "unlearning score", "score_retention_uncapped": "retention (uncapped)",
     "score_forgetting": "forgetting", "score_retention": "retention", "syn_stats_distance": "stats distance",
     "other_stats_distance": "other stats distance", "syn_probe_acc": "probe says class",
+    "quantise_weights/fp32/forget_acc": "Df (fp32)", "quantise_weights/int8/forget_acc": "Df (int8)",
+    "relearn_retain/100/forget_acc": "Df, 100 benign steps", "gap/relearn_retain/100/forget_acc": "gap, benign",
+    "relearn_forget/n20/30/forget_acc": "Df, 20 photos x 30 steps", "probe_features/forget_acc": "probe Df",
+    "gap/probe_features/forget_acc": "gap, probe",
 }
 ALL_CLASSES = "all classes"
 DEFAULT_METRICS = {
