@@ -220,9 +220,16 @@ def test_the_statements_see_a_method_that_forgets_in_its_features_too():
                                     "relearn_retain/100/forget_acc": benign,
                                     "relearn_forget/n20/30/forget_acc": targeted})
     records = [rec("original", 0.96, 0.95, 0.6, 1.0), rec("retrain", 0.0, 0.79, 0.0, 0.0),
-               rec("ga", 0.0, 0.94, 0.26, 0.0), rec("cliperase", 0.0, 0.92, 0.13, 0.0)]
+               rec("ga", 0.0, 0.94, 0.26, 0.0), rec("cliperase", 0.0, 0.92, 0.13, 0.0),
+               rec("graddiff", 0.0, 0.93, 0.2, 0.0), rec("neggrad_plus", 0.0, 0.93, 0.3, 0.0),
+               rec("ft", 0.0, 0.91, 0.0, 0.0), rec("random_labels", 0.0, 0.92, 0.01, 0.0),
+               rec("nullspace", 0.0, 0.92, 0.0, 0.0)]
     holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
     assert all(holds.values()) and set(holds) == {"0", "1", "2", "3", "4", "5"}
+    steady = records[6]
+    records[6] = rec("ft", 0.0, 0.91, 0.05, 0.0)  # FT's sneaker comes back after benign steps: not steady
+    assert not {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}["4"]
+    records[6] = steady
     records[2] = rec("ga", 0.0, 0.85, 0.26, 0.0)  # a probe gap of 0.06: the features forgot as well
     holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
     assert not holds["3"] and holds["4"]

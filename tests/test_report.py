@@ -134,6 +134,7 @@ def test_readme_tables_keep_a_methods_variants_apart(tmp_path):
     assert [r["method"] for r in report.label_variants(records)] == [
         "lipschitz_synthetic", "lipschitz_synthetic", "lipschitz_synthetic_bn", "lipschitz_synthetic_bn"]
     assert records[2]["method"] == "lipschitz_synthetic"  # copies: the caller's records are left as they were
+    assert report.label_variants(report.label_variants(records)) == report.label_variants(records)
     save_records(tmp_path / "mini" / "20_x.json", records)
     table = report.render_table(report.parse_marker("20_x forget-class metrics=forget_acc"), results_dir=tmp_path)
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()[2:] if "|" in line}

@@ -364,8 +364,8 @@ def label_variants(records: Iterable[dict]) -> list[dict]:
         config = r.get("config", {})
         for key, default in VARIANT_KEYS.items():
             value = config.get(key)
-            if value is not None and value != default:
-                r = {**r, "method": f"{r['method']}_{value}"}
+            if value is not None and value != default and not r["method"].endswith(f"_{value}"):
+                r = {**r, "method": f"{r['method']}_{value}"}  # once: labelling twice changes nothing
         out.append(r)
     return out
 
