@@ -392,13 +392,16 @@ def check_attacks(records: Sequence[dict], *, quick: bool = False) -> list[Findi
     values = [v for r in attacked for k, v in r["metrics"].items() if k.endswith("_acc") and not k.startswith("gap/")]
     ref_gaps = [v for r in attacked if r["method"] == "retrain" for k, v in r["metrics"].items()
                 if k.startswith("gap/")]
-    rebuilt = [r["metrics"] for r in attacked if r["method"] in LOSS_METHODS and "recorded_forget_acc" in r["metrics"]]
-    drift = [abs(m["regenerated_forget_acc"] - m["recorded_forget_acc"]) for m in rebuilt]
-    _add(out, "0", "every accuracy lies in [0, 1], the retrained model's gaps are 0 and every rebuilt run of a "
-         "registered loss lands within 0.05 of its recorded forget accuracy (how many exactly: `exact`)",
+    rebuilt = [r for r in attacked if r["method"] in LOSS_METHODS and "recorded_forget_acc" in r["metrics"]]
+    drift = {}  # largest |rebuilt - recorded| forget accuracy per task: the subgroup tasks' runs are not rebuilt exactly
+    for r in rebuilt:
+        k, m = r["config"]["run_task"], r["metrics"]
+        drift[k] = max(drift.get(k, 0.0), abs(m["regenerated_forget_acc"] - m["recorded_forget_acc"]))
+    _add(out, "0", "every accuracy lies in [0, 1], the retrained model's gaps are 0 and on the class task every rebuilt "
+         "run of a registered loss reproduces its recorded forget accuracy exactly (the other tasks' drift: values)",
          values and all(0.0 <= v <= 1.0 for v in values) and ref_gaps and all(g == 0.0 for g in ref_gaps)
-         and all(d <= 0.05 for d in drift), records=len(attacked), rebuilt=len(rebuilt),
-         exact=sum(bool(m.get("regenerated_matches")) for m in rebuilt), largest_drift=max(drift, default=0.0))
+         and all(r["metrics"].get("regenerated_matches") for r in rebuilt if r["config"]["run_task"] == "forget-class"),
+         records=len(attacked), **{f"drift {k}": v for k, v in drift.items()})
     if quick:
         return out
     out += attack_statements(attacked)
