@@ -46,15 +46,15 @@ def test_benchmark_statements_see_a_changed_ranking(committed):
         if r["method"] == "ft" and r["task"] == "forget-subgroup":
             r["metrics"]["unlearning_score"] = 1.0
     by_key = {f.statement: f.holds for f in findings.check_benchmark(records)}
-    assert not by_key["FT scores lowest on the class subgroup, at most 0.7 on the class task and 0 on the style "
-                      "subgroup (it never forgets the sketches)"]
-    assert by_key["on the style subgroup CLIPErase is first and the three stages fall below 0.8"]
+    assert not by_key["FT scores lowest on both subgroup tasks and at most 0.7 on the class task"]
+    assert by_key["on the style subgroup CLIPErase is first (at least 0.97) and every other method stays below 0.95"]
 
 
 @pytest.mark.parametrize("missed, holds", [(0, True), (1, True), (2, False)])
 def test_stop_rule_statement_allows_exactly_one_missed_run(committed, missed, holds):
     records = copy.deepcopy(committed["20_synthetic_lipschitz"])
-    runs = [r for r in records if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class"]
+    runs = [r for r in records if r["method"] == "lipschitz_synthetic" and r["task"] == "forget-class"
+            and r["config"].get("synthetic_prior", "none") == "none"]  # paper B's images; the prior's runs apart
     for r in runs:
         r["metrics"]["stop_acc"] = 0.1  # the boundary is met
     for r in runs[:missed]:
