@@ -273,3 +273,4 @@ def test_stage_effects_is_full_minus_variant_largest_first():
     effects = paper_a.stage_effects(rows, task="ablation-style")
     assert list(effects.index) == ["no_soup", "no_align"]
     assert effects["no_soup"] == pytest.approx(0.85 - 0.3) and effects["no_align"] == pytest.approx(0.0)
+    assert paper_a.stage_effects(rows, task="ablation-style", metric="no_such_metric").empty  # a profile without it

@@ -237,12 +237,17 @@ def style_seed_table(records: Sequence[dict], *, methods: Sequence[str] = ("orig
 def stage_effects(records: Sequence[dict], *, task: str, metric: str = "unlearning_score") -> pd.Series:
     """Return, per ablation variant of ``task`` (``config.variant``), how much ``metric`` falls when that part is
     switched off: the full runs' mean minus the variant's mean (over seeds), largest first. The stage whose
-    removal costs most matters most."""
-    frame = summarise(records, task=task, numeric=True, metrics=[metric], by=("variant",))[metric]
+    removal costs most matters most. Records without ``metric`` (a profile that does not compute it) give an
+    empty series."""
+    table = summarise(records, task=task, numeric=True, metrics=[metric], by=("variant",))
+    if metric not in table.columns:
+        return pd.Series(dtype=float, name=f"{metric} lost")
+    frame = table[metric]
     if "full" not in frame.index:
         raise ValueError(f"no 'full' ablation rows in task {task!r}: run run_three_stage_ablation first")
     drops = {v: frame["full"] - value for v, value in frame.items() if v not in ("full", "none")}
     return pd.Series(drops, name=f"{metric} lost").sort_values(ascending=False)
+
 
 def paper_a_targets(records: list[dict]) -> dict[str, bool]:
     """Return the project's targets for three-stage on notebook 30's records, each with whether it holds.
