@@ -14,24 +14,15 @@ from clipunlearn import configs, data, experiment, explorer
 from clipunlearn.methods import three_stage
 from clipunlearn.harness import run as harness_run
 
+from .test_experiment import tiny_world
+
 SMALL = dict(batch_size=8, eval_per_class=4, retain_per_class=6, n_examples=3)
-
-
-def styled_world(n_per_class: int, seed: int) -> data.StyledImages:
-    """Fashion-MNIST-like StyledImages: 10 classes x 3 styles of random 32 px images."""
-    g = torch.Generator().manual_seed(seed)
-    n = n_per_class * len(data.FASHION_MNIST_CLASSES)
-    raw = torch.randint(0, 256, (n, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.arange(n) % len(data.FASHION_MNIST_CLASSES)
-    k = len(data.STYLES)
-    return data.StyledImages(raw.repeat(k, 1, 1), labels.repeat(k), torch.arange(k).repeat_interleave(n),
-                             torch.arange(n).repeat(k), classnames=data.FASHION_MNIST_CLASSES, stylenames=data.STYLES)
 
 
 @pytest.fixture
 def world(tiny_resnet_clip):
     model, tokenizer = tiny_resnet_clip
-    return explorer.World(model=model, tokenizer=tokenizer, train=styled_world(12, 0), test=styled_world(6, 1),
+    return explorer.World(model=model, tokenizer=tokenizer, train=tiny_world(12, 0), test=tiny_world(6, 1),
                           templates=("a photo of a {}.",))
 
 

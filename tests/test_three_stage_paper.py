@@ -11,21 +11,12 @@ from clipunlearn.models import copy_frozen
 from clipunlearn.papers import paper_a
 from clipunlearn.results import make_record
 
-
-def styled_world(n_per_class=24, seed=0):
-    """Fashion-MNIST-like StyledImages: 10 classes x 3 styles of random 32 px images, renderings share ids."""
-    g = torch.Generator().manual_seed(seed)
-    n = n_per_class * len(data.FASHION_MNIST_CLASSES)
-    raw = torch.randint(0, 256, (n, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.arange(n) % len(data.FASHION_MNIST_CLASSES)
-    k = len(data.STYLES)
-    return data.StyledImages(raw.repeat(k, 1, 1), labels.repeat(k), torch.arange(k).repeat_interleave(n),
-                             torch.arange(n).repeat(k), classnames=data.FASHION_MNIST_CLASSES, stylenames=data.STYLES)
+from .test_experiment import tiny_world
 
 
 @pytest.fixture
 def style_task():
-    train, test = styled_world(seed=0), styled_world(n_per_class=6, seed=1)
+    train, test = tiny_world(n_per_class=24, seed=0), tiny_world(n_per_class=6, seed=1)
     return experiment.build_task(train, test, kind="forget-style-subgroup", target="sketch:sneaker", seed=0,
                                  retain_per_class=6, eval_per_class=4, val_per_class=2)
 
@@ -73,7 +64,7 @@ def test_style_task_validates_on_the_other_classes_in_every_other_style(style_ta
 
 
 def test_other_task_kinds_have_no_style_parts():
-    train, test = styled_world(seed=0), styled_world(n_per_class=6, seed=1)
+    train, test = tiny_world(n_per_class=24, seed=0), tiny_world(n_per_class=6, seed=1)
     for kind, target in (("forget-subgroup", "sandal"), ("forget-class", "sneaker")):
         task = experiment.build_task(train, test, kind=kind, target=target, seed=0, retain_per_class=6,
                                      eval_per_class=4, val_per_class=2)

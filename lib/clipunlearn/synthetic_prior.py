@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from . import synthetic
 from .methods.three_stage_stages import batchnorm_layers
 from .registry import register_label
+from .report import label_variants
 
 __all__ = ["SYNTHETIC_PRIORS", "batchnorm_feature_loss", "total_variation_l2", "generate_bn_prior",
            "generate_with_prior", "feature_statistics_distance", "PRIOR_VARIANT", "split_priors"]
@@ -213,10 +214,6 @@ def feature_statistics_distance(model, images: torch.Tensor, reference: torch.Te
 
 def split_priors(records) -> list[dict]:
     """Return ``records`` with every ``lipschitz_synthetic`` record of a prior other than ``"none"`` renamed
-    :data:`PRIOR_VARIANT` (a copy), so that tables and figures show the two kinds of synthetic images apart."""
-    out = []
-    for r in records:
-        if r.get("method") == "lipschitz_synthetic" and r.get("config", {}).get("synthetic_prior", "none") != "none":
-            r = {**r, "method": PRIOR_VARIANT}
-        out.append(r)
-    return out
+    :data:`PRIOR_VARIANT` (a copy), so that tables and figures show the two kinds of synthetic images apart:
+    ``report.label_variants``, the one renaming the README's tables use too."""
+    return label_variants(records)
