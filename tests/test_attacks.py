@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -123,9 +124,10 @@ def test_the_probe_reads_the_features_and_scores_the_forget_test_images(task, ti
     assert attacks.probe_features(tiny_clip.model, task, settings(tiny_tokenizer))["probe_features/forget_acc"] == 0.0
 
 
-def record(method, seed, **metrics):
+def record(method, seed, *, run_task="forget-class", **metrics):
+    target = {"forget-class": "sneaker", "forget-subgroup": "sandal", "forget-style-subgroup": "sketch:sneaker"}
     return make_record(method=method, task=attacks_bench.ATTACK_TASK,
-                       config={"run_task": "forget-class", "forget_class": "sneaker", "seed": seed}, metrics=metrics)
+                       config={"run_task": run_task, "forget_class": target[run_task], "seed": seed}, metrics=metrics)
 
 
 def test_the_gap_to_retrain_is_the_difference_on_the_same_task_and_seed():
@@ -213,19 +215,56 @@ def test_a_synthetic_prior_is_a_method_of_its_own_and_nullspace_is_rebuilt_from_
     assert not torch.equal(model.visual.attnpool.c_proj.weight, original)  # the projection was applied to a copy
 
 
+def rec(method, fp32, probe, benign, targeted, run_task="forget-class", rebuilt=None):
+    """An attack record with the metrics the statements read (``rebuilt``: a rebuilt run's forget accuracy)."""
+    check = {} if rebuilt is None else {"regenerated_forget_acc": rebuilt, "recorded_forget_acc": fp32,
+                                        "regenerated_matches": abs(rebuilt - fp32) <= 1e-4}
+    return record(method, 0, run_task=run_task, **{
+        "quantise_weights/fp32/forget_acc": fp32, "quantise_weights/bf16/forget_acc": fp32,
+        "quantise_weights/int8/forget_acc": fp32, "probe_features/forget_acc": probe,
+        "relearn_retain/100/forget_acc": benign, "relearn_forget/n20/30/forget_acc": targeted, **check})
+
+
+def subgroup_records():
+    """The sandal and the sketches: the retrained model, two methods that forget, NegGrad+ on the sketches."""
+    sub, style = "forget-subgroup", "forget-style-subgroup"
+    return [rec("retrain", 0.0, 0.79, 0.0, 0.0, sub), rec("ga", 0.0, 0.95, 0.13, 0.0, sub, rebuilt=0.0),
+            rec("cliperase", 0.05, 0.90, 0.12, 0.0, sub, rebuilt=0.05),
+            rec("retrain", 0.61, 0.96, 0.52, 0.0, style), rec("ga", 0.07, 0.99, 0.85, 0.0, style, rebuilt=0.07),
+            rec("cliperase", 0.02, 0.99, 0.78, 0.0, style, rebuilt=0.02),
+            rec("neggrad_plus", 0.02, 0.99, 0.19, 0.0, style, rebuilt=0.02)]
+
+
+def test_the_subgroup_statements_see_a_change():
+    """Statement 6 (a probe gap above 0.05 on the sandal), 7 (the sketches come back, NegGrad+ apart) and 0 (every
+    rebuilt run matches its record) each fail when one number crosses its bar."""
+    def holds(records):
+        return {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
+
+    base = subgroup_records()
+    assert holds(base)["6"] and holds(base)["7"] and holds(base)["0"]
+    records = copy.deepcopy(base)
+    records[2] = rec("cliperase", 0.05, 0.83, 0.12, 0.0, "forget-subgroup", rebuilt=0.05)  # probe gap 0.04
+    assert not holds(records)["6"]
+    records = copy.deepcopy(base)
+    records[5] = rec("cliperase", 0.02, 0.99, 0.60, 0.0, "forget-style-subgroup", rebuilt=0.02)  # gap 0.08
+    assert not holds(records)["7"]
+    records = copy.deepcopy(base)
+    records[6] = rec("neggrad_plus", 0.02, 0.99, 0.55, 0.0, "forget-style-subgroup", rebuilt=0.02)  # above 0
+    assert not holds(records)["7"]
+    records = copy.deepcopy(base)
+    records[1] = rec("ga", 0.0, 0.95, 0.13, 0.0, "forget-subgroup", rebuilt=0.02)  # a rebuilt run drifted
+    assert not holds(records)["0"]
+
+
 def test_the_statements_see_a_method_that_forgets_in_its_features_too():
-    def rec(method, fp32, probe, benign, targeted):
-        return record(method, 0, **{"quantise_weights/fp32/forget_acc": fp32, "quantise_weights/bf16/forget_acc": fp32,
-                                    "quantise_weights/int8/forget_acc": fp32, "probe_features/forget_acc": probe,
-                                    "relearn_retain/100/forget_acc": benign,
-                                    "relearn_forget/n20/30/forget_acc": targeted})
     records = [rec("original", 0.96, 0.95, 0.6, 1.0), rec("retrain", 0.0, 0.79, 0.0, 0.0),
-               rec("ga", 0.0, 0.94, 0.26, 0.0), rec("cliperase", 0.0, 0.92, 0.13, 0.0),
+               rec("ga", 0.0, 0.94, 0.26, 0.0, rebuilt=0.0), rec("cliperase", 0.0, 0.92, 0.13, 0.0),
                rec("graddiff", 0.0, 0.93, 0.2, 0.0), rec("neggrad_plus", 0.0, 0.93, 0.3, 0.0),
                rec("ft", 0.0, 0.91, 0.0, 0.0), rec("random_labels", 0.0, 0.92, 0.01, 0.0),
-               rec("nullspace", 0.0, 0.92, 0.0, 0.0)]
+               rec("nullspace", 0.0, 0.92, 0.0, 0.0)] + subgroup_records()
     holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
-    assert all(holds.values()) and set(holds) == {"0", "1", "2", "3", "4", "5"}
+    assert all(holds.values()) and set(holds) == {"0", "1", "2", "3", "4", "5", "6", "7"}
     steady = records[6]
     records[6] = rec("ft", 0.0, 0.91, 0.05, 0.0)  # FT's sneaker comes back after benign steps: not steady
     assert not {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}["4"]

@@ -86,8 +86,22 @@ def test_committed_robustness_table_is_current_and_every_statement_holds_on_ever
     assert text.count("\n|") > len(table["statements"])
 
 
-def test_evaluate_models_counts_a_missing_notebook_as_not_holding(tmp_path, repo_root):
+def test_evaluate_models_says_not_run_apart_from_not_holding(tmp_path, repo_root):
     (tmp_path / "empty").mkdir()
-    table = robustness.evaluate_models({"shipped": repo_root / "results" / "mini", "other": tmp_path / "empty"})
-    assert table["statements"] and not any(s["holds"]["other"] for s in table["statements"])
-    assert all(s["holds"]["shipped"] for s in table["statements"])
+    (tmp_path / "broken").mkdir()
+    records = copy.deepcopy(load_records(repo_root / "results" / "mini" / "10_cliperase.json"))
+    for r in records:
+        if r["method"] == "cliperase" and r["task"] == "forget-class":
+            r["metrics"]["forget_acc"] = 0.5
+    (tmp_path / "broken" / "10_cliperase.json").write_text(json.dumps({"records": records}))
+    table = robustness.evaluate_models({"shipped": repo_root / "results" / "mini", "empty": tmp_path / "empty",
+                                        "broken": tmp_path / "broken"})
+    statements = table["statements"]
+    assert statements and all(s["holds"]["shipped"] is True for s in statements)
+    assert all(s["holds"]["empty"] is None for s in statements)  # no results file: not run
+    assert all(s["holds"]["broken"] is None for s in statements if s["notebook"] != "10_cliperase")
+    ten = {s["statement"]: s["holds"]["broken"] for s in statements if s["notebook"] == "10_cliperase"}
+    assert ten["CLIPErase forgets the class (forget accuracy <= 0.01)"] is False
+    row = next(line for line in robustness.robustness_markdown(table).splitlines()
+               if "CLIPErase forgets the class (forget" in line)
+    assert row.endswith("| yes | not run | **no** |")

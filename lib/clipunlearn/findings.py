@@ -11,42 +11,21 @@ checks looser bars and skips the full-mode statements.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from .attack_findings import check_attacks
 from .benchmark import summary_table
+from .finding import Finding, add_finding as _add
 from .papers.paper_a import with_other_all
-from .registry import LOSSES as LOSS_METHODS, REFERENCES
+from .registry import REFERENCES
 from .report import oracle_table, summarise
 from .results import load_records
 from .synthetic_prior import PRIOR_VARIANT, split_priors
 
 __all__ = ["Finding", "CHECKS", "check_notebook", "check_results_dir", "assert_findings", "findings_frame"]
-
-
-@dataclass
-class Finding:
-    """One checked statement: ``key`` (its number in the notebook), ``statement``, ``holds`` and ``values``."""
-
-    key: str
-    statement: str
-    holds: bool
-    values: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _num(value) -> float:
-    return float("nan") if value is None else round(float(value), 4)
-
-
-def _add(out: list, key: str, statement: str, holds, **values) -> None:
-    out.append(Finding(key, statement, bool(holds), {k: _num(v) if not isinstance(v, str) else v
-                                                    for k, v in values.items()}))
 
 
 def _frame(records, task, metrics, by=("method",)):
@@ -383,73 +362,6 @@ def _check_nullspace(out: list, records: Sequence[dict]) -> None:
          and cls.loc["nullspace", "forget_acc"] <= 0.05, gap_subgroup=sub.loc["nullspace", "gap_retrain"],
          next_best=others.min(), other_forget_class=cls.loc["nullspace", "other_forget_acc"],
          gap_class=cls.loc["nullspace", "gap_retrain"])
-
-
-def check_attacks(records: Sequence[dict], *, quick: bool = False) -> list[Finding]:
-    """Notebook 45: relearning, probe and quantisation attacks on every method, against the retrained model."""
-    out: list[Finding] = []
-    attacked = [r for r in records if r["task"] == "attacks"]
-    values = [v for r in attacked for k, v in r["metrics"].items() if k.endswith("_acc") and not k.startswith("gap/")]
-    ref_gaps = [v for r in attacked if r["method"] == "retrain" for k, v in r["metrics"].items()
-                if k.startswith("gap/")]
-    rebuilt = [r for r in attacked if r["method"] in LOSS_METHODS and "recorded_forget_acc" in r["metrics"]]
-    drift = {}  # largest |rebuilt - recorded| forget accuracy per task: the subgroup tasks' runs are not rebuilt exactly
-    for r in rebuilt:
-        k, m = r["config"]["run_task"], r["metrics"]
-        drift[k] = max(drift.get(k, 0.0), abs(m["regenerated_forget_acc"] - m["recorded_forget_acc"]))
-    _add(out, "0", "every accuracy lies in [0, 1], the retrained model's gaps are 0 and on the class task every rebuilt "
-         "run of a registered loss reproduces its recorded forget accuracy exactly (the other tasks' drift: values)",
-         values and all(0.0 <= v <= 1.0 for v in values) and ref_gaps and all(g == 0.0 for g in ref_gaps)
-         and all(r["metrics"].get("regenerated_matches") for r in rebuilt if r["config"]["run_task"] == "forget-class"),
-         records=len(attacked), **{f"drift {k}": v for k, v in drift.items()})
-    if quick:
-        return out
-    out += attack_statements(attacked)
-    return out
-
-
-def _attack_means(attacked: Sequence[dict], metric: str) -> dict[tuple[str, str], float]:
-    """Return ``{(method, benchmark task): mean over seeds}`` of ``metric`` in the attack records."""
-    out: dict = {}
-    for r in attacked:
-        if r["metrics"].get(metric) is not None:
-            out.setdefault((r["method"], r["config"]["run_task"]), []).append(float(r["metrics"][metric]))
-    return {k: sum(v) / len(v) for k, v in out.items()}
-
-
-def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
-    """The full-mode statements of notebook 45 on its attack records."""
-    out: list[Finding] = []
-    fp32, bf16, int8 = (_attack_means(attacked, f"quantise_weights/{p}/forget_acc") for p in ("fp32", "bf16", "int8"))
-    shift = max(abs(q[k] - fp32[k]) for q in (bf16, int8) for k in fp32)
-    _add(out, "1", "quantisation brings nothing back: bf16 weights and int8 linear layers move no model's forget "
-         "accuracy by more than 0.05", shift <= 0.05, largest_shift=shift)
-    probe = _attack_means(attacked, "probe_features/forget_acc")
-    ref_probe = {k: v for k, v in probe.items() if k[0] == "retrain"}
-    _add(out, "2", "the image features of the retrained model still separate the forget class (its probe finds at "
-         "least half the forget test images): the probe's gap to retrain, not its level, is the measure",
-         ref_probe and min(ref_probe.values()) >= 0.5, **{k[1]: v for k, v in ref_probe.items()})
-    task = "forget-class"
-    gap = lambda metric: _attack_means(attacked, f"gap/{metric}")  # noqa: E731
-    forgot = sorted(m for (m, k), v in fp32.items() if k == task and m not in REFERENCES and v <= 0.1)
-    probe_gap = gap("probe_features/forget_acc")
-    _add(out, "3", "every method that forgets the sneaker at the output (zero-shot forget accuracy <= 0.1) keeps it in "
-         "its image features: its probe finds more than 0.1 of the forget test images beyond the retrained model's",
-         forgot and all(probe_gap[(m, task)] > 0.1 for m in forgot), **{m: probe_gap[(m, task)] for m in forgot})
-    benign = gap("relearn_retain/100/forget_acc")
-    ascent, steady = ("ga", "graddiff", "neggrad_plus"), ("ft", "random_labels", "nullspace")
-    _add(out, "4", "the methods that ascend the forget loss (GA, GradDiff, NegGrad+) get the sneaker partly back after "
-         "100 steps of fine-tuning on retain pairs only (mean gap to retrain above 0.1), FT, random labels and the "
-         "nullspace projection do not (at most 0.02); the retrained model stays at 0",
-         all(benign.get((m, task), 0.0) > 0.1 for m in ascent)
-         and all(benign.get((m, task), 1.0) <= 0.02 for m in steady)
-         and _attack_means(attacked, "relearn_retain/100/forget_acc").get(("retrain", task)) == 0.0,
-         **{m: benign.get((m, task), float("nan")) for m in (*ascent, *steady, "cliperase")})
-    targeted = gap("relearn_forget/n20/30/forget_acc")
-    _add(out, "5", "targeted relearning on 20 unseen sneaker photos for 30 steps brings back nothing beyond the "
-         "retrained model in any method that forgot (gap at most 0.05)",
-         forgot and all(targeted[(m, task)] <= 0.05 for m in forgot), **{m: targeted[(m, task)] for m in forgot})
-    return out
 
 
 #: Notebook stem -> its check. ``benchmarks/robustness.py`` evaluates every entry.

@@ -84,8 +84,9 @@ def metric_spread(folders: Mapping[str, Path]) -> list[dict]:
 def evaluate_models(folders: Mapping[str, Path], *, runs: dict | None = None, model_info: dict | None = None) -> dict:
     """Check every statement on every model's records; return the robustness table (JSON-ready).
 
-    ``folders``: ``{model name: results folder}``, the shipped model first. A statement
-    missing on a model (its notebook did not run) counts as not holding there.
+    ``folders``: ``{model name: results folder}``, the shipped model first. On a model whose folder has no
+    results file of a statement's notebook (not run there) the statement's ``holds`` is None ("not run"); a
+    statement missing from a notebook that ran counts as not holding.
     ``model_info``: ``{model name: {...}}`` (training seed, sha256, zero-shot accuracy), stored as is.
     """
     checked = {name: check_results_dir(folder) for name, folder in folders.items()}
@@ -97,7 +98,8 @@ def evaluate_models(folders: Mapping[str, Path], *, runs: dict | None = None, mo
                 key = (stem, f.key, f.statement)
                 if key not in seen:
                     seen[key] = {"notebook": stem, "key": f.key, "statement": f.statement,
-                                 "holds": {n: False for n in names}, "values": {n: None for n in names}}
+                                 "holds": {n: False if stem in checked[n] else None for n in names},
+                                 "values": {n: None for n in names}}
                     statements.append(seen[key])
                 seen[key]["holds"][name] = f.holds
                 seen[key]["values"][name] = f.values
@@ -116,24 +118,30 @@ def _fmt(value) -> str:
     return "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
 
 
+def _holds_cell(holds: bool | None) -> str:
+    return "not run" if holds is None else "yes" if holds else "**no**"
+
+
 def robustness_markdown(table: dict) -> str:
     """Return two markdown tables: statement x model (holds or not), and the spread of the main metrics."""
     names = table["models"]
     info = table.get("model_info") or {}
     lines = []
     if info:
-        lines += ["| model | training seed | photo acc | sketch acc | negative acc | sha256 |", "|:---|---:|---:|---:|---:|:---|"]
+        lines += ["| model | training seed | photo acc | sketch acc | negative acc | sha256 |",
+                  "|:---|---:|---:|---:|---:|:---|"]
         for n in names:
             m = info.get(n, {})
             z = m.get("zero_shot", {})
-            lines.append(f"| {n} | {m.get('train_seed', '')} | {_fmt(z.get('acc_photo'))} | {_fmt(z.get('acc_sketch'))} | "
-                         f"{_fmt(z.get('acc_negative'))} | `{str(m.get('sha256', ''))[:12]}` |")
+            lines.append(f"| {n} | {m.get('train_seed', '')} | {_fmt(z.get('acc_photo'))} | "
+                         f"{_fmt(z.get('acc_sketch'))} | {_fmt(z.get('acc_negative'))} | "
+                         f"`{str(m.get('sha256', ''))[:12]}` |")
         lines.append("")
     lines += ["| notebook | # | statement | " + " | ".join(names) + " |",
              "|:---|:---|:---|" + "|".join(":---:" for _ in names) + "|"]
     for s in table["statements"]:
         lines.append(f"| {s['notebook'][:2]} | {s['key']} | {s['statement']} | "
-                     + " | ".join("yes" if s["holds"][n] else "**no**" for n in names) + " |")
+                     + " | ".join(_holds_cell(s["holds"][n]) for n in names) + " |")
     lines += ["", "| source | method | metric | " + " | ".join(names) + " | sd across models | sd across seeds |",
               "|:---|:---|:---|" + "|".join("---:" for _ in names) + "|---:|---:|"]
     for row in table["spread"]:

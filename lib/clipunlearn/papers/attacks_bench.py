@@ -38,24 +38,34 @@ MATCH_TOLERANCE = 1e-4
 
 
 
+def _recorded(config: dict, defaults: dict) -> dict:
+    """``defaults`` with every value the record's ``config`` holds under the same name (the run's own settings)."""
+    return {k: config.get(k, v) for k, v in defaults.items()}
+
+
 def _regenerate_three_stage(record: dict, task: Task, *, model, tokenizer, device):
-    mini = mini_settings()["three_stage"]
-    return run_three_stage(task, model=model, tokenizer=tokenizer, lr=record["config"]["lr"],
-                           batch_size=mini["batch_size"], settings=mini["settings"],
-                           calib_per_class=mini["calib_per_class"], stage_metrics=False, device=device)[0]
+    mini, config = mini_settings()["three_stage"], record["config"]
+    return run_three_stage(task, model=model, tokenizer=tokenizer, lr=config["lr"],
+                           batch_size=config.get("batch_size", mini["batch_size"]),
+                           settings=_recorded(config, mini["settings"]),
+                           calib_per_class=config.get("calib_per_class", mini["calib_per_class"]),
+                           stage_metrics=False, device=device)[0]
 
 
 def _regenerate_lipschitz(record: dict, task: Task, *, model, tokenizer, device):
-    lip = mini_settings()["lipschitz"]
-    prior = record["config"].get("synthetic_prior", "none")
+    """The synthetic images are made with the mini generation settings (a record keeps their number, not their
+    settings); the forgetting with the record's own."""
+    lip, config = mini_settings()["lipschitz"], record["config"]
+    prior = config.get("synthetic_prior", "none")
     generation = {**lip["generation"], **({"synthetic_prior": prior, "prior_settings": lip["bn_prior"]}
                                           if prior != "none" else {})}
-    forget, val, _ = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=lip["n_train"],
-                                             n_val=lip["n_val"], generation=generation, seed=task.seed,
-                                             device=device)
+    n_train = config.get("forget_images", lip["n_train"])
+    n_val = config.get("synthetic", {}).get("images", n_train + lip["n_val"]) - n_train
+    forget, val, _ = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train, n_val=n_val,
+                                             generation=generation, seed=task.seed, device=device)
     return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget, val_forget=(val, None),
                          data_free=True, method="lipschitz_synthetic", device=device,
-                         **{**lip["forgetting"], "lr": record["config"]["lr"]})[0]
+                         **{**_recorded(config, lip["forgetting"]), "lr": config["lr"]})[0]
 
 
 def _regenerate_nullspace(record: dict, task: Task, *, model, tokenizer, device):
