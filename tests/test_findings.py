@@ -43,11 +43,12 @@ def test_a_broken_record_breaks_its_statement_and_the_assert_names_it(committed)
 def test_benchmark_statements_see_a_changed_ranking(committed):
     records = copy.deepcopy(committed["40_benchmark"])
     for r in records:
-        if r["method"] == "ft" and r["task"] == "forget-subgroup":
+        if r["method"] == "ft" and r["task"] == "forget-style-subgroup":
             r["metrics"]["unlearning_score"] = 1.0
     by_key = {f.statement: f.holds for f in findings.check_benchmark(records)}
-    assert not by_key["FT scores lowest on both subgroup tasks and at most 0.7 on the class task"]
-    assert by_key["on the style subgroup CLIPErase is first (at least 0.97) and every other method stays below 0.95"]
+    assert not by_key["FT scores lowest on the class task (at most 0.7) and on the style subgroup"]
+    assert not by_key["on the style subgroup CLIPErase is first (at least 0.97)"]  # FT now is
+    assert by_key["CLIPErase scores at least 0.97 on both subgroup tasks"]
 
 
 @pytest.mark.parametrize("missed, holds", [(0, True), (1, True), (2, False)])
@@ -69,15 +70,17 @@ def test_unknown_notebook_lists_the_valid_ones():
         findings.check_notebook("99_x", [])
 
 
-@pytest.mark.xfail(strict=True, reason="the robustness table predates the selection protocol (selection seed, grid "
-                   "extension, retrained references): rerun `python benchmarks/robustness.py` (notebooks 10-40 and "
-                   "three retrained references for each of two retrained mini models, about two hours on 2 cores)")
-def test_committed_robustness_table_is_current_and_every_statement_holds_on_every_model(repo_root, committed):
+def test_committed_robustness_table_is_current_and_no_statement_fails_on_any_model(repo_root, committed):
+    """The committed table (``python benchmarks/robustness.py``) holds exactly the statements the notebooks assert
+    now, on the shipped model and at least two retrained ones; none fails where its notebook ran, and notebooks
+    10-40 ran on every model."""
     table = json.loads((repo_root / "results" / "mini" / "robustness.json").read_text())
     assert table["models"][0] == "shipped" and len(table["models"]) >= 3
     for s in table["statements"]:
-        assert all(s["holds"][m] for m in table["models"]), (s["notebook"], s["statement"], s["values"])
-    # the table holds exactly the statements the notebooks assert now
+        assert s["holds"]["shipped"] is True, (s["notebook"], s["statement"])
+        assert False not in s["holds"].values(), (s["notebook"], s["statement"], s["values"])
+        if s["notebook"] != "45_attacks":
+            assert None not in s["holds"].values(), (s["notebook"], s["statement"])
     now = {(stem, f.statement) for stem in findings.CHECKS for f in findings.check_notebook(stem, committed[stem])}
     assert {(s["notebook"], s["statement"]) for s in table["statements"]} == now
     # the spread of the main metrics is there for every model

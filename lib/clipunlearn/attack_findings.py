@@ -67,10 +67,10 @@ def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
          forgot and all(probe_gap[(m, task)] > 0.1 for m in forgot), **{m: probe_gap[(m, task)] for m in forgot})
     benign = gap("relearn_retain/100/forget_acc")
     ascent, steady = ("ga", "graddiff", "neggrad_plus"), ("ft", "random_labels", "nullspace")
-    _add(out, "4", "the methods that ascend the forget loss (GA, GradDiff, NegGrad+) get the sneaker partly back after "
-         "100 steps of fine-tuning on retain pairs only (mean gap to retrain above 0.1), FT, random labels and the "
-         "nullspace projection do not (at most 0.02); the retrained model stays at 0",
-         all(benign.get((m, task), 0.0) > 0.1 for m in ascent)
+    _add(out, "4", "100 steps of fine-tuning on retain pairs only bring more of the sneaker back (mean gap to retrain) "
+         "in GA and in GradDiff than in FT, random labels and the nullspace projection, which get at most 0.02 back; "
+         "the retrained model stays at 0",
+         min(benign.get((m, task), 0.0) for m in ascent[:2]) > max(benign.get((m, task), 1.0) for m in steady)
          and all(benign.get((m, task), 1.0) <= 0.02 for m in steady)
          and attack_means(attacked, "relearn_retain/100/forget_acc").get(("retrain", task)) == 0.0,
          **{m: benign.get((m, task), float("nan")) for m in (*ascent, *steady, "cliperase")})
@@ -81,16 +81,17 @@ def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
     sub = "forget-subgroup"
     forgot_sub = sorted(m for (m, k), v in fp32.items() if k == sub and m not in REFERENCES and v <= 0.1)
     _add(out, "6", "on the sandal too, every method that forgets it at the output (zero-shot forget accuracy <= 0.1) "
-         "keeps it in its image features: its probe finds more than 0.05 of the forget test images beyond the "
-         "retrained model's", forgot_sub and all(probe_gap[(m, sub)] > 0.05 for m in forgot_sub),
+         "keeps more of it in its image features than the retrained model: its probe finds more of the forget test "
+         "images (a positive gap)", forgot_sub and all(probe_gap[(m, sub)] > 0.0 for m in forgot_sub),
          **{m: probe_gap[(m, sub)] for m in forgot_sub})
     style = "forget-style-subgroup"
     forgot_style = sorted(m for (m, k), v in fp32.items() if k == style and m not in REFERENCES and v <= 0.1)
     back = [m for m in forgot_style if m != "neggrad_plus"]
     _add(out, "7", "on the style subgroup, 100 benign steps (retain pairs only, sneaker photos among them) bring the "
          "sketches back beyond the retrained model (gap above 0.1) for every method that forgot them (zero-shot <= "
-         "0.1) except NegGrad+, which stays below it (gap below 0)",
+         "0.1) except NegGrad+, which comes back the least",
          back and all(benign[(m, style)] > 0.1 for m in back)
-         and ("neggrad_plus" not in forgot_style or benign[("neggrad_plus", style)] < 0.0),
+         and ("neggrad_plus" not in forgot_style
+              or benign[("neggrad_plus", style)] == min(benign[(m, style)] for m in forgot_style)),
          **{m: benign[(m, style)] for m in forgot_style})
     return out
