@@ -276,3 +276,45 @@ def test_the_statements_see_a_method_that_forgets_in_its_features_too():
     holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
     assert not holds["5"]
     assert [f.key for f in findings.check_attacks(records, quick=True)] == ["0"]
+
+
+def test_rebuilt_procedures_take_the_settings_their_record_keeps(monkeypatch):
+    """A rebuilt Lipschitz run makes its synthetic images with the record's generation settings and image counts and
+    forgets with the record's own settings; a rebuilt three-stage run takes the record's stage settings. What a
+    record does not keep falls back to the mini settings."""
+    seen = {}
+
+    def fake_generate(model, task, *, tokenizer, n_train, n_val, generation, seed, device):
+        seen["generate"] = dict(n_train=n_train, n_val=n_val, generation=generation)
+        return "forget", "val", {}
+
+    def fake_run(task, **kwargs):
+        seen["run"] = kwargs
+        return "model", {}
+
+    monkeypatch.setattr(attacks_bench, "generate_task_synthetic", fake_generate)
+    monkeypatch.setattr(attacks_bench, "run_lipschitz", fake_run)
+    monkeypatch.setattr(attacks_bench, "run_three_stage", fake_run)
+    mini = attacks_bench.mini_settings()
+    config = {"lr": 0.01, "max_epochs": 5, "n_samples": 10, "forget_images": 16, "synthetic": {"images": 24},
+              "generation": {"steps": 50, "patience": 10}}
+    task = type("FakeTask", (), {"seed": 0})()
+    assert attacks_bench._regenerate_lipschitz({"config": config}, task, model=None, tokenizer=None,
+                                               device="cpu") == "model"
+    generation = seen["generate"]["generation"]
+    assert (seen["generate"]["n_train"], seen["generate"]["n_val"]) == (16, 8)
+    assert (generation["steps"], generation["patience"]) == (50, 10)
+    assert generation["step_size"] == mini["lipschitz"]["generation"]["step_size"]  # not kept: the mini setting
+    run = seen["run"]
+    assert (run["lr"], run["max_epochs"], run["n_samples"]) == (0.01, 5, 10)
+    assert run["batch_size"] == mini["lipschitz"]["forgetting"]["batch_size"]
+    # a record without generation settings or counts: the mini ones
+    attacks_bench._regenerate_lipschitz({"config": {"lr": 0.01}}, task, model=None, tokenizer=None, device="cpu")
+    assert seen["generate"]["generation"]["steps"] == mini["lipschitz"]["generation"]["steps"]
+    assert (seen["generate"]["n_train"], seen["generate"]["n_val"]) == (mini["lipschitz"]["n_train"],
+                                                                         mini["lipschitz"]["n_val"])
+    attacks_bench._regenerate_three_stage({"config": {"lr": 1e-3, "remind_steps": 10, "batch_size": 16}}, task,
+                                          model=None, tokenizer=None, device="cpu")
+    settings = seen["run"]["settings"]
+    assert settings["remind_steps"] == 10 and seen["run"]["batch_size"] == 16
+    assert settings["forget_steps"] == mini["three_stage"]["settings"]["forget_steps"]

@@ -53,12 +53,12 @@ def _regenerate_three_stage(record: dict, task: Task, *, model, tokenizer, devic
 
 
 def _regenerate_lipschitz(record: dict, task: Task, *, model, tokenizer, device):
-    """The synthetic images are made with the mini generation settings (a record keeps their number, not their
-    settings); the forgetting with the record's own."""
+    """The synthetic images are made with the record's generation settings (``config.generation``; records written
+    before it was kept: the mini settings), the forgetting with the record's own settings."""
     lip, config = mini_settings()["lipschitz"], record["config"]
     prior = config.get("synthetic_prior", "none")
-    generation = {**lip["generation"], **({"synthetic_prior": prior, "prior_settings": lip["bn_prior"]}
-                                          if prior != "none" else {})}
+    generation = {**lip["generation"], **config.get("generation", {}),
+                  **({"synthetic_prior": prior, "prior_settings": lip["bn_prior"]} if prior != "none" else {})}
     n_train = config.get("forget_images", lip["n_train"])
     n_val = config.get("synthetic", {}).get("images", n_train + lip["n_val"]) - n_train
     forget, val, _ = generate_task_synthetic(model, task, tokenizer=tokenizer, n_train=n_train, n_val=n_val,

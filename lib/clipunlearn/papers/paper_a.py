@@ -357,7 +357,7 @@ def run_subgroup_benchmark(tasks: dict[str, Sequence[Task]], *, model, tokenizer
                 forget, val, cost = synthetic_set(task)
                 return run_lipschitz(task, model=model, tokenizer=tokenizer, forget_data=forget,
                                      val_forget=(val, None), data_free=True, method="lipschitz_synthetic",
-                                     config={"synthetic": dict(cost)}, device=device,
+                                     config={"synthetic": dict(cost), "generation": lip["generation"]}, device=device,
                                      **{**lip.get("forgetting", {}), **candidate})
 
             oracle_fn = lambda m, task: validate_model(m, task, tokenizer=tokenizer, device=device)  # noqa: E731
