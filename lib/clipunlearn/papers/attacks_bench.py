@@ -21,7 +21,7 @@ from ..harness.attacks import ATTACKS, AttackSettings, measure_accuracies, run_a
 from ..methods.lipschitz import generate_task_synthetic, run_lipschitz
 from ..methods.nullspace import run_nullspace
 from ..methods.three_stage import run_three_stage
-from ..registry import LOSSES
+from ..registry import LOSSES, REFERENCES  # the two models every method is compared with
 from ..report import label_variants
 from ..results import make_record
 
@@ -30,12 +30,8 @@ __all__ = ["ATTACK_TASK", "REFERENCES", "add_retrain_gaps", "attack_methods", "r
 
 #: The record task of every attack record (``config.run_task`` holds the benchmark task).
 ATTACK_TASK = "attacks"
-#: The two models every method is compared with.
-REFERENCES = ("original", "retrain")
 #: A regenerated run matches its record when its forget accuracy is within this of the recorded one.
 MATCH_TOLERANCE = 1e-4
-
-
 
 
 def _recorded(config: dict, defaults: dict) -> dict:

@@ -10,26 +10,26 @@ validation images (which pick the best step) and the same test subsets. :func:`b
 from __future__ import annotations
 
 from ..harness import build_task
+from ..methods.retrain import RETRAIN_TARGETS
 from .paper_a import paper_a_settings
 from .paper_c import paper_c_settings
 
 __all__ = ["BENCHMARK_TASKS", "benchmark_task_sizes", "build_benchmark_tasks"]
 
-#: The benchmark's tasks: ``{task kind: target}``.
-BENCHMARK_TASKS = {"forget-class": "sneaker", "forget-subgroup": "sandal", "forget-style-subgroup": "sketch:sneaker"}
-#: Which notebook's settings each task kind is built with (notebook 10: paper C's; notebook 30: paper A's).
-OWNERS = {"forget-class": "10_cliperase", "forget-subgroup": "30_subgroup_forgetting",
-          "forget-style-subgroup": "30_subgroup_forgetting"}
+#: The benchmark's tasks, ``{task kind: target}``: those the retrained references are trained for.
+BENCHMARK_TASKS = RETRAIN_TARGETS
+#: The settings each task kind is built with: those of the notebook that owns its runs (notebook 10: paper C's;
+#: notebook 30: paper A's).
+OWNER_SETTINGS = {"forget-class": paper_c_settings, "forget-subgroup": paper_a_settings,
+                  "forget-style-subgroup": paper_a_settings}
 
 
 def benchmark_task_sizes(kind: str, *, quick: bool = False) -> dict:
-    """Return the mini ``harness.build_task`` size arguments of task ``kind`` (its owner's, :data:`OWNERS`);
+    """Return the mini ``harness.build_task`` size arguments of task ``kind`` (its owner's, :data:`OWNER_SETTINGS`);
     ``quick``: the owner's CI sizes."""
-    if kind not in OWNERS:
-        raise ValueError(f"unknown benchmark task kind {kind!r}; valid: {', '.join(OWNERS)}")
-    if OWNERS[kind] == "10_cliperase":
-        return dict(paper_c_settings("mini", quick=quick)["task"])
-    return dict(paper_a_settings("mini", quick=quick)["task"])
+    if kind not in OWNER_SETTINGS:
+        raise ValueError(f"unknown benchmark task kind {kind!r}; valid: {', '.join(OWNER_SETTINGS)}")
+    return dict(OWNER_SETTINGS[kind]("mini", quick=quick)["task"])
 
 
 def build_benchmark_tasks(train, test, *, tasks: dict[str, str], seeds, n_seen: int | None,
