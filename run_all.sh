@@ -29,6 +29,18 @@ Options:
   --force            re-run notebooks even if up to date
   --quick            smoke-test mode: -p QUICK True (results go to
                      results/quick-<profile>/, not committed)
+  --cluster WHERE    run each notebook's matrix of runs on Ray (pip extra
+                     [cluster]; notebook 10 today): auto (Ray on this machine:
+                     a GPU a run in the paper profile, a CPU a run in mini) or
+                     ray://HOST:PORT (a cluster started with ray start); records
+                     are those of the serial run, finished runs are kept on
+                     rerun (-p CLUSTER WHERE to the notebooks that declare it;
+                     README: "Many GPUs")
+  --plan             print what the run would do and stop: paper profile, per
+                     notebook the runs, steps and images and the time expected
+                     on this machine's device (one step of each kind timed, with
+                     random weights; python -m clipunlearn plan --help); mini
+                     profile, the times of the last complete run
   --retrained-mini SEED
                      mini profile: use a mini CLIP retrained here with training
                      seed SEED (trained on first use, ~4 min; cached) instead of
@@ -51,7 +63,7 @@ EOF
 die() { echo "run_all.sh: $*" >&2; exit 2; }
 
 # --- arguments (parsed before any set-up, so errors are instant) ------------
-profile=mini; force=0; quick=0; only=(); extra=(); mini_seed="${CLIPUNLEARN_MINI_SEED:-}"
+profile=mini; force=0; quick=0; plan=0; cluster=""; only=(); extra=(); mini_seed="${CLIPUNLEARN_MINI_SEED:-}"
 while (($#)); do
     case "$1" in
         --profile)   (($# >= 2)) || die "--profile needs a value"; profile="$2"; shift 2 ;;
@@ -60,6 +72,9 @@ while (($#)); do
         --only=*)    only+=("${1#*=}"); shift ;;
         --force)     force=1; shift ;;
         --quick)     quick=1; shift ;;
+        --plan)      plan=1; shift ;;
+        --cluster)   (($# >= 2)) || die "--cluster needs auto or ray://HOST:PORT"; cluster="$2"; shift 2 ;;
+        --cluster=*) cluster="${1#*=}"; shift ;;
         --retrained-mini) (($# >= 2)) || die "--retrained-mini needs a training seed"; mini_seed="$2"; shift 2 ;;
         --retrained-mini=*) mini_seed="${1#*=}"; shift ;;
         -p)          (($# >= 3)) || die "-p needs NAME VALUE"; extra+=(-p "$2" "$3"); shift 3 ;;
@@ -67,6 +82,8 @@ while (($#)); do
         *)           die "unknown option '$1' (see --help)" ;;
     esac
 done
+[[ -z "$cluster" || "$cluster" == auto || "$cluster" == ray://* ]] \
+    || die "unknown --cluster '$cluster'; valid: auto (Ray on this machine), ray://HOST:PORT (an existing Ray cluster)"
 [[ " ${PROFILES[*]} " == *" $profile "* ]] \
     || die "unknown profile '$profile'; valid profiles: ${PROFILES[*]}"
 [[ -z "$mini_seed" || "$mini_seed" == shipped || "$mini_seed" =~ ^[0-9]+$ ]] \
@@ -111,10 +128,19 @@ done
 
 # --- set-up: environment, package, data; exports PYTHON ----------------------
 # shellcheck source=scripts/setup_env.sh
+export CLIPUNLEARN_PROFILE="$profile"  # paper: a new .venv keeps a torch that already uses the GPU
 source "$ROOT/scripts/setup_env.sh"
 
 # the same thread count for every notebook: results depend on it in their last bits
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+if ((plan)); then
+    plan_args=(--profile "$profile"); ((quick)) && plan_args+=(--quick)
+    for pat in "${only[@]}"; do plan_args+=(--only "$pat"); done
+    exec "$PYTHON" -m clipunlearn plan "${plan_args[@]}"
+fi
+if [[ "$profile" == paper ]]; then  # a GPU this torch cannot use (its CUDA newer than the driver): stop now
+    "$PYTHON" -m clipunlearn env --check-gpu || die "torch cannot use this machine's GPU (above); fix it, or run on the CPU with CUDA_VISIBLE_DEVICES= (hours: see --plan)"
+fi
 if [[ -n "$mini_seed" ]]; then export CLIPUNLEARN_MINI_SEED="$mini_seed"; else unset CLIPUNLEARN_MINI_SEED; fi
 run_name="$profile${mini_seed:+-seed$mini_seed}"; ((quick)) && run_name="quick-$run_name"
 out_dir="$ROOT/runs/$run_name"
@@ -151,7 +177,9 @@ for i in "${!notebooks[@]}"; do
     rm -f "$stamp"
     echo "$params_hash" >"$stamp.tmp"      # its mtime records the start of this run
     start=$SECONDS
-    if "$PYTHON" -m papermill "$src" "$out" "${params[@]}" --cwd "$ROOT/notebooks" \
+    nb_params=("${params[@]}")  # the cluster changes where runs execute, not the records: not in the stamp
+    [[ -n "$cluster" ]] && declared "$src" | grep -qx CLUSTER && nb_params+=(-p CLUSTER "$cluster")
+    if "$PYTHON" -m papermill "$src" "$out" "${nb_params[@]}" --cwd "$ROOT/notebooks" \
         --log-output --no-progress-bar >"$log" 2>&1; then
         mv "$stamp.tmp" "$stamp"
         echo "ok ($(fmt_time $((SECONDS - start))))"

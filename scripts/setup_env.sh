@@ -10,12 +10,15 @@
 #      the first Python >= 3.11 found ($CLIPUNLEARN_PYTHON, python3, python3.13,
 #      python3.12, python3.11). The pinned numpy, pandas, scikit-learn, matplotlib
 #      and ipykernel need Python >= 3.11.
-#   2. install `-e .[test,notebooks]` with `-c constraints.txt` (every transitive
+#   2. install `-e .[test,notebooks,cluster]` with `-c constraints.txt` (every transitive
 #      version pinned) when pyproject.toml or constraints.txt changed since the last
 #      install (stamp file with their hash, inside .venv). On Colab only what is
 #      missing is installed (scripts/colab_install.sh: Colab's torch, numpy, pandas
 #      and ipykernel stay); in another foreign env that already has torch,
-#      torch/torchvision are kept and the other pinned deps installed.
+#      torch/torchvision are kept (pinned to the installed versions) and the other
+#      pinned deps installed. For the paper profile (CLIPUNLEARN_PROFILE=paper, set
+#      by run_all.sh), a new .venv on a machine whose python already has a torch
+#      that uses the GPU is made with --system-site-packages and keeps that torch.
 #   3. Fashion-MNIST from Debian (apt-get install dataset-fashion-mnist) when
 #      root, apt exists and the files are missing.
 #   4. default data: python -m clipunlearn data --fetch
@@ -69,8 +72,15 @@ _cu_pick_env() {
                 _cu_err "no Python >= $_cu_need_py found (python3 is $(python3 -V 2>&1 || echo missing)): the pinned numpy, pandas, scikit-learn, matplotlib and ipykernel need it; $_cu_py_hint"
                 return 1
             }
+            local venv_args=()
+            if [[ "${CLIPUNLEARN_PROFILE:-}" == paper ]] && "$py3" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+                # a GPU box whose python already has a working CUDA torch: the venv sees it and keeps it
+                venv_args=(--system-site-packages)
+                _cu_say "$py3 has torch $("$py3" -c 'import torch; print(torch.__version__)' 2>/dev/null) and it uses the GPU: .venv keeps it (--system-site-packages)"
+            fi
             _cu_say "creating virtualenv .venv with $("$py3" -V 2>&1)"
-            "$py3" -m venv "$venv" || { _cu_err "$py3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv, or python3.X-venv for $("$py3" -V 2>&1))"; return 1; }
+            "$py3" -m venv "${venv_args[@]}" "$venv" || { _cu_err "$py3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv, or python3.X-venv for $("$py3" -V 2>&1))"; return 1; }
+            ((${#venv_args[@]})) && touch "$venv/.clipunlearn-keeps-torch"
         fi
         PYTHON="$venv/bin/python"
         _cu_state="$venv"
@@ -90,7 +100,7 @@ _cu_pick_env() {
     mkdir -p "$_cu_state"
 }
 
-# 2. pip install -c constraints.txt -e .[test,notebooks] unless the stamp says nothing changed.
+# 2. pip install -c constraints.txt -e .[test,notebooks,cluster] unless the stamp says nothing changed.
 _cu_install() {
     local want stamp="$_cu_state/.clipunlearn-install.sha256" log="$_cu_state/clipunlearn-pip.log"
     local constraints="$_cu_root/constraints.txt"
@@ -108,25 +118,31 @@ _cu_install() {
         # Colab: install only what is missing, never its torch / numpy / pandas / ipykernel
         _cu_say "Colab: installing what is missing, keeping Colab's packages (log: $log)"
         PYTHON="$PYTHON" bash "$_cu_root/scripts/colab_install.sh" --no-data --extras notebooks,test >"$log" 2>&1
-    elif [[ "$_cu_foreign" == 1 ]] && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then
-        # foreign env with torch already there: keep its torch/torchvision (and out of the constraints)
-        _cu_say "installing clipunlearn[test,notebooks], keeping the installed torch (log: $log)"
+    elif [[ "$_cu_foreign" == 1 || -f "$_cu_state/.clipunlearn-keeps-torch" ]] \
+        && "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then
+        # an env with torch already there (foreign, or a .venv made on a GPU box): keep its torch/torchvision,
+        # pinned to what is installed so that pip picks a matching torchvision instead of replacing torch
+        local keep; keep="$("$PYTHON" -c 'import importlib.metadata as m
+for d in ("torch", "torchvision"):
+    try: print(f"{d}=={m.version(d)}")
+    except m.PackageNotFoundError: pass')"
+        _cu_say "installing clipunlearn[test,notebooks,cluster], keeping the installed $(echo $keep) (log: $log)"
         local deps kept="$_cu_state/constraints-without-torch.txt"
-        grep -v -i -E '^(torch|torchvision)==' "$constraints" >"$kept"
+        { grep -v -i -E '^(torch|torchvision)==' "$constraints"; echo "$keep"; } >"$kept"
         mapfile -t deps < <("$PYTHON" - "$_cu_root/pyproject.toml" <<'EOF'
 import re, sys
 import tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
-for dep in project["dependencies"] + extras["test"] + extras["notebooks"]:
+for dep in project["dependencies"] + extras["test"] + extras["notebooks"] + extras["cluster"]:
     if re.split(r"[^A-Za-z0-9_.-]", dep)[0].lower() not in ("torch", "torchvision"):
         print(dep)
 EOF
         )
         { "${pip[@]}" -c "$kept" "${deps[@]}" && "${pip[@]}" --no-deps -e "$_cu_root"; } >"$log" 2>&1
     else
-        _cu_say "installing clipunlearn[test,notebooks] with the versions of constraints.txt (log: $log)"
-        "${pip[@]}" -c "$constraints" -e "${_cu_root}[test,notebooks]" >"$log" 2>&1
+        _cu_say "installing clipunlearn[test,notebooks,cluster] with the versions of constraints.txt (log: $log)"
+        "${pip[@]}" -c "$constraints" -e "${_cu_root}[test,notebooks,cluster]" >"$log" 2>&1
     fi || { tail -n 30 "$log" >&2; _cu_err "pip install failed, see $log"; return 1; }
     echo "$want" >"$stamp"
     _cu_say "install done"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clipunlearn import data, metrics
+from clipunlearn import data, image_cache, metrics
 
 from .test_experiment import tiny_world
 
@@ -187,6 +187,6 @@ def test_measure_run_without_the_kernel_peak_counter_samples(monkeypatch):
 
 def test_cached_images_keep_float16_on_a_gpu_and_float32_elsewhere():
     base = tiny_world(n_per_class=1)
-    assert metrics.CachedImages(base).dtype == torch.float32
-    assert metrics.CachedImages(base, device="cuda").dtype == torch.float16  # nothing is allocated until a batch
-    assert metrics.CachedImages(base, device="cuda", dtype=torch.float32).dtype == torch.float32
+    assert image_cache.CachedImages(base).dtype == torch.float32
+    assert image_cache.CachedImages(base, device="cuda").dtype == torch.float16  # nothing is allocated until a batch
+    assert image_cache.CachedImages(base, device="cuda", dtype=torch.float32).dtype == torch.float32

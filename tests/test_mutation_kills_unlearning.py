@@ -297,8 +297,8 @@ def test_unlearn_runs_the_loss_under_autocast_of_the_batch_device(toy_loss, monk
 def test_unlearn_rejects_an_unknown_precision_before_any_work(toy_loss, tmp_path):
     unlearn(Toy(), method="toy", forget_loader=ones(1), checkpoint_dir=tmp_path, progress=False)
     ev = Evals()
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; valid: fp32, bf16"):
-        unlearn(Toy(), method="toy", forget_loader=ones(2), precision="fp16", eval_fn=ev, eval_at_start=True,
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: fp32, bf16, fp16, auto"):
+        unlearn(Toy(), method="toy", forget_loader=ones(2), precision="fp8", eval_fn=ev, eval_at_start=True,
                 checkpoint_dir=tmp_path, resume="restart", progress=False)
     assert ev.n == 0 and len(toy_loss.calls) == 1 and (tmp_path / "state.pt").exists()
 

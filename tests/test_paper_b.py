@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipunlearn import layers, metrics, models, synthetic
+from clipunlearn import image_cache, layers, metrics, models, synthetic
 from clipunlearn.methods import lipschitz
 from clipunlearn.papers import paper_b
 from clipunlearn.unlearning import make_pair_loader
@@ -375,7 +375,7 @@ def test_cached_images_decode_once_and_match(tmp_path):
     getitem = type(base.base).__getitem__
     base.base.__class__ = type("Counting", (type(base.base),), {
         "__getitem__": lambda self, i: calls.append(i) or getitem(self, i)})
-    cached = metrics.CachedImages(base, dtype=torch.float16)
+    cached = image_cache.CachedImages(base, dtype=torch.float16)
     x, y = cached.get_batch([4, 0, 4])
     assert x.dtype == torch.float32 and y.tolist() == [1, 0, 1] and len(calls) == 2
     assert torch.allclose(x[1], first, atol=1e-3) and torch.equal(x[0], x[2])

@@ -13,7 +13,7 @@ and source ids (never from the library's selection helpers) and checked on:
   fake ``*-ubyte.gz`` files, as notebooks 10 and 40 call ``build_task``; paper A's and
   paper B's loaders on ``fashion-mnist``; the explorer's ``_build_task``) and the paper
   profile (``paper_a.load_paper_a_tasks`` and ``paper_b.load_paper_b_tasks`` over
-  ImageFolder exports, the images cached by ``metrics.CachedImages``).
+  ImageFolder exports, the images cached by ``image_cache.CachedImages``).
 
 The invariants: forget, retain, validation and sibling sets pairwise disjoint, each holding
 only the right classes and styles (nothing of the forget target outside the forget sets);

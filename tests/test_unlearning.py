@@ -253,5 +253,5 @@ def test_bf16_autocast_runs_the_loss_in_bf16_and_keeps_float32_weights(tiny_clip
     assert set(dtypes) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert result.history[-1]["loss"] < first
-    with pytest.raises(ValueError, match="valid: fp32, bf16"):
-        unlearn(model, method="spy_amp", forget_loader=forget, epochs=1, precision="fp16", progress=False)
+    with pytest.raises(ValueError, match="valid: fp32, bf16, fp16, auto"):
+        unlearn(model, method="spy_amp", forget_loader=forget, epochs=1, precision="fp8", progress=False)

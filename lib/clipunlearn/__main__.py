@@ -5,15 +5,18 @@
     python -m clipunlearn models --train-mini   # train (or load) the cached mini CLIP
     python -m clipunlearn figures --profile mini [--only 10]   # redraw figures/<profile>/ from results/<profile>/
     python -m clipunlearn report --readme README.md [--check]   # render README's results tables from results/
+    python -m clipunlearn plan --profile paper [--quick]        # runs, steps and expected time of each notebook
+    python -m clipunlearn env [--check-gpu]                     # versions, device; can torch use this GPU?
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import data, models, plots, report
+from . import data, environment, models, plan, plots, report
 
-COMMANDS = {"data": data.main, "models": models.main, "figures": plots.main, "report": report.main}
+COMMANDS = {"data": data.main, "models": models.main, "figures": plots.main, "report": report.main, "plan": plan.main,
+            "env": environment.main}
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,13 @@ from typing import Collection
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-#: Numeric precisions of training and evaluation: full float32, or bf16 autocast.
+#: Numeric precisions every path takes (the synthetic-image ascent too): full float32, or bf16 autocast.
 PRECISIONS = ("fp32", "bf16")
+#: What :func:`autocast` and the unlearning loop take: :data:`PRECISIONS`, fp16 autocast (the loop then scales
+#: the loss on CUDA) and ``auto`` (the fastest the device runs well: :func:`resolve_precision`).
+AMP_PRECISIONS = (*PRECISIONS, "fp16", "auto")
+#: The compute capability from which a CUDA card runs bf16 at full speed (Ampere, e.g. A100: 8.0; a T4 is 7.5).
+BF16_CAPABILITY = (8, 0)
 #: Towers of a CLIP model, as :func:`encoder_of` names them.
 ENCODERS = ("image", "text", "other")
 #: Parameter-name prefixes of open_clip's text tower (the rest of a CLIP, but ``visual.`` and ``logit_``).
@@ -77,13 +82,38 @@ def make_adamw(params, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 
 
+def resolve_precision(precision: str, device, *, capability: tuple[int, int] | None = None) -> str:
+    """Return ``precision`` with ``"auto"`` made concrete for ``device``; raise a ValueError for an unknown one.
+
+    ``auto``: ``bf16`` on a CUDA card of compute capability :data:`BF16_CAPABILITY` or more that supports bf16
+    (Ampere or newer), ``fp16`` on an older CUDA card (e.g. a T4), ``fp32`` elsewhere (CPU, MPS). ``capability``
+    (``(major, minor)``): used instead of asking the card, and then taken to support bf16 from 8.0 on.
+    """
+    if precision not in AMP_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(AMP_PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+        fast = tuple(capability) >= BF16_CAPABILITY and torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        fast = tuple(capability) >= BF16_CAPABILITY
+    return "bf16" if fast else "fp16"
+
+
 def autocast(device, precision: str = "fp32"):
-    """Return a bf16 ``torch.autocast`` context for ``device`` when ``precision == "bf16"``, else a no-op one."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Return a ``torch.autocast`` context for ``device`` in ``precision`` (``bf16`` / ``fp16``), else a no-op one.
+
+    ``"auto"`` is resolved for ``device`` first (:func:`resolve_precision`).
+    """
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def to_device(batch, device):

@@ -8,14 +8,17 @@ GPU profile ends up on the CPU, e.g. a CUDA build of torch newer than the driver
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import open_clip
 import torch
 
 #: Profiles meant for a GPU: resolving them to the CPU warns.
@@ -70,7 +73,8 @@ def configure_torch(device, *, tf32: bool = True, benchmark: bool = True) -> dic
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = benchmark
-    return {"tf32": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+    return {"tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 
 
 def _parent_command() -> str:
@@ -98,13 +102,22 @@ def default_progress() -> bool:
     return sys.stderr.isatty()
 
 
+def package_version(name: str) -> str | None:
+    """Return the installed version of distribution ``name`` (None when absent): open_clip 2.24 has no
+    ``__version__``."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def describe_environment() -> dict:
     """Return versions of Python and the key packages, the device and the CPU threads in use."""
     info = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
+        "open_clip": package_version("open_clip_torch"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -130,3 +143,60 @@ def describe_machine() -> dict:
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
+
+
+def read_driver() -> dict | None:
+    """Return ``{"driver", "cuda", "gpus"}`` from ``nvidia-smi`` (the driver's version, the newest CUDA it runs,
+    the cards' names), or None without an NVIDIA driver."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=30).stdout
+        names = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header)
+    rows = [r.split(",") for r in names.strip().splitlines() if "," in r]
+    return {"driver": rows[0][1].strip() if rows else None, "cuda": cuda.group(1) if cuda else None,
+            "gpus": [r[0].strip() for r in rows]}
+
+
+def check_gpu(*, driver: dict | None = None, problem: str | None = None) -> tuple[bool, str]:
+    """Return ``(ok, message)``: whether this torch can use the machine's GPU. Not ok only when a driver is there
+    but torch cannot use it (its CUDA build newer than the driver, a CPU-only build): the message says what to
+    install. No driver at all is ok (the CPU), with a message saying so. ``driver`` / ``problem``: for tests."""
+    driver = read_driver() if driver is None else driver
+    problem = cuda_problem() if problem is None and driver else problem
+    build = f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none: CPU only'})"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return True, f"{build}; the GPUs are hidden (CUDA_VISIBLE_DEVICES is empty): the run uses the CPU"
+    if not driver:
+        return True, f"{build}; no NVIDIA driver: the run uses the CPU"
+    seen = f"driver {driver.get('driver')} (runs CUDA up to {driver.get('cuda')}), {', '.join(driver['gpus'])}"
+    if not problem:
+        return True, f"{build} uses the GPU: {seen}"
+    hint = ""
+    if torch.version.cuda and driver.get("cuda"):
+        wheel = "cu" + "".join(driver["cuda"].split(".")[:2])
+        hint = (f" The driver runs CUDA up to {driver['cuda']}: install a torch built for it, e.g. pip install torch "
+                f"torchvision --index-url https://download.pytorch.org/whl/{wheel} (or the newest cuXY not above "
+                f"it), in an environment you activate before ./run_all.sh, which then keeps it; or update the driver.")
+    return False, f"{build} cannot use the GPU: {seen}. {problem}.{hint}"
+
+
+def main(argv=None) -> int:
+    """``python -m clipunlearn env [--check-gpu]``: print the environment; with ``--check-gpu`` exit 1 when a GPU
+    driver is present but this torch cannot use it."""
+    parser = argparse.ArgumentParser(prog="python -m clipunlearn env", description=main.__doc__.split(":")[0])
+    parser.add_argument("--check-gpu", action="store_true", help="exit 1 when torch cannot use the GPU it sees")
+    args = parser.parse_args(argv)
+    ok, message = check_gpu()
+    if args.check_gpu:
+        print(message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    for key, value in describe_environment().items():
+        print(f"{key}: {value}")
+    print(message)
+    return 0

@@ -1,14 +1,12 @@
 """The shared evaluation harness: small functions that return numbers or dicts.
 
-Zero-shot accuracy on any index subset, per-class accuracy, confusion matrices,
-image-text retrieval recall@k, a membership-inference score and the wall time /
-peak memory of a run. Every paper notebook evaluates through these.
+Zero-shot accuracy on any index subset, per-class accuracy, confusion matrices, image-text retrieval recall@k, a
+membership-inference score and the wall time / peak memory of a run. Every paper notebook evaluates through these.
 
-GPU paths: :func:`autocast` (bf16 autocast as an option, features come back
-float32), :class:`CachedImages` (preprocessed images of a folder dataset decoded once,
-by DataLoader workers into pinned memory, then served from memory), batches moved
-with ``non_blocking`` copies, and ``build_classifier(..., cache=True)`` (class text
-features reused while the text tower is unchanged).
+GPU paths: :func:`autocast` (bf16 or fp16 autocast as an option, features come back float32),
+``image_cache.CachedImages`` (preprocessed images of a folder dataset decoded once, by DataLoader workers into pinned
+memory, then served from memory), batches moved with ``non_blocking`` copies, and
+``build_classifier(..., cache=True)`` (class text features reused while the text tower is unchanged).
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .clip import PRECISIONS, autocast, encoder_of  # PRECISIONS, autocast re-exported
+from .clip import PRECISIONS, autocast, encoder_of  # noqa: F401 (PRECISIONS, autocast re-exported)
 
 #: Decimals every selection score is rounded to before comparing candidates (learning rates, steps,
 #: souping alphas): differences below 1e-4 are float noise of one CPU's summation order (a tie of
@@ -47,9 +45,8 @@ def iterate_batches(dataset, *, indices=None, batch_size: int = 512, num_workers
                     pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images, labels)`` batches of ``dataset`` in order (``indices`` subset if given).
 
-    In-memory datasets (with ``get_batch``) are sliced; others go through a DataLoader
-    with ``num_workers`` worker processes and ``pin_memory`` (page-locked batches for
-    asynchronous copies to a GPU).
+    In-memory datasets (with ``get_batch``) are sliced; others go through a DataLoader with ``num_workers`` worker
+    processes and ``pin_memory`` (page-locked batches for asynchronous copies to a GPU).
     """
     idx = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     if hasattr(dataset, "get_batch"):  # in-memory datasets: slice tensors, no per-item Python
@@ -62,77 +59,14 @@ def iterate_batches(dataset, *, indices=None, batch_size: int = 512, num_workers
         yield images, torch.as_tensor(labels)
 
 
-class CachedImages(torch.utils.data.Dataset):
-    """A labelled image dataset whose preprocessed images are decoded once and then served from memory.
-
-    Wraps ``dataset`` (``(image tensor, label)`` items, ``targets``, ``classnames``;
-    ``styles`` / ``stylenames`` / ``paths`` are passed through). :meth:`get_batch` decodes
-    the images of a batch not seen before (a DataLoader with ``num_workers`` workers and,
-    for a CUDA ``device``, pinned memory), keeps them as ``dtype`` on ``device`` (default: float16 on a
-    CUDA device, float32 elsewhere) and
-    returns float32 images with CPU labels, so repeated evaluations (every validation,
-    every other-dataset accuracy) stop re-decoding JPEGs. Only valid while the
-    preprocessing is fixed (evaluation transforms, no random augmentation). Memory:
-    ``3 * H * W`` values of ``dtype`` per image seen (0.3 MB at 224 px in float16).
-    """
-
-    def __init__(self, dataset, *, dtype=None, device="cpu", num_workers: int = 0, batch_size: int = 256):
-        self.base, self.device = dataset, torch.device(device)
-        self.dtype = dtype if dtype is not None else torch.float16 if self.device.type == "cuda" else torch.float32
-        self.num_workers, self.batch_size = num_workers, batch_size
-        self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
-        self.classnames = list(dataset.classnames)
-        self.styles = getattr(dataset, "styles", None)
-        self.stylenames = list(getattr(dataset, "stylenames", []) or [])
-        self.paths = getattr(dataset, "paths", None)
-        self._row = torch.full((len(self.targets),), -1, dtype=torch.long)  # row of each index in _store
-        self._store: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    @property
-    def cached(self) -> int:
-        """How many images are held in memory."""
-        return 0 if self._store is None else len(self._store)
-
-    def prefetch(self, indices=None) -> "CachedImages":
-        """Decode and keep the images of ``indices`` (default: all) now; return ``self``."""
-        idx = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.long).flatten()
-        missing = idx[self._row[idx] < 0].unique()
-        if len(missing):
-            pin = self.device.type == "cuda" and torch.cuda.is_available()
-            parts = [x.to(self.device, self.dtype, non_blocking=True) for x, _ in iterate_batches(
-                self.base, indices=missing, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=pin)]
-            new = torch.cat(parts)
-            self._row[missing] = torch.arange(self.cached, self.cached + len(missing))
-            self._store = new if self._store is None else torch.cat([self._store, new])
-        return self
-
-    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return float32 images ``[B, 3, H, W]`` (on the cache's device) and CPU labels for ``indices``."""
-        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
-        self.prefetch(idx)
-        rows = self._row[idx].to(self.device)
-        return self._store[rows].float(), self.targets[idx]
-
-    def __getitem__(self, index):
-        x, y = self.get_batch([index])
-        return x[0], int(y[0])
-
-    def __getitems__(self, indices):  # DataLoader's whole-batch fetching
-        x, y = self.get_batch(indices)
-        return list(zip(x, y.tolist()))
-
-
 @torch.no_grad()
 def encode_images(model, dataset, *, indices=None, batch_size: int = 512, device="cpu",
                   normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(features [N, D], labels [N])`` of ``dataset`` (``indices`` subset if given), on CPU.
 
-    Batches are copied to ``device`` with ``non_blocking`` (asynchronous from pinned
-    memory) and cast to float32; features are gathered on the device and copied back once.
-    Runs under a caller's :func:`autocast` (features come back float32).
+    Batches are copied to ``device`` with ``non_blocking`` (asynchronous from pinned memory) and cast to float32;
+    features are gathered on the device and copied back once. Runs under a caller's :func:`autocast` (features come
+    back float32).
     """
     feats, labels = [], []
     for images, y in iterate_batches(dataset, indices=indices, batch_size=batch_size):
@@ -160,8 +94,8 @@ def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 25
 def _text_signature(model) -> tuple:
     """Identity and L2 norm of every text-tower tensor (one fused norm kernel, one copy to the host).
 
-    Any optimiser step or ``load_state_dict`` changes a norm; version counters are not
-    enough (fused optimisers update in place without bumping them).
+    Any optimiser step or ``load_state_dict`` changes a norm; version counters are not enough (fused optimisers
+    update in place without bumping them).
     """
     params = [p for n, p in model.named_parameters() if encoder_of(n) == "text"]
     if not params:
@@ -174,9 +108,8 @@ def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Seq
                      cache: bool = False) -> torch.Tensor:
     """Return zero-shot classifier weights ``[D, C]`` (open_clip's template-ensemble builder).
 
-    ``cache=True`` reuses the weights last built for the same class names and templates
-    while the text tower is unchanged: same tensors with the same norms (any optimiser
-    step or ``load_state_dict`` changes them).
+    ``cache=True`` reuses the weights last built for the same class names and templates while the text tower is
+    unchanged: same tensors with the same norms (any optimiser step or ``load_state_dict`` changes them).
     """
     if not cache:
         return open_clip.build_zero_shot_classifier(
@@ -213,8 +146,8 @@ def predict_logits(model, classifier: torch.Tensor, dataset, *, indices=None, ba
                    device="cpu", logit_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return zero-shot ``(logits [N, C], targets [N])``: ``logit_scale`` x cosine similarity.
 
-    ``logit_scale`` defaults to the model's own learned temperature (:func:`get_logit_scale`);
-    it does not change accuracies, only the softmax / cross-entropy (membership inference).
+    ``logit_scale`` defaults to the model's own learned temperature (:func:`get_logit_scale`); it does not change
+    accuracies, only the softmax / cross-entropy (membership inference).
     """
     scale = get_logit_scale(model) if logit_scale is None else float(logit_scale)
     feats, targets = encode_images(model, dataset, indices=indices, batch_size=batch_size, device=device)
@@ -265,13 +198,11 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
                      text_queries=None) -> dict[str, float]:
     """Return image-to-text and text-to-image recall@k (``i2t_r1``, ..., ``t2i_r10``).
 
-    Row ``i`` of both feature matrices is a matching pair. With ``groups`` (one id
-    per pair, e.g. the class of the caption) a hit is any item of the same group,
-    so identical captions are not counted as misses. ``queries`` (row indices)
-    scores only those images / texts as queries, against the whole pool.
-    With ``text_groups`` the texts are their own set (e.g. each distinct caption
-    once): image ``i`` matches text ``j`` when ``groups[i] == text_groups[j]``,
-    ``queries`` picks the image queries and ``text_queries`` the text queries.
+    Row ``i`` of both feature matrices is a matching pair. With ``groups`` (one id per pair, e.g. the class of the
+    caption) a hit is any item of the same group, so identical captions are not counted as misses. ``queries`` (row
+    indices) scores only those images / texts as queries, against the whole pool. With ``text_groups`` the texts are
+    their own set (e.g. each distinct caption once): image ``i`` matches text ``j`` when ``groups[i] ==
+    text_groups[j]``, ``queries`` picks the image queries and ``text_queries`` the text queries.
     """
     sims = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
     n_img, n_txt = sims.shape
@@ -333,11 +264,10 @@ def membership_inference(model, classifier, dataset, *, member_idx, nonmember_id
                          batch_size: int = 512, device="cpu") -> dict[str, float]:
     """Loss-threshold membership inference: can an attacker tell members from unseen samples?
 
-    Scores each sample by its zero-shot cross-entropy loss at the model's own
-    temperature (``logit_scale.exp()``; low loss = "member") and
-    returns ``{"mia": AUC, "member_loss", "nonmember_loss"}``. ``mia`` = 0.5 means
-    the forget samples look like never-seen samples (the goal of unlearning);
-    above 0.5 means they are still recognisable as training data.
+    Scores each sample by its zero-shot cross-entropy loss at the model's own temperature (``logit_scale.exp()``;
+    low loss = "member") and returns ``{"mia": AUC, "member_loss", "nonmember_loss"}``. ``mia`` = 0.5 means the
+    forget samples look like never-seen samples (the goal of unlearning); above 0.5 means they are still
+    recognisable as training data.
     """
     def losses(ds, idx):
         logits, targets = predict_logits(model, classifier, ds, indices=idx, batch_size=batch_size, device=device)
@@ -451,15 +381,14 @@ def _peak_rss_mb() -> float:
 def measure_run(*, device="cpu", interval: float = 0.02):
     """Measure a block: yields a dict that gets ``seconds``, ``peak_mem_mb`` and ``base_mem_mb`` on exit.
 
-    ``peak_mem_mb`` is the memory the *block* added at its peak (MiB), not the
-    process total, so it does not grow with what a notebook ran before:
+    ``peak_mem_mb`` is the memory the *block* added at its peak (MiB), not the process total, so it does not grow
+    with what a notebook ran before:
 
-    * CUDA device: ``max_memory_allocated - memory_allocated`` at entry (peak stats
-      reset at entry); ``base_mem_mb`` is the memory allocated at entry.
-    * CPU: ``gc.collect()``, then the peak resident memory of the process during the
-      block minus the resident memory at entry (>= 0); ``base_mem_mb`` is the latter.
-      The peak is the kernel's counter (reset at entry) on Linux, else the resident
-      memory sampled every ``interval`` seconds.
+    * CUDA device: ``max_memory_allocated - memory_allocated`` at entry (peak stats reset at entry);
+      ``base_mem_mb`` is the memory allocated at entry.
+    * CPU: ``gc.collect()``, then the peak resident memory of the process during the block minus the resident
+      memory at entry (>= 0); ``base_mem_mb`` is the latter. The peak is the kernel's counter (reset at entry) on
+      Linux, else the resident memory sampled every ``interval`` seconds.
     """
     stats: dict[str, float] = {}
     cuda = str(device).startswith("cuda") and torch.cuda.is_available()

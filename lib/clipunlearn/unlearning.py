@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, save_checkpoint
-from .clip import RequiresGrad, autocast, copy_frozen, make_adamw, to_device
+from .clip import RequiresGrad, autocast, copy_frozen, make_adamw, resolve_precision, to_device
 from .losses import get_loss
 from .metrics import NonFiniteOutputError, round_score
 
@@ -146,6 +146,7 @@ class UnlearnResult:
     ``stopped_early`` says why the run ended before its last step (None: it did not);
     ``failed`` is True when the run broke down (a non-finite loss): its numbers are
     not a result of the method, and a caller should record the failure, not the metrics.
+    ``precision``: the precision the loss ran in (``"auto"`` resolved for the device).
     """
 
     history: list = field(default_factory=list)
@@ -154,6 +155,7 @@ class UnlearnResult:
     seconds: float = 0.0
     stopped_early: str | None = None
     failed: bool = False
+    precision: str = "fp32"
 
     @property
     def evals(self) -> list[dict]:
@@ -237,6 +239,21 @@ def _check_and_evaluate(model, tracker, result, step: int, *, method: str, evalu
     return True
 
 
+def make_grad_scaler(device, precision: str) -> torch.amp.GradScaler:
+    """Return the loop's gradient scaler: enabled for ``fp16`` on a CUDA ``device`` (small fp16 gradients would
+    flush to zero), else a disabled one whose steps are plain optimiser steps."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind, enabled=precision == "fp16" and kind == "cuda")
+
+
+def step_optimizer(loss: torch.Tensor, *, optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward ``loss`` and step ``optimizer`` through ``scaler``: scale, backward, step (skipped by an enabled
+    scaler when a gradient is not finite), update the scale."""
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def _cpu_state(model) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -261,7 +278,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Generator):
         return f"Generator(initial_seed={value.initial_seed()})"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) + "}"
+        items = sorted(value.items(), key=lambda kv: str(kv[0]))
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_describe(v) for v in value) + "]"
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
@@ -334,23 +352,26 @@ class _Checkpoint:
                              f"not a result to continue from; {fresh}")
         return state
 
-    def restore(self, *, model, optimizer, tracker: _Tracker) -> tuple[int, bool]:
+    def restore(self, *, model, optimizer, scaler, tracker: _Tracker) -> tuple[int, bool]:
         """Load a resumable saved state into the run; return ``(step, finished)`` (``(0, False)``: none)."""
         saved = self.load()
         if saved is None:
             return 0, False
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):  # fp16 on CUDA: the loss scale goes on where it was
+            scaler.load_state_dict(saved["scaler"])
         tracker.load_state_dict(saved)
         tracker.result.stopped_early = saved["stopped_early"]
         return int(saved["step"]), bool(saved["finished"])
 
-    def save(self, *, model, optimizer, step: int, tracker: _Tracker, finished: bool) -> None:
+    def save(self, *, model, optimizer, scaler, step: int, tracker: _Tracker, finished: bool) -> None:
         if self.path is not None:
             result = tracker.result
+            extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                              **tracker.state_dict(), "settings": self.settings, "finished": finished,
-                             "failed": result.failed, "stopped_early": result.stopped_early}, self.path)
+                             "failed": result.failed, "stopped_early": result.stopped_early, **extra}, self.path)
 
 
 def _short(value, width: int = 80) -> str:
@@ -387,9 +408,12 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     betas, eps, loss_kwargs, epochs, max_steps, seed, trainable tensors) match, returns
     a finished run as it ended, and raises a ValueError when the settings differ or
     the saved run failed; ``resume="restart"`` deletes it and starts afresh. The model
-    stays in eval mode (BatchNorm statistics of the original are kept). ``precision="bf16"``
-    computes the loss under bf16 autocast (``clip.autocast``; weights, gradients and AdamW
-    state stay float32), for GPUs; the default ``"fp32"`` changes nothing. ``logit_scale``: one of
+    stays in eval mode (BatchNorm statistics of the original are kept). ``precision="bf16"`` or
+    ``"fp16"`` computes the loss under autocast (``clip.autocast``; weights, gradients and AdamW
+    state stay float32), for GPUs, fp16 on CUDA through a gradient scaler (:func:`make_grad_scaler`);
+    ``"auto"`` is resolved once for the device (``clip.resolve_precision``: bf16 on Ampere or newer,
+    fp16 on older cards, fp32 on a CPU) and the settings and ``result.precision`` hold what ran; the
+    default ``"fp32"`` changes nothing. ``logit_scale``: one of
     :data:`LOGIT_SCALE_MODES` (the temperature trained freely, clamped to [0, ln 100] after every step, or
     frozen).
     """
@@ -397,8 +421,9 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     check_run_settings(lr=lr, epochs=epochs, max_steps=max_steps)
     if logit_scale not in LOGIT_SCALE_MODES:
         raise ValueError(f"unknown logit_scale mode {logit_scale!r}; valid: {', '.join(LOGIT_SCALE_MODES)}")
-    amp_device = device if device is not None else next(model.parameters()).device
-    autocast(amp_device, precision)  # an unknown precision fails here, before any work
+    amp_device = torch.device(device if device is not None else next(model.parameters()).device)
+    precision = resolve_precision(precision, amp_device)  # once; an unknown precision fails here, before any work
+    autocast(amp_device, precision)  # and a device that cannot autocast in it
     loss_kwargs = dict(loss_kwargs or {})
     driver = forget_loader if forget_loader is not None else retain_loader
     if driver is None:
@@ -421,9 +446,10 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
         settings["logit_scale"] = logit_scale
     checkpoint = _Checkpoint(checkpoint_dir, settings=settings, resume=resume)
     optimizer = make_adamw([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    result = UnlearnResult()
+    scaler = make_grad_scaler(amp_device, precision)
+    result = UnlearnResult(precision=precision)
     tracker = _Tracker(model, eval_fn=eval_fn, select_fn=select_fn, result=result)
-    step, finished = checkpoint.restore(model=model, optimizer=optimizer, tracker=tracker)
+    step, finished = checkpoint.restore(model=model, optimizer=optimizer, scaler=scaler, tracker=tracker)
 
     start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=method, disable=not progress, leave=False)
@@ -443,8 +469,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
                 _fail(model, tracker, result, f"non-finite loss at step {step}", method=method)
                 break
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step_optimizer(loss, optimizer=optimizer, scaler=scaler)
             if scale is not None:
                 with torch.no_grad():
                     scale.clamp_(0, LOGIT_SCALE_MAX)
@@ -456,14 +481,15 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             if at_eval and not _check_and_evaluate(model, tracker, result, step, method=method):
                 break
             if step % checkpoint_every == 0:
-                checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=False)
+                checkpoint.save(model=model, optimizer=optimizer, scaler=scaler, step=step, tracker=tracker,
+                                finished=False)
             if stop_fn is not None and stop_fn(model, step, tracker.last_eval):
                 result.stopped_early = f"stop_fn at step {step}"
                 break
         if not result.failed:
             _check_and_evaluate(model, tracker, result, step, method=method,
                                 evaluate=eval_fn is not None and not tracker.evaluated_at(step))
-        checkpoint.save(model=model, optimizer=optimizer, step=step, tracker=tracker, finished=True)
+        checkpoint.save(model=model, optimizer=optimizer, scaler=scaler, step=step, tracker=tracker, finished=True)
     if tracker.best_state is not None:
         model.load_state_dict(tracker.best_state)
     result.steps, result.seconds = step, time.perf_counter() - start

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .. import data, metrics
-from ..clip import copy_frozen, release_memory
+from ..clip import copy_frozen, release_memory, resolve_precision
 from ..registry import get_method
 from ..results import make_record
 from ..scores import CRITERION, selection_score
@@ -181,6 +181,7 @@ def run_retrieval_method(method: str, task: RetrievalTask, *, model, tokenizer, 
     validation history; a run stopped by a non-finite loss has ``metrics.failed = True``.
     """
     check_run_settings(lr=lr, steps=steps, batch_size=batch_size, eval_every=evaluations)
+    precision = resolve_precision(precision, device)  # "auto": what this device runs well, recorded as such
     if get_method(method).needs_class_texts:
         raise ValueError(f"{method!r} classifies over class prompts, which caption pairs do not have; run a pair "
                          "loss (e.g. 'cliperase' or 'ft')")

@@ -16,18 +16,19 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from .. import metrics
-from ..clip import autocast, copy_frozen, release_memory
+from ..clip import autocast, copy_frozen, release_memory, resolve_precision
 from ..registry import get_method
 from ..results import make_record
 from ..scores import selection_score, unlearning_score
 from ..unlearning import check_run_settings, make_pair_loader, unlearn
 from .evaluate import evaluate_model, validate_model
 from .reference import Reference, compare_to_reference, reference_fn
+from .executor import map_selections
 from .select import EVALUATIONS, Selection, is_search, reported_tasks, run_selected, summarise_run
 from .task import Task, build_task, class_prompts, pick_classes
 
-__all__ = ["MINI_LR_GRID", "record_original", "run_ablation", "run_forget_benchmark", "run_forget_ratio",
-           "run_method"]
+__all__ = ["MINI_LR_GRID", "RUN_FACTORIES", "make_ablation_run", "make_benchmark_run", "make_ratio_run",
+           "record_original", "run_ablation", "run_forget_benchmark", "run_forget_ratio", "run_method"]
 
 #: The learning-rate grid every loss-based method starts from in the mini profile (half a decade apart; the
 #: protocol extends it at an end, ``select.GridExtension``).
@@ -54,6 +55,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     open_clip's 100 (the default, as open_clip trains), frozen or trained freely, kept in the config.
     """
     check_run_settings(lr=lr, steps=steps, batch_size=batch_size, eval_every=eval_every)
+    precision = resolve_precision(precision, device)  # "auto": what this device runs well, recorded as such
     release_memory()
     kwargs = dict(loss_kwargs or {})
     if get_method(method).needs_class_texts:  # the forget term classifies over every class prompt
@@ -163,40 +165,63 @@ def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]
                          grid: dict[str, Sequence], steps: int, batch_size: int = 32, eval_every: int | None = None,
                          store=None, device="cpu", precision: str = "fp32", progress: bool = True,
                          selection: Selection | None = None,
-                         references: dict[str, Reference] | None = None) -> list[dict]:
+                         references: dict[str, Reference] | None = None, executor=None,
+                         world: dict | None = None) -> list[dict]:
     """Run every registered loss in ``methods`` on every target of ``tasks`` (``{target: [task per seed]}``).
 
     Records the untouched model once per target (method ``original``, ``config.seed`` None; beside it the
     retrained model of ``references``), then each method through :func:`run_selected` with the protocol
     ``selection`` (``select.PROTOCOL``: the grid on the selection seed, extended at its ends; None: on the
     first seed, reported too); every reported run gets its distance to the retrained model. Returns every
-    record; with ``store`` they are saved as they come and finished runs are skipped on resume.
+    record; with ``store`` they are saved as they come and finished runs are skipped on resume. ``executor`` /
+    ``world`` (the JSON description a worker loads the model, data and references from: ``clipunlearn.cluster``):
+    where the runs execute (:func:`run_selected`); the records are the same.
     """
     records = list(record_original(tasks, model=model, tokenizer=tokenizer, store=store, device=device,
                                    selection=selection, references=references).values())
     finish = reference_fn(references, tokenizer=tokenizer, device=device)
     jobs = [(m, t) for t in tasks for m in methods]
-    for method, target in tqdm(jobs, desc="methods x targets", disable=not progress):
-        def run_fn(task, **candidate):
-            return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                              eval_every=eval_every, device=device, precision=precision,
-                              evaluate=not is_search(task, selection), **candidate)
-        records += run_selected(method, tasks[target], run_fn=run_fn, grid=grid, store=store, selection=selection,
-                                finish_fn=finish)
+
+    def select(job):
+        method, target = job
+        settings = dict(method=method, steps=steps, batch_size=batch_size, eval_every=eval_every, precision=precision)
+        run_fn = make_benchmark_run(**settings, model=model, tokenizer=tokenizer, device=device, selection=selection)
+        return run_selected(method, tasks[target], run_fn=run_fn, grid=grid, store=store, selection=selection,
+                            finish_fn=finish, executor=executor, remote=_remote(world, "benchmark", settings))
+    for found in map_selections(executor, tqdm(jobs, desc="methods x targets", disable=not progress), select):
+        records += found
     return records
+
+
+def _remote(world: dict | None, factory: str, settings: dict) -> dict | None:
+    """The spec template of a driver's runs: the world a worker loads and the factory that rebuilds ``run_fn``."""
+    return None if world is None else {"world": world, "factory": factory, "settings": settings}
+
+
+def make_benchmark_run(*, method: str, model, tokenizer, steps: int, batch_size: int = 32,
+                       eval_every: int | None = None, device="cpu", precision: str = "fp32",
+                       selection: Selection | None = None):
+    """Return ``run_fn(task, **candidate)`` of :func:`run_forget_benchmark`: ``method`` through :func:`run_method`
+    (the selection seed's runs are not tested)."""
+    def run_fn(task, **candidate):
+        return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
+                          eval_every=eval_every, device=device, precision=precision,
+                          evaluate=not is_search(task, selection), **candidate)
+    return run_fn
 
 
 def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict], model, tokenizer, steps: int,
                  batch_size: int = 32, store, device="cpu", precision: str = "fp32", full_variant: str = "full",
                  none_variant: str = "none", grid: dict[str, Sequence] | None = None,
-                 selection: Selection | None = None) -> list[dict]:
+                 selection: Selection | None = None, executor=None, world: dict | None = None) -> list[dict]:
     """Rerun ``method`` on ``tasks`` (one target, every seed) with each variant's loss kwargs; return the records.
 
     With ``grid``, every variant's learning rate is selected like the full method's (:func:`run_selected`
     with ``selection``; its search kept as ``selection`` records of run task ``ablation``); without, every
     variant uses the learning rate ``method`` selected on this target (its stored result of the first seed).
     Also adds, as ``ablation`` records, the original model (``none_variant``) and the main runs
-    (``full_variant``), so the ablation table is complete from the file alone.
+    (``full_variant``), so the ablation table is complete from the file alone. ``executor`` / ``world``: as
+    :func:`run_forget_benchmark` (with ``grid`` only: without one there is no selection seed).
     """
     reported = reported_tasks(tasks, selection)
     first = reported[0]
@@ -211,54 +236,92 @@ def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict
         if rec is not None:
             out.append(make_record(method=method, task="ablation", config={**rec["config"], "variant": full_variant},
                                    metrics=rec["metrics"], history=rec.get("history", [])))
-    for variant, kwargs in variants.items():
-        def run_fn(task, variant=variant, kwargs=kwargs, **candidate):
-            _, done = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                                 loss_kwargs=kwargs, device=device, precision=precision,
-                                 config={"variant": variant}, evaluate=not is_search(task, selection), **candidate)
-            done["task"] = "ablation"
-            return None, done
-        out += [r for r in run_selected(method, tasks if grid else reported, run_fn=run_fn,
+    def select(item):
+        variant, kwargs = item
+        settings = dict(method=method, variant=variant, loss_kwargs=dict(kwargs), steps=steps, batch_size=batch_size,
+                        precision=precision)
+        run_fn = make_ablation_run(**settings, model=model, tokenizer=tokenizer, device=device, selection=selection)
+        return [r for r in run_selected(method, tasks if grid else reported, run_fn=run_fn,
                                         grid=grid or {"lr": [main["config"]["selected"]["lr"]]}, store=store,
                                         selection=selection if grid else None, record_task="ablation",
-                                        match={"variant": variant}) if r["task"] == "ablation"]
+                                        match={"variant": variant}, executor=executor if grid else None,
+                                        remote=_remote(world, "ablation", settings)) if r["task"] == "ablation"]
+    for found in map_selections(executor if grid else None, list(variants.items()), select):
+        out += found
     store.add(*out[:1], *[r for r in out[1:] if r["config"].get("variant") == full_variant])
     return out
+
+
+def make_ablation_run(*, method: str, variant: str, loss_kwargs: dict, model, tokenizer, steps: int,
+                      batch_size: int = 32, device="cpu", precision: str = "fp32", selection: Selection | None = None):
+    """Return ``run_fn(task, **candidate)`` of one :func:`run_ablation` variant (records of task ``ablation``, no
+    model kept)."""
+    def run_fn(task, **candidate):
+        _, done = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
+                             loss_kwargs=loss_kwargs, device=device, precision=precision,
+                             config={"variant": variant}, evaluate=not is_search(task, selection), **candidate)
+        done["task"] = "ablation"
+        return None, done
+    return run_fn
 
 
 def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], train, test, model, tokenizer, templates,
                      seeds: Sequence[int], steps: int, grid: dict[str, Sequence], batch_size: int = 32,
                      n_seen: int | None = None, store, device="cpu", precision: str = "fp32",
                      task_kwargs: dict | None = None, selection: Selection | None = None,
-                     progress: bool = False) -> list[dict]:
+                     steps_per_class: bool = True, progress: bool = False, executor=None,
+                     world: dict | None = None) -> list[dict]:
     """Forget ``round(ratio * C)`` classes at once, for each ratio, method and seed; return the result records.
 
     The classes are drawn per seed (:func:`pick_classes`, the first ones of the seed's order); each run
-    takes ``steps`` per forgotten class (the same passes over every forget image, classes of equal size);
+    takes ``steps`` per forgotten class (the same passes over every forget image, classes of equal size;
+    ``steps_per_class=False``: ``steps`` whatever the number of classes, for steps that count epochs over the
+    retain set, which does not grow with them);
     every method's learning rate is selected per ratio (:func:`run_selected` with ``selection`` on its own
     draw of classes). Records have task ``forget-ratio``, ``config.forget_ratio`` and
-    ``config.forget_classes``.
+    ``config.forget_classes``. ``executor`` / ``world``: as :func:`run_forget_benchmark` (a worker builds the
+    task of a draw of classes from the world's data: ``Task.target`` names them).
     """
     out = []
     n_classes = len(train.classnames)
     seeds = list(seeds) if selection is None else selection.with_seeds(list(seeds))
     jobs = [(r, m) for r in ratios for m in methods]
-    for ratio, method in tqdm(jobs, desc="ratios x methods", disable=not progress):
+
+    def select(job):
+        ratio, method = job
         k = max(1, round(ratio * n_classes))
         tasks = [build_task(train, test, kind="forget-class", target=",".join(pick_classes(train.classnames,
                                                                                            seed=s)[:k]),
                             seed=s, templates=templates, n_seen=n_seen, **(task_kwargs or {})) for s in seeds]
 
-        def run_fn(task, ratio=ratio, k=k, method=method, **candidate):
-            model_, rec = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps * k,
-                                     batch_size=batch_size, device=device, precision=precision,
-                                     config={"forget_ratio": ratio, "forget_classes": task.target.split(",")},
-                                     evaluate=not is_search(task, selection), **candidate)
-            rec["task"] = "forget-ratio"
-            return model_, rec
-
-        out += [r for r in run_selected(method, tasks, run_fn=run_fn, grid=grid, store=store, selection=selection,
-                                        record_task="forget-ratio", match={"forget_ratio": ratio})
-                if r["task"] == "forget-ratio"]
+        settings = dict(method=method, ratio=ratio, steps=steps * k if steps_per_class else steps,
+                        batch_size=batch_size, precision=precision)
+        run_fn = make_ratio_run(**settings, model=model, tokenizer=tokenizer, device=device, selection=selection)
+        found = [r for r in run_selected(method, tasks, run_fn=run_fn, grid=grid, store=store, selection=selection,
+                                         record_task="forget-ratio", match={"forget_ratio": ratio},
+                                         executor=executor, remote=_remote(world, "ratio", settings))
+                 if r["task"] == "forget-ratio"]
         release_memory()
+        return found
+    for found in map_selections(executor, tqdm(jobs, desc="ratios x methods", disable=not progress), select):
+        out += found
     return out
+
+
+def make_ratio_run(*, method: str, ratio: float, model, tokenizer, steps: int, batch_size: int = 32, device="cpu",
+                   precision: str = "fp32", selection: Selection | None = None):
+    """Return ``run_fn(task, **candidate)`` of one :func:`run_forget_ratio` ratio: ``steps`` steps in all (records of
+    task ``forget-ratio``)."""
+    def run_fn(task, **candidate):
+        model_, rec = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
+                                 device=device, precision=precision,
+                                 config={"forget_ratio": ratio, "forget_classes": task.target.split(",")},
+                                 evaluate=not is_search(task, selection), **candidate)
+        rec["task"] = "forget-ratio"
+        return model_, rec
+    return run_fn
+
+
+#: How a worker rebuilds a driver's ``run_fn`` from a run's spec (``harness.executor``): ``{"factory": name,
+#: "settings": {...}}`` plus the world's model, tokenizer, device and selection.
+RUN_FACTORIES = {"benchmark": make_benchmark_run, "ablation": make_ablation_run, "ratio": make_ratio_run}

@@ -15,11 +15,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..clip import release_memory
 from ..results import make_record
 from ..scores import CRITERION, round_score
+from .executor import RunCall, make_spec
 from .task import Task
 
 __all__ = ["EVALUATIONS", "PROTOCOL", "QUICK_PROTOCOL", "SELECTION_SEED", "GridExtension", "Selection", "is_search",
@@ -125,9 +126,22 @@ def summarise_run(task: Task, *, method: str, config: dict, test_metrics: dict, 
     return make_record(method=method, task=task.kind, config=config, metrics=m, history=list(history), **extra)
 
 
+def _run_candidates(run_fn, candidates: list[dict], placed) -> Iterator[tuple[object, dict]]:
+    """Yield ``(model, record)`` of every candidate, in order: ``run_fn(**candidate)`` here, one at a time, or
+    through ``placed = (executor, task, task_run_fn, remote)`` (a whole batch submitted at once)."""
+    if placed is None:
+        for candidate in candidates:
+            yield run_fn(**candidate)
+        return
+    executor, task, task_run_fn, remote = placed
+    calls = [RunCall(task, c, False, make_spec(remote, task, c, reported=False)) for c in candidates]
+    for _, model, record in executor.run(calls, run_fn=task_run_fn, ordered=True):
+        yield model, record
+
+
 def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_key: str = "score",
              oracle_fn: Callable[[object], dict] | None = None,
-             extend: GridExtension | None = None) -> tuple[object, dict, list[dict]]:
+             extend: GridExtension | None = None, placed=None) -> tuple[object, dict, list[dict]]:
     """Run ``run_fn(**candidate)`` for every candidate of ``grid``; keep the best by validation score.
 
     ``grid``: ``{name: values}`` (the product is taken; keep it small). ``run_fn``
@@ -143,6 +157,10 @@ def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_k
     the grid, one more value beyond it is run, up to the extension's bounds; ``config.grid`` is then
     the final grid (ascending) and ``config.edge`` says where the choice sits (``{name: "interior"}``,
     or ``"lower bound"`` / ``"upper bound"`` when the grid could not go further).
+
+    ``placed`` (``(executor, task, run_fn(task, **candidate), remote)``, from :func:`run_selected`): the
+    candidates of the grid run through an executor (``harness.executor``; a remote one runs them at once and
+    returns no model), each extension step after them.
     """
     names = list(grid)
     if extend is not None and names != [extend.name]:
@@ -151,9 +169,8 @@ def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_k
         raise ValueError("an extended grid lists its values ascending (the gentlest first), got "
                          f"{list(grid[extend.name])}")
     best_model, best_record, rows = None, None, []
-    for values in itertools.product(*(grid[n] for n in names)):
-        candidate = dict(zip(names, values))
-        model, record = run_fn(**candidate)
+    candidates = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    for candidate, (model, record) in zip(candidates, _run_candidates(run_fn, candidates, placed)):
         score, row = _row(candidate, model, record, score_key=score_key, oracle_fn=oracle_fn)
         rows.append(row)
         if best_record is None or score > best_record["_score"]:  # ties: the earlier candidate
@@ -164,7 +181,7 @@ def run_grid(run_fn: Callable[..., tuple], *, grid: dict[str, Sequence], score_k
     final = {n: list(grid[n]) for n in names}
     if extend is not None:
         best_model, best_record, edge = _extend(run_fn, rows, best_model, best_record, extend=extend,
-                                                score_key=score_key, oracle_fn=oracle_fn)
+                                                score_key=score_key, oracle_fn=oracle_fn, placed=placed)
         final = {extend.name: sorted(r[extend.name] for r in rows)}
     best_record.pop("_score")
     for row in rows:
@@ -190,7 +207,7 @@ def _row(candidate: dict, model, record: dict, *, score_key: str, oracle_fn) -> 
 
 
 def _extend(run_fn, rows: list[dict], best_model, best_record: dict, *, extend: GridExtension, score_key: str,
-            oracle_fn) -> tuple[object, dict, str]:
+            oracle_fn, placed=None) -> tuple[object, dict, str]:
     """Run values beyond the end the choice sits at (:class:`GridExtension`); return the new best and its edge."""
     name = extend.name
     while True:
@@ -198,7 +215,7 @@ def _extend(run_fn, rows: list[dict], best_model, best_record: dict, *, extend: 
         nxt, edge = extend.next_value([r[name] for r in rows], chosen)
         if nxt is None:
             return best_model, best_record, edge
-        model, record = run_fn(**{name: nxt})
+        model, record = next(_run_candidates(run_fn, [{name: nxt}], placed))
         score, row = _row({name: nxt}, model, record, score_key=score_key, oracle_fn=oracle_fn)
         rows.append(row)
         if score > top or (score == top and nxt < chosen):
@@ -213,7 +230,7 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
                  extend: GridExtension | None = None, selection_task: Task | None = None,
                  selection: Selection | None = None,
                  finish_fn: Callable[[object, dict, Task], None] | None = None, record_task: str | None = None,
-                 match: dict | None = None) -> list[dict]:
+                 match: dict | None = None, executor=None, remote: dict | None = None) -> list[dict]:
     """Run ``method`` on ``tasks`` (one forget target, several seeds) with one selection protocol.
 
     The grid is searched on the first task (its seed's validation split, by
@@ -234,10 +251,20 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     distance to the retrained model), never on the search's runs. ``record_task`` (default: the task's kind)
     and ``match`` (config values, e.g. ``{"variant": "FM"}``) say which stored records are this search's
     and results (an ablation variant's or a forget ratio's, whose ``run_fn`` sets them on its records).
+
+    ``executor`` (``harness.executor``; None: one run after the other here, as always): where the runs go. A
+    concurrent one (``cluster.RayExecutor``) takes the grid's candidates at once, then every reported seed at
+    once, each rebuilt elsewhere from its spec (``remote``: the world and the driver's settings, JSON), and every
+    finished record is saved as it comes; it needs a selection seed (``selection`` or ``selection_task``), whose
+    search is never reported, and no ``oracle_fn`` (the models stay on the workers).
     """
     if selection is not None:
         selection_task, extend = find_selection_task(tasks, selection), selection.extend
         tasks = reported_tasks(tasks, selection)
+    concurrent = getattr(executor, "concurrent", False)
+    if concurrent and (selection_task is None or oracle_fn is not None):
+        raise ValueError("a concurrent executor needs a selection seed that is not reported (selection=PROTOCOL) and "
+                         "no oracle_fn (its models stay on the workers); run this search with executor=None")
     search = tasks[0] if selection_task is None else selection_task
     reported = list(tasks[1:]) if selection_task is None else list(tasks)
     kind, match = record_task or search.kind, dict(match or {})
@@ -255,7 +282,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             chosen, final, edge = picked, picked["search_grid"], picked.get("edge")
     else:
         model, best, rows = run_grid(lambda **c: run_fn(search, **c), grid=grid, extend=extend,
-                                     oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, search)))
+                                     oracle_fn=None if oracle_fn is None else (lambda m: oracle_fn(m, search)),
+                                     placed=(executor, search, run_fn, remote) if concurrent else None)
         if finish_fn is not None and selection_task is None:  # the search seed is reported too
             finish_fn(model, best, search)
         del model
@@ -276,22 +304,33 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
         if store is not None:
             store.add(*([best] if selection_task is None else []), *search_records)
     chosen = {k: chosen[k] for k in grid}
+
+    def finish(rec: dict) -> dict:
+        rec["config"]["grid"] = {k: list(v) for k, v in final.items()}
+        rec["config"]["selected"] = dict(chosen)
+        if edge is not None:
+            rec["config"]["edge"] = dict(edge)
+        rec["config"]["selected_on_seed"] = search.seed
+        if store is not None:
+            store.add(rec)
+        return rec
+
+    found = {task.seed: store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match)
+             if store else None for task in reported}
+    if concurrent:  # every missing reported seed at once, each record saved as it finishes
+        todo = [task for task in reported if found[task.seed] is None]
+        calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True)) for task in todo]
+        for i, _, rec in executor.run(calls, run_fn=run_fn, finish_fn=finish_fn, ordered=False):
+            found[todo[i].seed] = finish(rec)
     out = [best] if selection_task is None else []
     for task in reported:
-        rec = store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match) \
-            if store else None
+        rec = found[task.seed]
         if rec is None:
             model, rec = run_fn(task, **chosen)
             if finish_fn is not None:
                 finish_fn(model, rec, task)
             del model
             release_memory()
-            rec["config"]["grid"] = {k: list(v) for k, v in final.items()}
-            rec["config"]["selected"] = dict(chosen)
-            if edge is not None:
-                rec["config"]["edge"] = dict(edge)
-            rec["config"]["selected_on_seed"] = search.seed
-            if store is not None:
-                store.add(rec)
+            rec = finish(rec)
         out.append(rec)
     return out + search_records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class ResultStore:
     def __init__(self, path, *, match: dict | None = None, resume: bool = False):
         self.path, self.match = Path(path), dict(match or {})
         self.records: list[dict] = []
+        self._lock = threading.Lock()  # selections running at once (a concurrent executor) add from threads
         if resume and self.path.exists():  # an unreadable file raises results.ResultsFileError, untouched
             found = load_records(self.path)
             self.records = [r for r in found if self._matches(r)]
@@ -47,12 +49,13 @@ class ResultStore:
 
     def add(self, *records: dict) -> None:
         """Append ``records`` (replacing earlier ones with the same identity) and save the file."""
-        for rec in records:
-            rec["config"].update({k: v for k, v in self.match.items() if k not in rec["config"]})
-            key = _identity(rec)
-            self.records = [r for r in self.records if _identity(r) != key]
-            self.records.append(rec)
-        save_records(self.path, self.records)
+        with self._lock:
+            for rec in records:
+                rec["config"].update({k: v for k, v in self.match.items() if k not in rec["config"]})
+                key = _identity(rec)
+                self.records = [r for r in self.records if _identity(r) != key]
+                self.records.append(rec)
+            save_records(self.path, self.records)
 
     def find_all(self, *, method: str, task: str, **config) -> list[dict]:
         """Return the stored records of ``method`` / ``task`` whose config has every given value."""

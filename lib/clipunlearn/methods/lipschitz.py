@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import harness, layers, metrics, models, synthetic_prior
-from ..clip import is_resnet, release_memory
+from ..clip import PRECISIONS, is_resnet, release_memory, resolve_precision
 from ..configs import load_paper_config, mini_settings
 from ..losses import LOSSES
 from ..registry import register_procedure
@@ -193,7 +193,10 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
     options = dict(optimizer=optimizer, rescore=rescore, baseline=baseline, loss_scale=loss_scale,
                    noise_clamp=noise_clamp, accumulate=accumulate, fallback=fallback)
     _check_options(options)
-    metrics.autocast(device, precision)  # validates the name
+    precision = resolve_precision(precision, device)  # validates the name; "auto": what the device runs well
+    if precision not in PRECISIONS:  # the authors' loop has no gradient scaler: fp16 gradients could flush to zero
+        raise ValueError(f"paper B's forgetting runs in {' or '.join(PRECISIONS)}, not {precision!r} (on a card "
+                         "without fast bf16, e.g. a T4, run it in fp32)")
     project_loop = all(options[k] == PROJECT_OPTIONS[k] for k in options if k not in ("baseline", "fallback")) \
         and precision == "fp32"
     start_time = time.perf_counter()

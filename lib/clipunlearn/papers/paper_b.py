@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from .. import data, harness, metrics, models
+from ..image_cache import CachedImages, default_cache_bytes
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
 from ..methods.lipschitz import (AUTHORS_GAIN_DIVISOR, AUTHORS_OPTIONS, generate_task_synthetic, paper_sigma_schedule,
                                  run_lipschitz)
@@ -378,7 +379,7 @@ def find_split_file(dataset: str, *, data_dir=None, split_fallback: Sequence[str
 
 def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_fallback: Sequence[str], device,
                 workers: int):
-    """One split of a paper-profile dataset, decoded once and then kept in memory (``metrics.CachedImages``).
+    """One split of a paper-profile dataset, decoded once and then kept in memory (``image_cache.CachedImages``).
 
     The authors' split file (:func:`find_split_file`: their splits and class names), else the
     registered loader with the authors' class names (:func:`authors_classnames`).
@@ -389,7 +390,7 @@ def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_fallbac
     else:
         ds = data.load_dataset(dataset, split=split, transform=preprocess, data_dir=data_dir)
         ds.classnames = authors_classnames(dataset, ds.classnames)
-    return metrics.CachedImages(ds, device=device, num_workers=workers)
+    return CachedImages(ds, device=device, num_workers=workers, max_bytes=default_cache_bytes(device))
 
 def load_authors_artefacts(authors_dir, *, backbone: str, dataset: str, tasks: dict, others: Sequence[str] = (),
                            model, device="cpu") -> dict:
@@ -440,7 +441,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
     [other datasets]}`` whose test sets (``eval_per_class`` images per class) every task
     scores as ``extra_sets``. Fashion-MNIST is the mini world (every style, the mini model's
     ``n_seen``); other datasets are decoded once and cached on ``device``
-    (``metrics.CachedImages``, ``workers`` DataLoader workers), from the authors' split files
+    (``image_cache.CachedImages``, ``workers`` DataLoader workers), from the authors' split files
     (:func:`find_split_file`; a missing one is an error unless its dataset is in ``split_fallback``,
     a list or comma-separated names). ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache.
     """

@@ -13,7 +13,7 @@ import torch
 
 from .. import data, harness, models
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
-from ..metrics import CachedImages
+from ..image_cache import CachedImages, default_cache_bytes
 from ..paths import check_profile
 from ..registry import method_label
 from ..report import summarise
@@ -30,6 +30,9 @@ PAPER_C_PAPER_METHODS = ("ft", "ga", "ga_pairs", "graddiff", "neggrad_plus", "ra
 #: What the paper profile's "epochs" pass over: the retain set (the reading the paper's Dr supports, its
 #: default) or the forget set.
 EPOCH_READINGS = ("retain", "forget")
+
+#: The most bytes of decoded images a quick paper-profile run holds (full runs: half of the device's memory).
+QUICK_CACHE_BYTES = 4 * 2**30
 
 #: The methods of the forget-ratio sweep.
 PAPER_C_RATIO_METHODS = ("ga", "cliperase")
@@ -87,7 +90,8 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
 
     Keys: ``model`` / ``pretrained`` (``models.load_clip``), ``dataset``, ``forget`` (the classes forgotten
     one at a time), ``ratios`` (the forget-ratio sweep; its classes are drawn per seed), ``ratio_methods``,
-    ``task`` (sizes for ``harness.build_task``), ``batch_size``,
+    ``task`` (sizes for ``harness.build_task``), ``batch_size``, ``ratio_steps_per_class`` (the forget-ratio
+    runs take their steps per forgotten class, unless the epochs pass over the retain set),
     ``steps`` (mini) or ``epochs`` (paper: steps follow from the forget set's size), ``grid``, ``methods``,
     ``ablations``, ``seeds`` (reported), ``selection`` (``harness.PROTOCOL``: the grids are searched on its
     seed, never reported, and extended at their ends) and ``retrieval`` (:func:`retrieval_settings`, concept
@@ -128,9 +132,13 @@ def paper_c_settings(profile: str, *, quick: bool = False, seeds="0,1,2", forget
         seed_list, settings["forget"] = seed_list[:1], settings["forget"][:1]
         settings.update(steps=10, grid={"lr": settings["grid"]["lr"][1:2]},
                         task=dict(settings["task"], retain_per_class=50, eval_per_class=50))
+        if profile == "paper":  # bounded in memory too: about 4000 decoded images, 2.4 GB at 224 px in fp32
+            settings["task"].update(retain_per_class=10, eval_per_class=10, val_per_class=5)
+            settings["cache_bytes"] = QUICK_CACHE_BYTES
     methods = PAPER_C_METHODS if profile == "mini" else PAPER_C_PAPER_METHODS
     settings.update(seeds=seed_list, methods=list(methods), ablations=dict(PAPER_C_ABLATIONS),
                     ratio_methods=list(PAPER_C_RATIO_METHODS),
+                    ratio_steps_per_class=settings.get("epochs_over") != "retain",
                     selection=harness.protocol_for(seed_list, quick=quick),
                     retrieval=retrieval_settings(profile, quick=quick, concept=retrieval_concept))
     return settings
@@ -156,7 +164,7 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
 
     Fashion-MNIST is the mini world (every style, the mini model's ``n_seen``); another registered dataset is
     decoded once through the model's ``preprocess`` by ``workers`` processes and served from memory
-    (``metrics.CachedImages``: fp16 in GPU memory on a GPU). Paper runs take
+    (``image_cache.CachedImages``: fp16 in GPU memory on a GPU, at most half of the device's memory). Paper runs take
     ``epochs * ceil(images / batch_size)`` steps, the images of the set ``settings["epochs_over"]`` names
     (``retain`` or ``forget``; default ``forget``) in the first class's selection task; ``epoch_steps`` is one
     such epoch (at most the run's steps). ``data_dir``: empty for ``$CLIPUNLEARN_DATA`` or the cache.
@@ -168,10 +176,12 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
     if settings["dataset"] == "fashion-mnist":
         train, test = data.load_mini_world(data_dir=data_dir)
         templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
-    else:
+    else:  # the two splits share the budget: the quick one, or half of the device's memory
+        budget = settings.get("cache_bytes") or default_cache_bytes(device)
+        budget = None if budget is None else budget // 2
         train, test = (CachedImages(data.load_dataset(settings["dataset"], split=s, transform=preprocess,
                                                       data_dir=data_dir, download=True),
-                                    device=device, num_workers=workers)
+                                    device=device, num_workers=workers, max_bytes=budget)
                        for s in ("train", "test"))
         prompts = load_paper_config("paper_c")["prompts"]
         templates, n_seen = (prompts.get(settings["dataset"], "a photo of a {}."),), None

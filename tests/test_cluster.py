@@ -1,0 +1,141 @@
+"""Notebook 10's quick mini matrix through the Ray executor: the same records as the serial loop, and an interrupted
+driver that finishes the matrix on rerun without redoing a finished run. Runs on a local Ray instance of 2 CPUs
+(the optional extra ``[cluster]``; skipped where Ray is not installed)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from clipunlearn import cluster
+from clipunlearn.harness import RUN_FACTORIES, ResultStore, RunCall, SerialExecutor, make_spec
+
+ray = pytest.importorskip("ray")
+
+#: Wall time and memory: measured, never compared.
+MEASURED = {"seconds", "val_seconds", "method_seconds", "train_seconds", "peak_mem_mb", "base_mem_mb"}
+WORLD = cluster.paper_c_world_spec("mini", quick=True, seeds="0")
+
+
+class Interrupt(Exception):
+    """Stands in for a killed driver."""
+
+
+def run_matrix(store, *, executor=None, world=None, methods=None):
+    """Notebook 10's quick matrix (``cluster.run_paper_c_matrix``) with or without the Ray executor."""
+    return cluster.run_paper_c_matrix(store, world=world or WORLD, executor=executor, methods=methods)
+
+
+def identity(record):
+    c = record["config"]
+    return (record["method"], record["task"], c.get("run_task"), c.get("forget_class"), c.get("seed"),
+            c.get("variant"), c.get("forget_ratio"), json.dumps(c.get("lr")))
+
+
+def assert_same_records(got, want):
+    got, want = {identity(r): r for r in got}, {identity(r): r for r in want}
+    assert set(got) == set(want)
+    for key, rec in want.items():
+        other = got[key]
+        assert set(other["metrics"]) == set(rec["metrics"]), key
+        assert {k: v for k, v in other["config"].items()} == rec["config"], key
+        for name, value in rec["metrics"].items():
+            if name in MEASURED:
+                continue
+            if isinstance(value, float) and isinstance(other["metrics"][name], float):
+                assert math.isclose(other["metrics"][name], value, rel_tol=0, abs_tol=1e-6), (key, name)
+            else:
+                assert other["metrics"][name] == value, (key, name)
+
+
+@pytest.fixture(scope="module")
+def serial_records(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each Ray worker uses (cpus_per_run=1): the same sums, the same numbers
+    try:
+        return run_matrix(ResultStore(tmp_path_factory.mktemp("serial") / "10.json"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    ex = cluster.RayExecutor("local", num_cpus=2, log=None)
+    yield ex
+    ex.shutdown()
+
+
+def test_ray_gives_the_serial_records(serial_records, executor, tmp_path):
+    assert len(serial_records) > 20
+    got = run_matrix(ResultStore(tmp_path / "10.json"), executor=executor, world=WORLD)
+    assert_same_records(got, serial_records)
+    on_disk = ResultStore(tmp_path / "10.json", resume=True).records  # saved where the serial run saves
+    assert_same_records(on_disk, serial_records)
+
+
+def run_key(spec):
+    """What identifies a run of the matrix, from its spec."""
+    settings = spec["settings"]
+    return (spec["factory"], settings["method"], settings.get("variant"), settings.get("ratio"), spec["target"],
+            spec["seed"])
+
+
+def record_key(record):
+    """The same from a saved record (a selection record names its driver's task in run_task)."""
+    c = record["config"]
+    kind = c.get("run_task") if record["task"] == "selection" else record["task"]
+    factory = {"ablation": "ablation", "forget-ratio": "ratio"}.get(kind, "benchmark")
+    return (factory, record["method"], c.get("variant"), c.get("forget_ratio"), c.get("forget_class"), c.get("seed"))
+
+
+def test_an_interrupted_driver_reruns_only_what_did_not_finish(serial_records, executor, tmp_path):
+    path, seen = tmp_path / "10.json", []
+
+    def stop_after_five(line):
+        seen.append(line)
+        if len(seen) == 5:
+            raise Interrupt(line)
+    methods = ["ga", "graddiff", "neggrad_plus", "cliperase"]  # section 1 with four methods: 8 runs
+    want = [r for r in serial_records if r["method"] in (*methods, "original") and identity(r)[1] in (
+        "forget-class", "selection") and r["config"].get("run_task", "forget-class") == "forget-class"]
+    executor.log, executor.finished = stop_after_five, []
+    with pytest.raises(Interrupt):
+        run_matrix(ResultStore(path), executor=executor, world=WORLD, methods=methods)
+    kept = [r for r in ResultStore(path, resume=True).records if r["method"] != "original"]
+    assert 0 < len(kept) < len(want) - 1
+    executor.log, executor.finished = None, []
+    got = run_matrix(ResultStore(path, resume=True), executor=executor, world=WORLD, methods=methods)
+    assert_same_records(got, want)
+    redone = {run_key(spec) for spec in executor.finished} & {record_key(r) for r in kept}
+    assert executor.finished and not redone, redone  # only what had not finished ran again
+
+
+def test_a_failed_run_is_recorded_and_the_others_go_on(executor, tmp_path):
+    w = cluster.load_world(WORLD)
+    task = w.tasks["sneaker"][1]
+    good = make_spec({"world": WORLD, "factory": "benchmark",
+                      "settings": {"method": "ga", "steps": 2, "batch_size": 8}}, task, {"lr": 1e-4}, reported=False)
+    bad = dict(good, settings={**good["settings"], "method": "no-such-method"})
+    calls = [RunCall(task, {"lr": 1e-4}, False, spec) for spec in (bad, good)]
+    out = {i: rec for i, _, rec in executor.run(calls)}
+    assert out[0]["metrics"]["failed"] and "no-such-method" in out[0]["metrics"]["error"]
+    assert not out[1]["metrics"].get("failed") and out[1]["metrics"]["val_forget_acc"] is not None
+    assert set(RUN_FACTORIES) == {"benchmark", "ablation", "ratio"}
+
+
+def test_bad_input_stops_before_any_run(executor):
+    with pytest.raises(ValueError, match="unknown CLUSTER 'gpu'; valid: empty"):
+        cluster.make_executor("gpu")
+    assert cluster.make_executor("") is None
+    with pytest.raises(RuntimeError, match="has 0 GPUs, and each run asks for 1"):
+        cluster.RayExecutor("local", gpus_per_run=1, log=None)
+    task = cluster.load_world(WORLD).tasks["sneaker"][1]
+    missing = cluster.paper_c_world_spec("mini", quick=True, seeds="0", forget_classes="no-such-class")
+    spec = make_spec({"world": missing, "factory": "benchmark", "settings": {"method": "ga", "steps": 2}}, task,
+                     {"lr": 1e-4}, reported=False)
+    with pytest.raises(RuntimeError, match="cannot load the world 'paper_c'.*no-such-class.*DATA_DIR"):
+        list(executor.run([RunCall(task, {"lr": 1e-4}, False, spec)]))
+    with pytest.raises(ValueError, match="needs its spec"):
+        list(executor.run([RunCall(task, {"lr": 1e-4}, False, None)]))
+    assert list(SerialExecutor().run([], run_fn=None)) == []
