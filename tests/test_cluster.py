@@ -4,12 +4,15 @@ driver that finishes the matrix on rerun without redoing a finished run. Runs on
 
 import json
 import math
+from dataclasses import replace as dataclass_replace
 
 import pytest
 import torch
 
 from clipunlearn import cluster
-from clipunlearn.harness import RUN_FACTORIES, ResultStore, RunCall, SerialExecutor, make_spec
+from clipunlearn.harness import (RUN_FACTORIES, ResultStore, RunCall, Selection, SerialExecutor, make_spec,
+                                 run_selected, summarise_run)
+from clipunlearn.results import make_record
 
 ray = pytest.importorskip("ray")
 
@@ -130,12 +133,60 @@ def test_bad_input_stops_before_any_run(executor):
     assert cluster.make_executor("") is None
     with pytest.raises(RuntimeError, match="has 0 GPUs, and each run asks for 1"):
         cluster.RayExecutor("local", gpus_per_run=1, log=None)
+    with pytest.raises(RuntimeError, match="has 0 GPUs, and each run asks for 0.25"):  # four runs share a card
+        cluster.make_executor("auto", profile="paper", runs_per_gpu=4)
+    with pytest.raises(ValueError, match="runs_per_gpu must be a whole number >= 1, got 0"):
+        cluster.make_executor("auto", profile="paper", runs_per_gpu=0)
     task = cluster.load_world(WORLD).tasks["sneaker"][1]
     missing = cluster.paper_c_world_spec("mini", quick=True, seeds="0", forget_classes="no-such-class")
     spec = make_spec({"world": missing, "factory": "benchmark", "settings": {"method": "ga", "steps": 2}}, task,
                      {"lr": 1e-4}, reported=False)
     with pytest.raises(RuntimeError, match="cannot load the world 'paper_c'.*no-such-class.*DATA_DIR"):
         list(executor.run([RunCall(task, {"lr": 1e-4}, False, spec)]))
+    with pytest.raises(ConnectionError, match="cannot reach the Ray cluster at 'ray://127.0.0.1:1'.*ray start"):
+        cluster.make_executor("ray://127.0.0.1:1")  # nothing listens there: refused at once, before Ray starts
     with pytest.raises(ValueError, match="needs its spec"):
         list(executor.run([RunCall(task, {"lr": 1e-4}, False, None)]))
     assert list(SerialExecutor().run([], run_fn=None)) == []
+
+
+class FlakyExecutor(SerialExecutor):
+    """A concurrent executor in this process whose runs of seed 1 raise once, as a lost worker's would."""
+
+    concurrent = True
+
+    def __init__(self):
+        self.calls, self.failed = [], set()
+
+    def run(self, calls, *, run_fn, finish_fn=None, ordered=True):
+        for i, call in enumerate(calls):
+            self.calls.append((call.task.seed, call.candidate["lr"]))
+            if call.task.seed == 1 and 1 not in self.failed:
+                self.failed.add(1)
+                yield i, None, make_record(method="x", task=call.task.kind, config={
+                    "forget_class": call.task.target, "seed": call.task.seed, **call.candidate},
+                    metrics={"failed": True, "error": "RuntimeError: worker lost"})
+                continue
+            model, record = run_fn(call.task, **call.candidate)
+            yield i, model, record
+
+
+def test_a_run_that_raised_is_run_again_on_resume(tmp_path):
+    w = cluster.load_world(WORLD)
+    tasks = w.tasks["sneaker"]  # the selection seed's task, then seed 0
+    tasks = [tasks[0], tasks[1], dataclass_replace(tasks[1], seed=1)]
+
+    def run_fn(task, lr):
+        m = {"score": 0.5, "val_forget_acc": 0.1, "val_retain_acc": 0.6, "failed": False, "forget_acc": 0.2}
+        return None, summarise_run(task, method="x", config={"lr": lr}, test_metrics=m)
+    flaky, path = FlakyExecutor(), tmp_path / "r.json"
+    first = run_selected("x", tasks, run_fn=run_fn, grid={"lr": [1e-4]}, store=ResultStore(path),
+                         selection=Selection(extend=None), executor=flaky)
+    failed = [r for r in first if r["metrics"].get("error")]
+    assert [r["config"]["seed"] for r in failed] == [1]  # recorded, and the other seed went on
+    flaky.calls.clear()
+    again = run_selected("x", tasks, run_fn=run_fn, grid={"lr": [1e-4]}, store=ResultStore(path, resume=True),
+                         selection=Selection(extend=None), executor=flaky)
+    assert flaky.calls == [(1, 1e-4)]  # only the run that raised
+    assert not any(r["metrics"].get("error") for r in again)
+    assert not any(r["metrics"].get("error") for r in ResultStore(path, resume=True).records)

@@ -8,7 +8,7 @@ once per worker process; nothing of the driver's model or data is pickled), rebu
 (``harness.RUN_FACTORIES``), runs it and returns the record; the driver saves each record as it arrives, in the
 file the serial run writes. A finished record is never run again (the store's resume), so a crashed worker or an
 interrupted driver loses only the runs in flight. A run that raises is recorded as failed, with the last line of
-its traceback, and the others go on.
+its traceback (``metrics.error``), and the others go on; resuming runs it again.
 
 Worlds: :data:`WORLD_LOADERS` (``"paper_c"``: notebook 10's, from its parameters, :func:`paper_c_world`).
 Ray is the optional extra ``[cluster]`` (``pip install -e ".[cluster]"``).
@@ -17,8 +17,10 @@ Ray is the optional extra ``[cluster]`` (``pip install -e ".[cluster]"``).
 from __future__ import annotations
 
 import json
+import socket
 import time
 import traceback
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -36,8 +38,8 @@ try:  # the optional extra [cluster]; everything else works without it
 except ImportError:  # pragma: no cover - exercised where ray is absent
     ray = None
 
-__all__ = ["RayExecutor", "WORLD_LOADERS", "World", "check_world", "execute_run", "load_world", "make_executor",
-           "paper_c_world", "paper_c_world_spec", "run_paper_c_matrix"]
+__all__ = ["RayExecutor", "WORLD_LOADERS", "World", "check_reachable", "check_world", "execute_run", "load_world",
+           "make_executor", "paper_c_world", "paper_c_world_spec", "run_paper_c_matrix"]
 
 
 @dataclass
@@ -170,6 +172,22 @@ def check_world(spec: dict, *, device="cpu") -> str | None:
     return None
 
 
+def check_reachable(address: str, *, timeout: float = 5.0) -> None:
+    """Raise a ConnectionError that says what to do when ``ray://HOST:PORT`` does not answer within ``timeout``
+    seconds (Ray's client would wait about 30 s before saying so)."""
+    parts = urlsplit(address)
+    if not parts.hostname:
+        raise ValueError(f"{address!r} is not a Ray address; give it as ray://HOST:PORT")
+    port = parts.port or 10001
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} ({err}): start one on that machine "
+                              f"(ray start --head --ray-client-server-port={port}), check the host and port, or "
+                              "run without --cluster") from err
+
+
 def _describe(spec: dict | None) -> str:
     if not spec:
         return "run"
@@ -198,6 +216,8 @@ class RayExecutor:
         self.cpus_per_run, self.gpus_per_run, self.device = cpus_per_run, gpus_per_run, device
         self.log, self.progress = log, progress
         self.finished: list[dict] = []  # the spec of every run that came back, in order
+        if address.startswith("ray://"):
+            check_reachable(address)
         try:
             if address == "local":
                 ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
@@ -269,15 +289,20 @@ class RayExecutor:
         ray.shutdown()
 
 
-def make_executor(cluster: str = "", *, profile: str = "mini", num_cpus: int | None = None, log=print):
+def make_executor(cluster: str = "", *, profile: str = "mini", num_cpus: int | None = None, runs_per_gpu: int = 1,
+                  log=print):
     """Return the executor a notebook's ``CLUSTER`` parameter names: ``""`` (None: this process, the serial loop),
     ``"auto"`` (a local Ray instance: in the paper profile one GPU per run, else one CPU per run) or
-    ``"ray://HOST:PORT"`` (an existing cluster)."""
+    ``"ray://HOST:PORT"`` (an existing cluster). ``runs_per_gpu`` (paper profile): runs sharing one GPU, each in its
+    own worker process (Ray's fractional GPUs: a run asks for ``1 / runs_per_gpu`` of a card), so that several
+    small-batch runs keep a large card busy where one alone is launch bound; each needs its share of the memory."""
+    if not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
+        raise ValueError(f"runs_per_gpu must be a whole number >= 1, got {runs_per_gpu!r}")
     if not cluster:
         return None
     if cluster != "auto" and not cluster.startswith("ray://"):
         raise ValueError(f"unknown CLUSTER {cluster!r}; valid: empty (no cluster), auto (Ray on this machine), "
                          "ray://HOST:PORT (an existing Ray cluster)")
     gpu = profile == "paper"
-    return RayExecutor("local" if cluster == "auto" else cluster, num_cpus=num_cpus, gpus_per_run=1 if gpu else 0,
-                       device="cuda" if gpu else "cpu", log=log)
+    return RayExecutor("local" if cluster == "auto" else cluster, num_cpus=num_cpus,
+                       gpus_per_run=1 / runs_per_gpu if gpu else 0, device="cuda" if gpu else "cpu", log=log)

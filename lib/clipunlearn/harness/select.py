@@ -255,7 +255,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
     ``executor`` (``harness.executor``; None: one run after the other here, as always): where the runs go. A
     concurrent one (``cluster.RayExecutor``) takes the grid's candidates at once, then every reported seed at
     once, each rebuilt elsewhere from its spec (``remote``: the world and the driver's settings, JSON), and every
-    finished record is saved as it comes; it needs a selection seed (``selection`` or ``selection_task``), whose
+    finished record is saved as it comes (a run that raised, ``metrics.error``, is saved too and run again on
+    resume); it needs a selection seed (``selection`` or ``selection_task``), whose
     search is never reported, and no ``oracle_fn`` (the models stay on the workers).
     """
     if selection is not None:
@@ -272,6 +273,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
         if store is not None and selection_task is None else None
     sel_cached = store.find_all(method=method, task="selection", forget_class=search.target, seed=search.seed,
                                 run_task=kind, **match) if store is not None else []
+    if any(r["metrics"].get("error") for r in sel_cached):  # a candidate raised (not diverged): search again
+        sel_cached = []
     if sel_cached and (cached is not None or selection_task is not None):
         search_records = sel_cached
         if selection_task is None:  # the search seed's own result holds the choice
@@ -296,6 +299,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             if "oracle" in row:
                 m.update({f"oracle_{k}": v for k, v in row["oracle"].items()})
             m.update({k: rec["metrics"].get(k) for k in ("forget_acc", "retain_acc", "best_step")})
+            if rec["metrics"].get("error"):  # the run raised on a worker: kept, and searched again on resume
+                m["error"] = rec["metrics"]["error"]
             extra = {"search_grid": final} if selection_task is not None and row["selected"] else {}
             search_records.append(make_record(method=method, task="selection",
                                          config={**rec["config"], **cand, "run_task": kind,
@@ -317,6 +322,7 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
 
     found = {task.seed: store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match)
              if store else None for task in reported}
+    found = {s: None if r is not None and r["metrics"].get("error") else r for s, r in found.items()}  # raised: rerun
     if concurrent:  # every missing reported seed at once, each record saved as it finishes
         todo = [task for task in reported if found[task.seed] is None]
         calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True)) for task in todo]
