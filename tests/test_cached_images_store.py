@@ -110,3 +110,21 @@ def test_default_budget_is_half_the_memory():
     assert total is None or image_cache.default_cache_bytes("cpu") == pytest.approx(total / 2, abs=1)
     with pytest.raises(ValueError, match="chunk_images"):
         image_cache.CachedImages(CountingImages(n=2), chunk_images=0)
+
+
+def test_caches_share_one_budget_and_stop_before_decoding():
+    per_image = 3 * 5 * 6 * 4
+    budget = image_cache.MemoryBudget(5 * per_image)
+    first, second = CountingImages(n=6), CountingImages(n=6, seed=1)
+    a = image_cache.CachedImages(first, budget=budget)
+    b = image_cache.CachedImages(second, budget=budget)
+    a.get_batch([0, 1, 2])
+    b.get_batch([4, 5])  # five images in all: the budget
+    assert budget.used == 5 * per_image
+    with pytest.raises(MemoryError, match=r"1 more images of 6 .* past the budget .* that the run's caches share"):
+        a.get_batch([3])
+    assert a.cached == 3 and 3 not in first.reads  # refused before decoding
+    assert torch.equal(b.get_batch([5, 4])[0], second.images[[5, 4]])  # what is held still serves
+    unlimited = image_cache.MemoryBudget(None)
+    image_cache.CachedImages(CountingImages(n=4), budget=unlimited).prefetch()
+    assert unlimited.used == 4 * per_image

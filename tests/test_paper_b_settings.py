@@ -70,7 +70,8 @@ def test_quick_shrinks_every_size(profile):
     assert quick["forgetting"]["n_samples"] < full["forgetting"]["n_samples"]
     assert quick["grid"]["lr"] == full["grid"]["lr"][1:2]
     assert quick["n_train"] < full["n_train"] and quick["n_val"] < full["n_val"]
-    assert quick["task"] == {"retain_per_class": 50, "eval_per_class": 50}
+    assert quick["task"] == ({"retain_per_class": 5, "eval_per_class": 5, "val_per_class": 5} if profile == "paper"
+                             else {"retain_per_class": 50, "eval_per_class": 50})  # paper: bounded in memory too
     assert quick["ablations"] == {"n_samples": [3], "layers": ["all"]}
     if profile == "paper":
         assert quick["generation"]["max_attempts"] < full["generation"]["max_attempts"]

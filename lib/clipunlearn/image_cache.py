@@ -16,10 +16,12 @@ import torch
 
 from .metrics import iterate_batches
 
-__all__ = ["CHUNK_IMAGES", "CachedImages", "default_cache_bytes"]
+__all__ = ["CHUNK_IMAGES", "QUICK_CACHE_BYTES", "CachedImages", "MemoryBudget", "default_cache_bytes"]
 
 #: Images per chunk of the store.
 CHUNK_IMAGES = 1024
+#: The most bytes of decoded images a quick paper-profile run holds (full runs: half of the device's memory).
+QUICK_CACHE_BYTES = 6 * 2**30
 
 
 def default_cache_bytes(device, *, fraction: float = 0.5) -> int | None:
@@ -33,6 +35,23 @@ def default_cache_bytes(device, *, fraction: float = 0.5) -> int | None:
         return None
 
 
+class MemoryBudget:
+    """Bytes that several caches share (a notebook's splits and datasets): :meth:`take` refuses more than
+    ``limit`` in all (None: no limit)."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.used = limit, 0
+
+    def take(self, nbytes: int, *, what: str) -> None:
+        """Count ``nbytes`` more, or raise a MemoryError that says what to do when they would pass the limit."""
+        if self.limit is not None and self.used + nbytes > self.limit:
+            raise MemoryError(f"{what} would bring the decoded images held to {(self.used + nbytes) / 2**30:.2f} GiB,"
+                              f" past the budget of {self.limit / 2**30:.2f} GiB that the run's caches share: "
+                              "evaluate on fewer images (quick mode, smaller per-class caps of the task), or give "
+                              "the run a larger budget")
+        self.used += nbytes
+
+
 class CachedImages(torch.utils.data.Dataset):
     """A labelled image dataset whose preprocessed images are decoded once and then served from memory.
 
@@ -42,17 +61,19 @@ class CachedImages(torch.utils.data.Dataset):
     (default: float16 on a CUDA device, float32 elsewhere) and returns float32 images with CPU labels. Only valid
     while the preprocessing is fixed (evaluation transforms, no random augmentation). Memory: ``3 * H * W``
     values of ``dtype`` per image held (0.3 MB at 224 px in fp16), in chunks of ``chunk_images``; asking for more
-    than ``max_images`` images or ``max_bytes`` bytes raises a MemoryError that says what to do.
+    than ``max_images`` images or ``max_bytes`` bytes, or more than a shared ``budget`` (:class:`MemoryBudget`)
+    has left, raises a MemoryError that says what to do.
     """
 
     def __init__(self, dataset, *, dtype=None, device="cpu", num_workers: int = 0, batch_size: int = 256,
-                 max_images: int | None = None, max_bytes: int | None = None, chunk_images: int = CHUNK_IMAGES):
+                 max_images: int | None = None, max_bytes: int | None = None, chunk_images: int = CHUNK_IMAGES,
+                 budget: MemoryBudget | None = None):
         if chunk_images < 1:
             raise ValueError(f"chunk_images must be at least 1, got {chunk_images}")
         self.base, self.device = dataset, torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float16 if self.device.type == "cuda" else torch.float32
         self.num_workers, self.batch_size, self.chunk_images = num_workers, batch_size, chunk_images
-        self.max_images, self.max_bytes = max_images, max_bytes
+        self.max_images, self.max_bytes, self.budget = max_images, max_bytes, budget
         self.targets, self.classnames = torch.as_tensor(dataset.targets, dtype=torch.long), list(dataset.classnames)
         self.styles, self.paths = getattr(dataset, "styles", None), getattr(dataset, "paths", None)
         self.stylenames = list(getattr(dataset, "stylenames", []) or [])
@@ -73,7 +94,7 @@ class CachedImages(torch.utils.data.Dataset):
         """Bytes of the chunks allocated so far."""
         return sum(c.nbytes for c in self._chunks)
 
-    def _check_bound(self, total: int, first_image: torch.Tensor | None) -> None:
+    def _check_bound(self, total: int, first_image: torch.Tensor | None) -> int:
         shape = self._chunks[0].shape[1:] if self._chunks else first_image.shape
         per_image = math.prod(shape) * self.dtype.itemsize
         over_images = self.max_images is not None and total > self.max_images
@@ -83,6 +104,7 @@ class CachedImages(torch.utils.data.Dataset):
                               f"{per_image} bytes each, {list(shape)} {self.dtype}); its bound is max_images="
                               f"{self.max_images}, max_bytes={self.max_bytes}: raise the bound, or evaluate on fewer "
                               "images (quick mode, or smaller per-class caps of the task)")
+        return per_image
 
     def prefetch(self, indices=None) -> "CachedImages":
         """Decode and keep the images of ``indices`` (default: all) now; return ``self``."""
@@ -90,8 +112,11 @@ class CachedImages(torch.utils.data.Dataset):
         missing = idx[self._row[idx] < 0].unique()
         if not len(missing):
             return self
-        if self.max_images is not None or self.max_bytes is not None:  # fail before decoding the batch
-            self._check_bound(self._count + len(missing), None if self._chunks else self.base[int(missing[0])][0])
+        if self.max_images is not None or self.max_bytes is not None or self.budget is not None:
+            first = None if self._chunks else self.base[int(missing[0])][0]  # fail before decoding the batch
+            per_image = self._check_bound(self._count + len(missing), first)
+            if self.budget is not None:
+                self.budget.take(len(missing) * per_image, what=f"{len(missing)} more images of {len(self)}")
         pin = self.device.type == "cuda" and torch.cuda.is_available()
         done = 0
         for x, _ in iterate_batches(self.base, indices=missing, batch_size=self.batch_size,

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .. import data, harness, metrics, models
-from ..image_cache import CachedImages, default_cache_bytes
+from ..image_cache import QUICK_CACHE_BYTES, CachedImages, MemoryBudget, default_cache_bytes
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
 from ..methods.lipschitz import (AUTHORS_GAIN_DIVISOR, AUTHORS_OPTIONS, generate_task_synthetic, paper_sigma_schedule,
                                  run_lipschitz)
@@ -334,6 +334,9 @@ def paper_b_settings(profile: str, *, quick: bool = False, seeds="0,1,2", backbo
         settings.update(grid={"lr": settings["grid"]["lr"][1:2]}, n_train=16, n_val=16, n_real=16,
                         task=dict(retain_per_class=50, eval_per_class=50), ablations={"n_samples": [3],
                                                                                        "layers": ["all"]})
+        if profile == "paper":  # bounded in memory too (the quick budget, shared by every cached split)
+            settings.update(task=dict(retain_per_class=5, eval_per_class=5, val_per_class=5),
+                            cache_bytes=QUICK_CACHE_BYTES)
     settings["seeds"], settings["selection"] = seed_list, harness.protocol_for(seed_list, quick=quick)
     return settings
 
@@ -378,7 +381,7 @@ def find_split_file(dataset: str, *, data_dir=None, split_fallback: Sequence[str
     return found
 
 def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_fallback: Sequence[str], device,
-                workers: int):
+                workers: int, budget: MemoryBudget | None = None):
     """One split of a paper-profile dataset, decoded once and then kept in memory (``image_cache.CachedImages``).
 
     The authors' split file (:func:`find_split_file`: their splits and class names), else the
@@ -390,7 +393,7 @@ def _load_split(dataset: str, split: str, *, preprocess, data_dir, split_fallbac
     else:
         ds = data.load_dataset(dataset, split=split, transform=preprocess, data_dir=data_dir)
         ds.classnames = authors_classnames(dataset, ds.classnames)
-    return CachedImages(ds, device=device, num_workers=workers, max_bytes=default_cache_bytes(device))
+    return CachedImages(ds, device=device, num_workers=workers, budget=budget)
 
 def load_authors_artefacts(authors_dir, *, backbone: str, dataset: str, tasks: dict, others: Sequence[str] = (),
                            model, device="cpu") -> dict:
@@ -430,8 +433,10 @@ def load_authors_artefacts(authors_dir, *, backbone: str, dataset: str, tasks: d
     return out
 
 def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], others: dict | None = None,
-                       retain_per_class: int | None = 300, eval_per_class: int | None = 300, device="cpu",
-                       data_dir=None, workers: int = 8, split_fallback: Sequence[str] | str = ()) -> tuple[dict, dict]:
+                       retain_per_class: int | None = 300, eval_per_class: int | None = 300,
+                       val_per_class: int = 100, device="cpu",
+                       data_dir=None, workers: int = 8, split_fallback: Sequence[str] | str = (),
+                       cache_bytes: int | None = None) -> tuple[dict, dict]:
     """Load paper B's models, datasets and ``forget-class`` tasks; return ``(tasks, worlds)``.
 
     ``tasks[(backbone, dataset)]`` is ``{class: [harness.Task per seed]}`` and
@@ -451,6 +456,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
     for name in split_fallback:
         data.get_dataset_spec(name)  # an unknown name lists the registered ones
     loaded = {}  # one model per backbone and one cached split per (backbone, dataset, split)
+    budget = MemoryBudget(cache_bytes or default_cache_bytes(device))  # shared by every cached split
 
     def load_model(backbone):
         if backbone not in loaded:
@@ -461,7 +467,7 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
         key = (backbone, dataset, split)
         if key not in loaded:
             loaded[key] = _load_split(dataset, split, preprocess=load_model(backbone)[1], data_dir=data_dir,
-                                      split_fallback=split_fallback, device=device, workers=workers)
+                                      split_fallback=split_fallback, device=device, workers=workers, budget=budget)
         return loaded[key]
 
     tasks, worlds = {}, {}
@@ -486,8 +492,8 @@ def load_paper_b_tasks(*, backbones: dict, forget: dict, seeds: Sequence[int], o
             worlds[(backbone, dataset)] = dict(model=model, tokenizer=tokenizer)
             tasks[(backbone, dataset)] = {
                 c: [harness.build_task(train, test, kind="forget-class", target=c, seed=s, templates=templates,
-                                          n_seen=n_seen, retain_per_class=retain_per_class,
-                                          eval_per_class=eval_per_class) for s in seeds] for c in classes}
+                                       n_seen=n_seen, retain_per_class=retain_per_class, eval_per_class=eval_per_class,
+                                       val_per_class=val_per_class) for s in seeds] for c in classes}
             for seeded in tasks[(backbone, dataset)].values():
                 for task in seeded:
                     task.extra_sets.update(extra)

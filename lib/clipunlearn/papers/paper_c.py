@@ -13,7 +13,7 @@ import torch
 
 from .. import data, harness, models
 from ..configs import load_paper_config, mini_settings, parse_seeds, split_names
-from ..image_cache import CachedImages, default_cache_bytes
+from ..image_cache import QUICK_CACHE_BYTES, CachedImages, MemoryBudget, default_cache_bytes
 from ..paths import check_profile
 from ..registry import method_label
 from ..report import summarise
@@ -30,9 +30,6 @@ PAPER_C_PAPER_METHODS = ("ft", "ga", "ga_pairs", "graddiff", "neggrad_plus", "ra
 #: What the paper profile's "epochs" pass over: the retain set (the reading the paper's Dr supports, its
 #: default) or the forget set.
 EPOCH_READINGS = ("retain", "forget")
-
-#: The most bytes of decoded images a quick paper-profile run holds (full runs: half of the device's memory).
-QUICK_CACHE_BYTES = 4 * 2**30
 
 #: The methods of the forget-ratio sweep.
 PAPER_C_RATIO_METHODS = ("ga", "cliperase")
@@ -176,12 +173,11 @@ def load_paper_c_tasks(settings: dict, *, device="cpu", data_dir=None, workers: 
     if settings["dataset"] == "fashion-mnist":
         train, test = data.load_mini_world(data_dir=data_dir)
         templates, n_seen = data.FASHION_MNIST_TEMPLATES, models.MINI_SEEN_IMAGES
-    else:  # the two splits share the budget: the quick one, or half of the device's memory
-        budget = settings.get("cache_bytes") or default_cache_bytes(device)
-        budget = None if budget is None else budget // 2
+    else:  # the two splits share one budget: the quick one, or half of the device's memory
+        budget = MemoryBudget(settings.get("cache_bytes") or default_cache_bytes(device))
         train, test = (CachedImages(data.load_dataset(settings["dataset"], split=s, transform=preprocess,
                                                       data_dir=data_dir, download=True),
-                                    device=device, num_workers=workers, max_bytes=budget)
+                                    device=device, num_workers=workers, budget=budget)
                        for s in ("train", "test"))
         prompts = load_paper_config("paper_c")["prompts"]
         templates, n_seen = (prompts.get(settings["dataset"], "a photo of a {}."),), None
