@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .environment import default_progress
 from .harness import (RUN_FACTORIES, RunCall, Selection, Task, build_task, reference_fn, run_ablation,
                       run_forget_benchmark, run_forget_ratio)
 from .methods import retrain
@@ -203,7 +204,8 @@ class RayExecutor:
     (the cluster this machine belongs to) or ``"ray://HOST:PORT"`` (a remote cluster). Each run asks for
     ``cpus_per_run`` CPUs (and torch uses that many threads) and ``gpus_per_run`` GPUs; ``device``: the workers'
     device. An unreachable address, or ``gpus_per_run`` on a cluster without GPUs, raises before any run starts.
-    ``log``: one line per finished run (None: quiet); ``progress``: a bar over each phase.
+    ``log``: one line per finished run (None: quiet); ``progress``: one bar over the matrix, its total growing as
+    each selection submits a phase.
     """
 
     concurrent = True
@@ -216,6 +218,7 @@ class RayExecutor:
         self.cpus_per_run, self.gpus_per_run, self.device = cpus_per_run, gpus_per_run, device
         self.log, self.progress = log, progress
         self.finished: list[dict] = []  # the spec of every run that came back, in order
+        self._bar = tqdm(total=0, desc="runs", unit="run", disable=not progress)  # one bar over the matrix
         if address.startswith("ray://"):
             check_reachable(address)
         try:
@@ -261,7 +264,8 @@ class RayExecutor:
             self.preflight(json.loads(world))
         refs = [self._remote.remote(c.spec, device=self.device, threads=self.cpus_per_run) for c in calls]
         index = {ref: i for i, ref in enumerate(refs)}
-        bar = tqdm(total=len(refs), desc="runs", disable=not self.progress, leave=False)
+        self._bar.total += len(refs)
+        self._bar.refresh()
         pending = list(refs)
         done_early: dict[int, dict] = {}
         next_out = 0
@@ -270,7 +274,7 @@ class RayExecutor:
             i = index[ready[0]]
             record = ray.get(ready[0])
             self.finished.append(calls[i].spec)
-            bar.update(1)
+            self._bar.update(1)
             if self.log is not None:
                 status = f"FAILED: {record['metrics']['error']}" if record["metrics"].get("error") else \
                     f"done in {record['metrics'].get('seconds') or 0:.1f} s"
@@ -282,10 +286,10 @@ class RayExecutor:
             while next_out in done_early:
                 yield next_out, None, done_early.pop(next_out)
                 next_out += 1
-        bar.close()
 
     def shutdown(self) -> None:
-        """Disconnect from Ray (a local instance stops)."""
+        """Disconnect from Ray (a local instance stops) and close the progress bar."""
+        self._bar.close()
         ray.shutdown()
 
 
@@ -305,4 +309,5 @@ def make_executor(cluster: str = "", *, profile: str = "mini", num_cpus: int | N
                          "ray://HOST:PORT (an existing Ray cluster)")
     gpu = profile == "paper"
     return RayExecutor("local" if cluster == "auto" else cluster, num_cpus=num_cpus,
-                       gpus_per_run=1 / runs_per_gpu if gpu else 0, device="cuda" if gpu else "cpu", log=log)
+                       gpus_per_run=1 / runs_per_gpu if gpu else 0, device="cuda" if gpu else "cpu", log=log,
+                       progress=default_progress())
