@@ -97,8 +97,7 @@ def time_step(model, tokenizer, *, step: str, batch: int, device, precision: str
     kwargs = {"n_samples": LIPSCHITZ_SAMPLES} if step == "lipschitz" else {}
     forget = _batch(tokenizer, size=batch, image_size=size, device=device, seed=1)
     retain = _batch(tokenizer, size=batch, image_size=size, device=device, seed=2)
-    original = copy_frozen(model)
-    model.train()
+    original = copy_frozen(model)  # the model stays in eval mode, as the unlearning loop keeps it (BatchNorm frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-9, fused=True if device.type in ("cuda", "cpu") else None)
 
@@ -112,7 +111,6 @@ def time_step(model, tokenizer, *, step: str, batch: int, device, precision: str
         return _time(run, device=device, warmup=warmup, repeats=repeats)
     finally:
         model.zero_grad(set_to_none=True)
-        model.eval()
 
 
 def calibrate_steps(needed: Iterable[tuple[str, str, int]], *, device, precision: str = "fp32",
