@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from clipunlearn.calibration import make_batch, time_calls
+
 #: Dense peak TFLOP/s by device name (first matching substring wins; None: not known here).
 PEAKS = (
     ("H100 NVL", None),
@@ -62,11 +64,6 @@ def get_peak(device: torch.device) -> dict | None:
         if key in name:
             return peak
     return None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def autocast(device: torch.device, precision: str):
@@ -109,29 +106,6 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def time_steps(fn, *, device, warmup: int, steps: int) -> list[float]:
-    """Return the seconds of ``steps`` calls of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def make_batch(tokenizer, *, batch: int, image_size: int, device, seed: int) -> dict:
-    """A random batch as the losses take it: ``{"images", "texts", "labels"}`` of 10 classes."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(batch) % 10
-    images = torch.randn(batch, 3, image_size, image_size, generator=g)
-    texts = tokenizer([f"a photo of a class {int(c)} object." for c in labels])
-    return {"images": images.to(device), "texts": texts.to(device), "labels": labels.to(device)}
-
-
 def training_step(model, original, loss_fn, optimizer, forget, retain, *, device, precision, kwargs):
     """Return a closure running one unlearning step (forward + backward + Adam)."""
     def step():
@@ -146,15 +120,15 @@ def training_step(model, original, loss_fn, optimizer, forget, retain, *, device
 def run_training(workload, model, original, tokenizer, *, batch, device, precision, args) -> dict:
     from clipunlearn.losses import LOSSES
 
-    forget = make_batch(tokenizer, batch=batch, image_size=args.image_size, device=device, seed=1)
-    retain = make_batch(tokenizer, batch=batch, image_size=args.image_size, device=device, seed=2)
+    forget = make_batch(tokenizer, size=batch, image_size=args.image_size, device=device, seed=1)
+    retain = make_batch(tokenizer, size=batch, image_size=args.image_size, device=device, seed=2)
     kwargs = {"n_samples": args.n_samples} if workload == "lipschitz" else {}
     images = {"ft": batch, "cliperase": 2 * batch, "lipschitz": batch}[workload]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6,
                                  fused=device.type in ("cuda", "cpu"))
     step = training_step(model, original, LOSSES[workload], optimizer, forget, retain, device=device,
                          precision=precision, kwargs=kwargs)
-    times = time_steps(step, device=device, warmup=args.warmup, steps=args.steps)
+    times = time_calls(step, device=device, warmup=args.warmup, repeats=args.steps)
     flops = count_flops(step)
     del optimizer
     model.zero_grad(set_to_none=True)
@@ -199,8 +173,8 @@ def run_synthetic(model, *, batch, device, precision, args) -> dict:
 
     n = args.steps
     generate(max(1, args.warmup))  # warm-up
-    one = time_steps(lambda: generate(1), device=device, warmup=0, steps=1)[0]
-    many = time_steps(lambda: generate(1 + n), device=device, warmup=0, steps=1)[0]
+    one = time_calls(lambda: generate(1), device=device, warmup=0, repeats=1)[0]
+    many = time_calls(lambda: generate(1 + n), device=device, warmup=0, repeats=1)[0]
     per_step = (many - one) / n if many > one else many / (1 + n)
     flops = count_flops(lambda: generate(2)) - count_flops(lambda: generate(1))
     return {"images_per_step": batch, "seconds": per_step, "flops": flops}
@@ -214,7 +188,7 @@ def run_eval(model, *, batch, device, precision, args) -> dict:
         with autocast(device, precision):
             model.encode_image(images)
 
-    times = time_steps(step, device=device, warmup=args.warmup, steps=args.steps)
+    times = time_calls(step, device=device, warmup=args.warmup, repeats=args.steps)
     return {"images_per_step": batch, "seconds": statistics.median(times), "flops": count_flops(step)}
 
 

@@ -21,7 +21,7 @@ from . import models, synthetic
 from .clip import autocast, copy_frozen, get_image_size, get_normalization
 from .losses import LOSSES
 
-__all__ = ["SPECIAL_STEPS", "StepTime", "calibrate_steps", "time_step"]
+__all__ = ["SPECIAL_STEPS", "StepTime", "calibrate_steps", "make_batch", "time_calls", "time_step"]
 
 #: Steps that are not a registered loss.
 SPECIAL_STEPS = ("synthetic", "eval")
@@ -47,7 +47,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, *, device: torch.device, warmup: int, repeats: int) -> float:
+def time_calls(fn, *, device, warmup: int, repeats: int) -> list[float]:
+    """Return the seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CUDA synchronised)."""
+    device = torch.device(device)
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -57,10 +59,15 @@ def _time(fn, *, device: torch.device, warmup: int, repeats: int) -> float:
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
-def _batch(tokenizer, *, size: int, image_size: int, device, seed: int) -> dict:
+def _time(fn, *, device: torch.device, warmup: int, repeats: int) -> float:
+    return statistics.median(time_calls(fn, device=device, warmup=warmup, repeats=repeats))
+
+
+def make_batch(tokenizer, *, size: int, image_size: int, device, seed: int) -> dict:
+    """A random batch as the losses take it: ``{"images", "texts", "labels"}`` of 10 classes."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(size) % 10
     return {"images": torch.randn(size, 3, image_size, image_size, generator=g).to(device),
@@ -95,8 +102,8 @@ def time_step(model, tokenizer, *, step: str, batch: int, device, precision: str
     if step not in LOSSES:
         raise ValueError(f"unknown step {step!r}; valid: {', '.join((*LOSSES, *SPECIAL_STEPS))}")
     kwargs = {"n_samples": LIPSCHITZ_SAMPLES} if step == "lipschitz" else {}
-    forget = _batch(tokenizer, size=batch, image_size=size, device=device, seed=1)
-    retain = _batch(tokenizer, size=batch, image_size=size, device=device, seed=2)
+    forget = make_batch(tokenizer, size=batch, image_size=size, device=device, seed=1)
+    retain = make_batch(tokenizer, size=batch, image_size=size, device=device, seed=2)
     original = copy_frozen(model)  # the model stays in eval mode, as the unlearning loop keeps it (BatchNorm frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-9, fused=True if device.type in ("cuda", "cpu") else None)

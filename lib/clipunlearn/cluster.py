@@ -46,7 +46,7 @@ __all__ = ["RayExecutor", "WORLD_LOADERS", "World", "check_reachable", "check_wo
 @dataclass
 class World:
     """What a worker runs a spec in: the model, its tokenizer, the tasks by target, the data to build others from,
-    the selection protocol and the retrained references."""
+    the retrained references and the notebook's settings (their selection protocol and task sizes)."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -55,10 +55,14 @@ class World:
     test: object
     templates: tuple
     n_seen: int | None
-    task_kwargs: dict
-    selection: Selection | None
+    settings: dict
     references: dict | None
     steps: int | None = None  # the world's steps per run (notebook 10: its epochs' steps in the paper profile)
+
+    @property
+    def selection(self) -> Selection | None:
+        """The selection protocol of the settings."""
+        return self.settings.get("selection")
 
     def find_task(self, kind: str, target: str, seed: int) -> Task:
         """Return the task of ``kind`` / ``target`` / ``seed``: one of :attr:`tasks`, or one built from the data
@@ -67,7 +71,7 @@ class World:
             if task.kind == kind and task.seed == seed:
                 return task
         return build_task(self.train, self.test, kind=kind, target=target, seed=seed, templates=self.templates,
-                          n_seen=self.n_seen, **self.task_kwargs)
+                          n_seen=self.n_seen, **self.settings["task"])
 
 
 def paper_c_world(*, profile: str = "mini", quick: bool = False, seeds: str = "0,1,2", data_dir: str = "",
@@ -80,7 +84,7 @@ def paper_c_world(*, profile: str = "mini", quick: bool = False, seeds: str = "0
                                          device=device) \
         if profile == "mini" and retrain_references and not quick else None
     return World(world.model, world.tokenizer, world.tasks, world.train, world.test, world.templates, world.n_seen,
-                 settings["task"], settings["selection"], references, world.steps)
+                 settings, references, world.steps)
 
 
 def paper_c_world_spec(profile: str, *, quick: bool, seeds: str, data_dir: str = "", retrain: bool = True,
@@ -97,14 +101,10 @@ def run_paper_c_matrix(store, *, world: dict, executor=None, methods: Sequence[s
     the module ablation and the forget-ratio sweep, as the notebook calls them) into ``store``; return its records.
     ``executor``: None (here, one run after the other) or a :class:`RayExecutor`; ``methods``: section 1 alone,
     with these methods."""
-    params = dict(world["params"])
-    settings = paper_c.paper_c_settings(params.pop("profile"), quick=params.pop("quick"), seeds=params.pop("seeds"),
-                                        **{k: v for k, v in params.items() if k not in (
-                                            "data_dir", "retrain_references", "workers")})
     w = load_world(world)  # the driver's own copy; a worker loads its own
+    settings, steps = w.settings, w.steps
     remote = dict(world=world if executor is not None else None, executor=executor)
     kw = dict(model=w.model, tokenizer=w.tokenizer, store=store, selection=settings["selection"], **remote)
-    steps = w.steps
     run_forget_benchmark(methods or settings["methods"], w.tasks, grid=settings["grid"], steps=steps,
                          batch_size=settings["batch_size"], references=w.references, progress=False, **kw)
     if methods:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+from ..clip import release_memory
 from .task import Task
 
 __all__ = ["RunCall", "SerialExecutor", "make_spec", "map_selections"]
@@ -57,7 +58,7 @@ def map_selections(executor, jobs: Sequence, fn: Callable) -> list:
 
 class SerialExecutor:
     """Run every call here, one after the other, in order (the notebooks' loop): ``run_fn(task, **candidate)``,
-    then ``finish_fn(model, record, task)`` on a reported run."""
+    then ``finish_fn(model, record, task)`` on a reported run, whose model is released before the next run."""
 
     #: Whether calls of one phase run at the same time (a remote executor: the driver then submits a whole phase).
     concurrent = False
@@ -67,7 +68,9 @@ class SerialExecutor:
         """Yield ``(index into calls, model, record)`` for every call, in order."""
         for i, call in enumerate(calls):
             model, record = run_fn(call.task, **call.candidate)
-            if call.reported and finish_fn is not None:
-                finish_fn(model, record, call.task)
+            if call.reported:
+                if finish_fn is not None:
+                    finish_fn(model, record, call.task)
+                model = None  # measured: nothing keeps a reported run's model
+                release_memory()
             yield i, model, record
-            del model

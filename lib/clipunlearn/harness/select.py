@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 from ..clip import release_memory
 from ..results import make_record
 from ..scores import CRITERION, round_score
-from .executor import RunCall, make_spec
+from .executor import RunCall, SerialExecutor, make_spec
 from .task import Task
 
 __all__ = ["EVALUATIONS", "PROTOCOL", "QUICK_PROTOCOL", "SELECTION_SEED", "GridExtension", "Selection", "is_search",
@@ -320,23 +320,14 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             store.add(rec)
         return rec
 
-    found = {task.seed: store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match)
-             if store else None for task in reported}
-    found = {s: None if r is not None and r["metrics"].get("error") else r for s, r in found.items()}  # raised: rerun
-    if concurrent:  # every missing reported seed at once, each record saved as it finishes
-        todo = [task for task in reported if found[task.seed] is None]
-        calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True)) for task in todo]
-        for i, _, rec in executor.run(calls, run_fn=run_fn, finish_fn=finish_fn, ordered=False):
-            found[todo[i].seed] = finish(rec)
-    out = [best] if selection_task is None else []
-    for task in reported:
-        rec = found[task.seed]
-        if rec is None:
-            model, rec = run_fn(task, **chosen)
-            if finish_fn is not None:
-                finish_fn(model, rec, task)
-            del model
-            release_memory()
-            rec = finish(rec)
-        out.append(rec)
-    return out + search_records
+    found = {}
+    for task in reported:  # a stored record that raised (not diverged) is run again
+        rec = store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match) \
+            if store else None
+        found[task.seed] = None if rec is not None and rec["metrics"].get("error") else rec
+    todo = [task for task in reported if found[task.seed] is None]
+    calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True)) for task in todo]
+    # here one after the other; a concurrent executor runs them at once: each record is saved as it finishes
+    for i, _, rec in (executor or SerialExecutor()).run(calls, run_fn=run_fn, finish_fn=finish_fn, ordered=False):
+        found[todo[i].seed] = finish(rec)
+    return ([best] if selection_task is None else []) + [found[task.seed] for task in reported] + search_records
