@@ -6,6 +6,11 @@ atomically. The mini CLIP the committed results come from ships with the package
 recipe, training curve, zero-shot accuracy, machine, and the file's sha256), so every
 user and CI evaluates the same weights whatever CPU they have. A missing, truncated or
 altered file is refused with the expected hash and the command that restores it.
+
+The retrained gold standards of the benchmark's tasks (the mini CLIP trained with the same recipe without a
+task's forget images) ship the same way, for the same reason, as their difference from the shipped model
+(:func:`diff_state`: the tensors that differ, and of the token embedding only the rows the captions use):
+``model_weights/references/<cache key>/delta.pt`` and ``info.json``, about 7 MB each instead of 32.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .results import save_torch_atomic, write_json_atomic
 WEIGHTS_DIR = Path(__file__).resolve().parent / "model_weights"
 #: Project mini model names that ship trained weights -> file stem in :data:`WEIGHTS_DIR`.
 SHIPPED = {"mini": "mini", "mini-rn": "mini"}
+#: Folder of the shipped retrained references, one folder per model cache key (``models._mini_key``).
+REFERENCES_DIR = WEIGHTS_DIR / "references"
 
 
 class CheckpointError(RuntimeError):
@@ -72,8 +79,16 @@ def shipped_paths(name: str = "mini") -> tuple[Path, Path]:
     return WEIGHTS_DIR / f"{stem}.pt", WEIGHTS_DIR / f"{stem}.json"
 
 
+def _in_repo(path: Path) -> str:
+    """``path`` relative to the repository root (absolute when the package is installed elsewhere)."""
+    try:
+        return str(path.resolve().relative_to(WEIGHTS_DIR.parents[2]))
+    except ValueError:
+        return str(path)
+
+
 def _restore_hint(path: Path) -> str:
-    return (f"restore it with `git checkout -- {path.relative_to(WEIGHTS_DIR.parents[2])}` (a fresh clone has it), "
+    return (f"restore it with `git checkout -- {_in_repo(path)}` (a fresh clone has it), "
             "or retrain a mini model here with `python -m clipunlearn models --train-mini` and use it with "
             "`./run_all.sh --retrained-mini 0` (its numbers then differ slightly from the committed results)")
 
@@ -122,3 +137,103 @@ def write_shipped(state_dict: dict, info: dict, name: str = "mini") -> tuple[Pat
     info = {**info, "sha256": sha256_file(weights), "bytes": weights.stat().st_size}
     write_json_atomic(record, info)
     return weights, info
+
+
+# --------------------------------------------------------------------------- #
+# A state dict as its difference from another (the shipped references, the archive of reported runs)
+# --------------------------------------------------------------------------- #
+def fingerprint_state(state: dict) -> str:
+    """Return the sha256 (16 hex) of a state dict's names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def diff_state(state: dict, base: dict) -> dict:
+    """Return what ``state`` changed from ``base``: ``{"full": {name: tensor}, "rows": {name: (indices,
+    rows)}}``; a tensor equal to the base's is left out, a matrix with fewer than half its rows changed keeps
+    those rows. ``state`` must have ``base``'s names."""
+    if set(state) != set(base):
+        raise ValueError(f"the state's tensors are not the base's: {sorted(set(state) ^ set(base))[:5]}")
+    full, rows = {}, {}
+    for name, t in state.items():
+        b = base[name]
+        t = t.detach()
+        if t.shape != b.shape or t.dtype != b.dtype:
+            full[name] = t.cpu().clone()
+        elif not torch.equal(t, b):
+            changed = (t != b).flatten(1).any(1).nonzero().flatten() if t.ndim >= 2 else None
+            if changed is not None and 2 * len(changed) < len(t):
+                rows[name] = (changed.cpu(), t[changed].cpu().clone())
+            else:
+                full[name] = t.cpu().clone()
+    return {"full": full, "rows": rows}
+
+
+def apply_state_delta(base: dict, delta: dict) -> dict:
+    """Return the state dict ``base`` with ``delta`` (:func:`diff_state`) applied; ``base`` is not changed."""
+    out = dict(base)
+    for name, t in delta["full"].items():
+        out[name] = t
+    for name, (idx, values) in delta["rows"].items():
+        patched = base[name].detach().cpu().clone()
+        patched[idx] = values
+        out[name] = patched
+    return out
+
+
+def shipped_reference(key: str) -> tuple[Path, dict] | None:
+    """Return ``(delta file, record)`` of the shipped retrained model with cache key ``key`` after checking the
+    file against the record's sha256, or None when none ships under that key. A missing, truncated or altered
+    file raises a :class:`CheckpointError` saying how to restore it."""
+    folder = REFERENCES_DIR / key
+    record = folder / "info.json"
+    if not record.is_file():
+        return None
+    delta = folder / "delta.pt"
+    hint = (f"restore it with `git checkout -- {_in_repo(folder)}`, or delete the "
+            "folder and the reference is trained here on first use (its numbers then differ slightly)")
+    try:
+        info = json.loads(record.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"the shipped reference record {record} is corrupted ({err}); {hint}") from err
+    actual = sha256_file(delta) if delta.is_file() else "missing"
+    if actual != info.get("sha256"):
+        raise CheckpointError(f"the shipped reference {delta} is {'missing' if actual == 'missing' else 'altered'}"
+                              f" (sha256 {actual}, expected {info.get('sha256')}); {hint}")
+    return delta, info
+
+
+def load_shipped_reference(key: str, base_state) -> tuple[dict, dict] | None:
+    """Return ``(state dict, record)`` of the shipped retrained model ``key`` (its delta applied to
+    ``base_state``, the shipped mini CLIP's, or a function returning it, called only when one ships), or None
+    when none ships; a base other than the one the delta was made from raises a :class:`CheckpointError`."""
+    found = shipped_reference(key)
+    if found is None:
+        return None
+    delta, info = found
+    base_state = base_state() if callable(base_state) else base_state
+    if fingerprint_state(base_state) != info.get("base_fingerprint"):
+        raise CheckpointError(f"the shipped reference {delta} was made from another mini CLIP than the shipped one; "
+                              "rewrite it with `python scripts/ship_references.py` (after retraining the references)")
+    state = apply_state_delta(base_state, load_torch_file(delta))
+    if fingerprint_state(state) != info.get("fingerprint"):
+        raise CheckpointError(f"the shipped reference {delta} does not rebuild the recorded model; rewrite it with "
+                              "`python scripts/ship_references.py`")
+    return state, info
+
+
+def write_shipped_reference(key: str, state: dict, info: dict, base_state: dict) -> Path:
+    """Write the retrained model ``state`` (cache key ``key``, training record ``info``) as a shipped reference:
+    its delta from ``base_state`` and a record with the delta's sha256 and both fingerprints. A maintainer's step
+    (``scripts/ship_references.py``)."""
+    folder = REFERENCES_DIR / key
+    delta = save_torch_atomic(diff_state(state, base_state), folder / "delta.pt")
+    write_json_atomic(folder / "info.json", {**info, "sha256": sha256_file(delta), "bytes": delta.stat().st_size,
+                                             "base_fingerprint": fingerprint_state(base_state),
+                                             "fingerprint": fingerprint_state(state)})
+    return delta
+

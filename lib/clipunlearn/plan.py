@@ -289,7 +289,8 @@ def main(argv=None) -> int:
                                "not measured (no complete run under runs/)"))
         missing = [nb for nb in stems if nb not in times]
         print(f"total: {_hours(sum(times.values()))} measured" + (f", without {', '.join(missing)}" if missing else "")
-              + "; the retrained references add about 3 min each on first use")
+              + "; the benchmark's retrained references ship with the package (a retrained mini model trains its "
+              "own on first use, about 3 min each)")
         return 0
     workloads = plan_profile("paper", quick=args.quick, seeds=args.seeds, notebooks=notebooks)
     if args.counts_only:

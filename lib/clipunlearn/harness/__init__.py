@@ -4,7 +4,8 @@ Every notebook builds its tasks, evaluates every model and selects every method'
 hyper-parameters through these modules, so numbers are comparable across notebooks:
 :mod:`.task` (what to forget and keep), :mod:`.evaluate` (test and validation metrics),
 :mod:`.select` (the grid on a selection seed, extended at its ends, the tie rule), :mod:`.store` (records
-saved as they come, resumable), :mod:`.reference` (every run beside the retrained model), :mod:`.run`
+saved as they come, resumable), :mod:`.reference` (every run beside the retrained model), :mod:`.archive`
+(the reported runs' models, kept as differences from the starting model), :mod:`.run`
 (a registered loss through the one loop), :mod:`.executor` (where a selection's runs execute) and
 :mod:`.retrieval` (a concept's caption pairs: the retrieval task,
 its one evaluation, one run). The harness
@@ -12,6 +13,7 @@ imports no method: methods and papers import it.
 """
 
 from ..scores import CRITERION, SCORE_RETAINED, selection_score, unlearning_score
+from .archive import ModelArchive
 from .evaluate import MIA_FIT_IMAGES, calibration_fn, evaluate_coarse, evaluate_model, validate_model
 from .executor import RunCall, SerialExecutor, make_spec
 from .run import (MINI_LR_GRID, RUN_FACTORIES, record_original, run_ablation, run_forget_benchmark, run_forget_ratio,
@@ -27,7 +29,7 @@ from .store import ResultStore
 from .task import (EVAL_SETS, TASK_KINDS, Task, build_task, calibration_split, class_prompts, pick_classes,
                    pick_examples)
 
-__all__ = ["RUN_FACTORIES", "RunCall", "SerialExecutor", "make_spec",
+__all__ = ["ModelArchive", "RUN_FACTORIES", "RunCall", "SerialExecutor", "make_spec",
            "CRITERION", "EVALUATIONS", "EVAL_SETS", "GridExtension", "MIA_FIT_IMAGES", "MINI_LR_GRID", "PROTOCOL",
            "QUICK_PROTOCOL", "RETRIEVAL_KS", "RETRIEVAL_TASK", "Reference", "RetrievalPool", "RetrievalTask",
            "SCORE_RETAINED", "build_retrieval_pool", "build_retrieval_tasks", "evaluate_retrieval", "retrieval_score",

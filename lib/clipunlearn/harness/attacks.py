@@ -26,6 +26,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .. import metrics
 from ..clip import autocast
@@ -172,13 +173,15 @@ def probe_features(model, task: Task, settings: AttackSettings) -> dict:
     fit = torch.cat([_cap_per_class(task.train, idx, settings.probe_per_class, 0)
                      for idx in (task.retain_train, task.forget_train)])
     x, y = metrics.encode_images(model, task.train, indices=fit, device=settings.device)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probe.fit(x.numpy(), y.numpy())
-    out = {}
-    for name in ("forget", "retain"):
-        tx, ty = metrics.encode_images(model, task.test, indices=task.eval_sets[name], device=settings.device)
-        out[f"probe_features/{name}_acc"] = float((probe.predict(tx.numpy()) == ty.numpy()).mean())
-    return out
+    tests = {name: metrics.encode_images(model, task.test, indices=task.eval_sets[name], device=settings.device)
+             for name in ("forget", "retain")}
+    # one BLAS thread: beside torch's OpenMP threads a 2-thread OpenBLAS fit of these 1000 x 128 features took
+    # 1.97 s on 2 cores, one thread 0.1 s (benchmarks/README.md)
+    with threadpool_limits(limits=1, user_api="blas"):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        probe.fit(x.numpy(), y.numpy())
+        return {f"probe_features/{name}_acc": float((probe.predict(tx.numpy()) == ty.numpy()).mean())
+                for name, (tx, ty) in tests.items()}
 
 
 def quantisable_linears(model) -> set[str]:

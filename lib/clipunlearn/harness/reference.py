@@ -5,7 +5,8 @@ harness imports no method) and its record. :func:`compare_to_reference` puts two
 ``gap_retrain`` (:func:`~clipunlearn.scores.gap_to_retrain`, the literature's "average gap" of the forget,
 sibling, retain and other-style accuracies) and ``js_retrain`` (the mean Jensen-Shannon divergence of the two
 models' zero-shot output distributions on the forget test images). :func:`reference_fn` turns a
-``{target: Reference}`` map into the hook the drivers call on every reported run.
+``{target: Reference}`` map into the hook the drivers call on every reported run; a reference with an
+``archive`` (``harness.archive.ModelArchive``) also keeps each such run's model there, for the attacks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Reference:
     record: dict
     #: the reference's output distribution on each task's forget test images, computed once
     probs: dict = field(default_factory=dict, repr=False)
+    #: where the runs measured against it keep their models (a ``ModelArchive``; None: not kept)
+    archive: object = field(default=None, repr=False)
 
 
 def compare_to_reference(model, task: Task, run_metrics: dict, reference: Reference, *, tokenizer,
@@ -46,8 +49,8 @@ def compare_to_reference(model, task: Task, run_metrics: dict, reference: Refere
 def reference_fn(references: dict[str, Reference] | None, *, tokenizer,
                  device="cpu") -> Callable[[object, dict, Task], None] | None:
     """Return ``finish(model, record, task)``, which adds :func:`compare_to_reference` to a run's metrics when
-    ``references`` has its target (a failed run, without test metrics, is left as it is); None without
-    references."""
+    ``references`` has its target (a failed run, without test metrics, is left as it is) and keeps the model in
+    the reference's ``archive`` when it has one; None without references."""
     if not references:
         return None
 
@@ -57,5 +60,7 @@ def reference_fn(references: dict[str, Reference] | None, *, tokenizer,
             return
         record["metrics"].update(compare_to_reference(model, task, record["metrics"], ref, tokenizer=tokenizer,
                                                       device=device))
+        if ref.archive is not None:
+            ref.archive.save(model, record)
 
     return finish

@@ -39,8 +39,9 @@ def run_retrain(task: Task, *, tokenizer=None, cache_dir=None, device="cpu", pro
                 training: dict | None = None):
     """Return ``(model, record)``: the mini CLIP retrained without ``task``'s forget images, scored on ``task``.
 
-    The model is trained on first use and cached (``cache_dir``: default the project's cache) with the shipped
-    model's recipe and training seed, or ``$CLIPUNLEARN_MINI_SEED``'s when set (a retrained mini world's
+    The benchmark's three references ship with the package (``checkpoints.REFERENCES_DIR``: the same weights on
+    every machine); any other is trained on first use and cached (``cache_dir``: default the project's cache) with
+    the shipped model's recipe and training seed, or ``$CLIPUNLEARN_MINI_SEED``'s when set (a retrained mini world's
     reference: ``run_all.sh --retrained-mini``); ``training`` overrides the recipe (tests: a tiny run). The
     record (method ``retrain``) holds the test metrics of ``evaluate_model``, the validation numbers, the
     exclusion, the training time and the cache folder's name (``models/<cache_key>/`` in the cache).
@@ -61,18 +62,20 @@ def run_retrain(task: Task, *, tokenizer=None, cache_dir=None, device="cpu", pro
 
 def load_references(tasks: dict[str, Sequence[Task]], *, tokenizer=None, selection: Selection | None = None,
                     cache_dir=None, device="cpu", progress: bool = False, training: dict | None = None,
-                    targets: dict[str, str] | None = RETRAIN_TARGETS) -> dict[str, Reference]:
+                    targets: dict[str, str] | None = RETRAIN_TARGETS, archive=None) -> dict[str, Reference]:
     """Return ``{target: harness.Reference}``: the retrained model of each target of ``tasks`` (``{target: [task
     per seed]}``) and its record on the first reported seed's task (``selection``'s seed skipped), for the
     drivers' ``references``. Only the targets of ``targets`` (``{task kind: target}``, default the benchmark's
-    three; None: every target). Each model is trained on first use (minutes) and cached."""
+    three; None: every target). Each model ships with the package or is trained on first use (minutes) and
+    cached. ``archive`` (a ``harness.ModelArchive`` of the starting model): every run measured against these references keeps its model
+    there (notebook 45 attacks them instead of rebuilding them)."""
     out = {}
     for target, seeded in tasks.items():
         if targets is not None and targets.get(seeded[0].kind) != target:
             continue
         model, record = run_retrain(reported_tasks(seeded, selection)[0], tokenizer=tokenizer, cache_dir=cache_dir,
                                     device=device, progress=progress, training=training)
-        out[target] = Reference(model=model, record=record)
+        out[target] = Reference(model=model, record=record, archive=archive)
     return out
 
 

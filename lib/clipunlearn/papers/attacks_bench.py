@@ -1,8 +1,9 @@
 """The attack benchmark: every reported run of the benchmark regenerated, attacked, and set beside the retrained model.
 
 The benchmark's records (``results/<profile>/40_benchmark.json``) hold each reported run's selected configuration and
-seed; runs are deterministic, so :func:`regenerate_model` rebuilds the unlearned model from them (a registered loss
-through ``harness.run_method``; the three stages and the data-free Lipschitz method through their procedures with
+seed; the run's model is read from the ``harness.ModelArchive`` the reported run kept it in, or, where it was
+not kept, rebuilt: runs are deterministic, so :func:`regenerate_model` rebuilds the unlearned model from them (a
+registered loss through ``harness.run_method``; the three stages and the data-free Lipschitz method through their procedures with
 the mini settings) and checks the regenerated forget accuracy against the record. :func:`run_attack_benchmark`
 runs ``harness.attacks.run_attacks`` on every regenerated model, on the untouched model (``original``) and on the
 retrained model (``retrain``), per task and seed; :func:`add_retrain_gaps` adds each attack's gap to the retrained
@@ -110,17 +111,21 @@ def _find(records, method, kind, target, seed):
 def run_attack_benchmark(records: Sequence[dict], tasks: dict[str, Sequence[Task]], *, methods: Sequence[str],
                          model, tokenizer, references: dict[str, Reference], store, settings: dict | None = None,
                          selection=None, attacks: Sequence[str] = tuple(ATTACKS), device="cpu",
-                         progress: bool = False) -> list[dict]:
+                         progress: bool = False, archive=None) -> list[dict]:
     """Attack every reported run of ``methods`` in the benchmark ``records``, the original and the retrained model.
 
     ``tasks``: ``{target: [task per seed]}`` (``selection``'s seed is skipped); ``references``: ``{target:
     Reference}``. One record per method, task and seed (task :data:`ATTACK_TASK`; ``config``: the benchmark task,
     target, seed, the attack settings, the source run's lr), resumable through ``store``. ``settings``:
-    ``AttackSettings`` fields besides the tokenizer, device and seed. Returns every attack record.
+    ``AttackSettings`` fields besides the tokenizer, device and seed. ``archive`` (a ``harness.ModelArchive`` of
+    ``model``): a run's model is read from it where the run kept it (``config.model_source``: ``archive``), else
+    rebuilt (``rebuilt``); either way its forget accuracy is checked against the record. Returns every attack
+    record.
     """
     settings = dict(settings or {})
-    records = label_variants(records)  # a variant's runs (another synthetic prior) are a method of their own
-    out = []
+    labelled = label_variants(records)  # a variant's runs (another synthetic prior) are a method of their own
+    unlabelled = {id(r): raw for r, raw in zip(labelled, records)}  # the archive knows a run by its own method
+    records, out = labelled, []
     jobs = []
     for target, seeded in tasks.items():
         if target not in references:
@@ -144,7 +149,11 @@ def run_attack_benchmark(records: Sequence[dict], tasks: dict[str, Sequence[Task
         elif method == "retrain":
             attacked, check = references[task.target].model, {}
         else:
-            attacked = regenerate_model(source, task, model=model, tokenizer=tokenizer, device=device)
+            attacked = archive.load(unlabelled[id(source)]) if archive is not None else None
+            model_source = "rebuilt" if attacked is None else "archive"
+            if attacked is None:
+                attacked = regenerate_model(source, task, model=model, tokenizer=tokenizer, device=device)
+            attacked = attacked.to(device)
             again = measure_accuracies(attacked, task, tokenizer=tokenizer, device=device, sets=("forget",))
             check = {"regenerated_forget_acc": again["forget_acc"], "recorded_forget_acc": source["metrics"].get(
                 "forget_acc"), "regenerated_matches": abs(again["forget_acc"] - source["metrics"]["forget_acc"])
@@ -155,6 +164,8 @@ def run_attack_benchmark(records: Sequence[dict], tasks: dict[str, Sequence[Task
                   **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(attack_settings).items()
                      if k not in ("tokenizer", "device")},
                   "source_lr": (source or {}).get("config", {}).get("lr")}
+        if method not in REFERENCES:
+            config["model_source"] = model_source
         record = make_record(method=method, task=ATTACK_TASK, config=config, metrics={**result, **check})
         store.add(record)
         out.append(record)
