@@ -58,7 +58,7 @@ def set_aside_earlier_protocol(path: Path, log=print) -> bool:
 
     runs = [r for r in load_records(path) if r["method"] not in ("original", "retrain")
             and r["task"] not in ("selection", "zeroshot") and r["config"].get("grid") is not None]
-    if runs and all("selected_on_seed" in r["config"] for r in runs):
+    if all("selected_on_seed" in r["config"] for r in runs):  # none at all (the attacks' file): nothing to judge
         return False
     kept = path.with_name(path.name + ".pre-protocol")
     os.replace(path, kept)

@@ -4,14 +4,16 @@ driver that finishes the matrix on rerun without redoing a finished run. Runs on
 
 import json
 import math
+import time
 from dataclasses import replace as dataclass_replace
 
+import psutil
 import pytest
 import torch
 
 from clipunlearn import cluster
-from clipunlearn.harness import (RUN_FACTORIES, ResultStore, RunCall, Selection, SerialExecutor, make_spec,
-                                 run_selected, summarise_run)
+from clipunlearn.harness import (RUN_FACTORIES, SELECTION_SEED, ResultStore, RunCall, Selection, SerialExecutor,
+                                 make_spec, run_selected, summarise_run)
 from clipunlearn.results import make_record
 
 ray = pytest.importorskip("ray")
@@ -114,6 +116,47 @@ def test_an_interrupted_driver_reruns_only_what_did_not_finish(serial_records, e
     assert executor.finished and not redone, redone  # only what had not finished ran again
 
 
+def kill_a_busy_worker(*, timeout: float = 30.0) -> int:
+    """SIGKILL one Ray worker process while it runs a run (its title is ``ray::execute_run``); return its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::execute_run"):
+                proc.kill()
+                return proc.pid
+        time.sleep(0.02)
+    raise AssertionError("no Ray worker was running a run")
+
+
+def test_a_killed_worker_loses_only_its_run_and_the_rerun_finishes_the_matrix(serial_records, executor, tmp_path):
+    path, seen, killed = tmp_path / "10.json", [], []
+
+    def kill_after_three(line):
+        seen.append(line)
+        if len(seen) == 3 and not killed:
+            killed.append(kill_a_busy_worker())
+    methods = ["ga", "graddiff", "neggrad_plus", "cliperase"]  # section 1 with four methods: 8 runs
+    want = [r for r in serial_records if r["method"] in (*methods, "original") and identity(r)[1] in (
+        "forget-class", "selection") and r["config"].get("run_task", "forget-class") == "forget-class"]
+    executor.log, executor.finished = kill_after_three, []
+    run_matrix(ResultStore(path), executor=executor, world=WORLD, methods=methods)  # goes on past the dead worker
+    first = [r for r in ResultStore(path, resume=True).records if r["method"] != "original"]
+    failed = [r for r in first if r["metrics"].get("error")]
+    assert killed and len(failed) == 1, [r["metrics"].get("error") for r in failed]
+    assert failed[0]["metrics"]["error"].startswith(("WorkerCrashedError", "NodeDiedError", "RayTaskError"))
+    # what must not run again: every finished run but those of a search one of whose candidates died (that search
+    # is searched again, and its seeds rerun only if the choice moved)
+    died = record_key(failed[0])
+    searched_again = died[:5] if died[5] == SELECTION_SEED else None
+    kept = {record_key(r) for r in first if not r["metrics"].get("error") and record_key(r)[:5] != searched_again}
+    executor.log, executor.finished = None, []
+    got = run_matrix(ResultStore(path, resume=True), executor=executor, world=WORLD, methods=methods)
+    assert_same_records(got, want)  # the serial records, the dead worker's run included
+    ran = {run_key(spec) for spec in executor.finished}
+    assert died in ran and not ran & kept, ran & kept
+    assert not any(r["metrics"].get("error") for r in ResultStore(path, resume=True).records)
+
+
 def test_a_failed_run_is_recorded_and_the_others_go_on(executor, tmp_path):
     w = cluster.load_world(WORLD)
     task = w.tasks["sneaker"][1]
@@ -190,3 +233,32 @@ def test_a_run_that_raised_is_run_again_on_resume(tmp_path):
     assert flaky.calls == [(1, 1e-4)]  # only the run that raised
     assert not any(r["metrics"].get("error") for r in again)
     assert not any(r["metrics"].get("error") for r in ResultStore(path, resume=True).records)
+
+
+def test_a_search_searched_again_reruns_the_seeds_whose_value_it_no_longer_chose(tmp_path):
+    w = cluster.load_world(WORLD)
+    tasks = w.tasks["sneaker"]
+    tasks = [tasks[0], tasks[1], dataclass_replace(tasks[1], seed=1)]  # the selection seed's task, seeds 0 and 1
+    scores, ran = {1e-4: 0.9, 1e-3: 0.5}, []
+
+    def run_fn(task, lr):
+        ran.append((task.seed, lr))
+        m = {"score": scores[lr], "val_forget_acc": 0.1, "val_retain_acc": 0.6, "failed": False, "forget_acc": 0.2}
+        return None, summarise_run(task, method="x", config={"lr": lr}, test_metrics=m)
+    path, grid = tmp_path / "r.json", {"lr": [1e-4, 1e-3]}
+    run_selected("x", tasks, run_fn=run_fn, grid=grid, store=ResultStore(path), selection=Selection(extend=None))
+    store = ResultStore(path, resume=True)
+    lost = next(r for r in store.records if r["task"] == "selection" and r["config"]["lr"] == 1e-3)
+    lost["metrics"]["error"] = "WorkerCrashedError: the worker died"  # one candidate's worker died: search again
+    store.add(lost)
+    scores[1e-3] = 0.95  # and this time the other value wins
+    ran.clear()
+    out = run_selected("x", tasks, run_fn=run_fn, grid=grid, store=ResultStore(path, resume=True),
+                       selection=Selection(extend=None))
+    assert sorted(ran) == [(0, 1e-3), (1, 1e-3), (100, 1e-4), (100, 1e-3)]  # both seeds ran at the new choice
+    assert [r["config"]["lr"] for r in out if r["task"] != "selection"] == [1e-3, 1e-3]
+    scores[1e-3] = 0.5
+    ran.clear()
+    run_selected("x", tasks, run_fn=run_fn, grid=grid, store=ResultStore(path, resume=True),
+                 selection=Selection(extend=None))
+    assert ran == []  # a finished search and its seeds at its choice: nothing runs again

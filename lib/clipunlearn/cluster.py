@@ -154,14 +154,20 @@ def execute_run(spec: dict, *, device="cpu", threads: int | None = None) -> dict
             finish(model, record, task)
         return record
     except Exception:  # noqa: BLE001 - recorded as a failed run; the matrix goes on
-        last = traceback.format_exc().strip().splitlines()[-1]
-        settings = spec.get("settings", {})
-        extra = {k: settings[s] for k, s in (("variant", "variant"), ("forget_ratio", "ratio")) if s in settings}
-        return make_record(method=settings.get("method", "unknown"),
-                           task=FACTORY_TASKS.get(spec.get("factory"), spec.get("kind")),
-                           config={"task": spec.get("kind"), "forget_class": spec.get("target"),
-                                   "seed": spec.get("seed"), **extra, **spec.get("candidate", {})},
-                           metrics={"failed": True, "error": last, "seconds": time.perf_counter() - start})
+        return failed_record(spec, traceback.format_exc().strip().splitlines()[-1],
+                             seconds=time.perf_counter() - start)
+
+
+def failed_record(spec: dict, error: str, *, seconds: float | None = None) -> dict:
+    """Return the record of a run of ``spec`` that did not finish (``metrics.failed``, ``metrics.error``): saved
+    like any record, and run again on resume."""
+    settings = spec.get("settings", {})
+    extra = {k: settings[s] for k, s in (("variant", "variant"), ("forget_ratio", "ratio")) if s in settings}
+    return make_record(method=settings.get("method", "unknown"),
+                       task=FACTORY_TASKS.get(spec.get("factory"), spec.get("kind")),
+                       config={"task": spec.get("kind"), "forget_class": spec.get("target"),
+                               "seed": spec.get("seed"), **extra, **spec.get("candidate", {})},
+                       metrics={"failed": True, "error": error, "seconds": seconds})
 
 
 def check_world(spec: dict, *, device="cpu") -> str | None:
@@ -255,7 +261,8 @@ class RayExecutor:
     def run(self, calls: Sequence[RunCall], *, run_fn=None, finish_fn=None,
             ordered: bool = True):
         """Yield ``(index, None, record)`` of every call (its ``spec`` rebuilt on a worker): in order, or as they
-        finish (``ordered=False``)."""
+        finish (``ordered=False``). A run whose worker died is a failed record (``cluster.failed_record``) and
+        the others go on; a rerun with resume runs it again."""
         missing = [i for i, c in enumerate(calls) if c.spec is None]
         if missing:
             raise ValueError("a Ray run needs its spec (pass world= to the driver: the JSON description a worker "
@@ -272,7 +279,11 @@ class RayExecutor:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             i = index[ready[0]]
-            record = ray.get(ready[0])
+            try:
+                record = ray.get(ready[0])
+            except ray.exceptions.RayError as err:  # the worker died (killed, out of memory, its node lost)
+                first = (str(err).strip().splitlines() or [""])[0]
+                record = failed_record(calls[i].spec, f"{type(err).__name__}: {first}")
             self.finished.append(calls[i].spec)
             self._bar.update(1)
             if self.log is not None:

@@ -5,7 +5,8 @@ method (deterministic, but seconds to tens of seconds a run); a :class:`ModelArc
 the reference hook (``reference.reference_fn``) on every reported run measured against a retrained model, and
 read back bit for bit. A file holds only what the run changed (``checkpoints.diff_state``): the tensors that
 differ from the starting model, and of a matrix where few rows changed (the token embedding: the few dozen rows
-of its 49,408 that the captions use) just those rows; about 7 MB for a run that trains every weight of the mini CLIP, against 32 MB.
+of its 49,408 that the captions use) just those rows; about 7 MB for a run that trains every weight of the mini
+CLIP, against 32 MB.
 
 A file is found by the run's identity (:func:`archive_key`) under a folder named by the starting model's
 fingerprint, and returned only when the metrics it was saved with equal the record's: a record of another

@@ -321,10 +321,12 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
         return rec
 
     found = {}
-    for task in reported:  # a stored record that raised (not diverged) is run again
+    for task in reported:  # a stored record that raised (not diverged), or ran at another choice, is run again
         rec = store.find(method=method, task=kind, forget_class=task.target, seed=task.seed, **match) \
             if store else None
-        found[task.seed] = None if rec is not None and rec["metrics"].get("error") else rec
+        stale = rec is not None and (rec["metrics"].get("error") or any(
+            rec["config"].get(k) != v for k, v in chosen.items()))  # a search run again chose another value
+        found[task.seed] = None if stale else rec
     todo = [task for task in reported if found[task.seed] is None]
     calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True)) for task in todo]
     # here one after the other; a concurrent executor runs them at once: each record is saved as it finishes

@@ -67,8 +67,8 @@ def load_references(tasks: dict[str, Sequence[Task]], *, tokenizer=None, selecti
     per seed]}``) and its record on the first reported seed's task (``selection``'s seed skipped), for the
     drivers' ``references``. Only the targets of ``targets`` (``{task kind: target}``, default the benchmark's
     three; None: every target). Each model ships with the package or is trained on first use (minutes) and
-    cached. ``archive`` (a ``harness.ModelArchive`` of the starting model): every run measured against these references keeps its model
-    there (notebook 45 attacks them instead of rebuilding them)."""
+    cached. ``archive`` (a ``harness.ModelArchive`` of the starting model): every run measured against these
+    references keeps its model there (notebook 45 attacks them instead of rebuilding them)."""
     out = {}
     for target, seeded in tasks.items():
         if targets is not None and targets.get(seeded[0].kind) != target:

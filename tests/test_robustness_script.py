@@ -1,0 +1,39 @@
+"""benchmarks/robustness.py's guard against resuming a results file of the earlier selection protocol."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from clipunlearn.results import load_records, make_record, save_records
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("robustness_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(grid=True, selected=True):
+    config = {"forget_class": "sneaker", "seed": 0, **({"grid": {"lr": [1e-4]}} if grid else {}),
+              **({"selected_on_seed": 100} if selected else {})}
+    return make_record(method="ga", task="forget-class", config=config, metrics={"forget_acc": 0.0})
+
+
+def test_only_a_file_with_runs_of_the_earlier_protocol_is_set_aside(tmp_path):
+    script, said = load_script(), []
+    attacks = make_record(method="ga", task="attacks", config={"run_task": "forget-class", "seed": 0}, metrics={})
+    cases = {"attacks.json": [attacks], "current.json": [run(), attacks], "earlier.json": [run(selected=False), run()]}
+    for name, records in cases.items():
+        save_records(tmp_path / name, records)
+    assert not script.set_aside_earlier_protocol(tmp_path / "attacks.json", log=said.append)  # nothing to judge
+    assert not script.set_aside_earlier_protocol(tmp_path / "current.json", log=said.append)
+    assert script.set_aside_earlier_protocol(tmp_path / "earlier.json", log=said.append)
+    assert not (tmp_path / "earlier.json").exists() and len(load_records(tmp_path / "earlier.json.pre-protocol")) == 2
+    assert (tmp_path / "attacks.json").exists() and (tmp_path / "current.json").exists()
+    assert said == ["earlier.json: written under the earlier selection protocol; kept as earlier.json.pre-protocol, "
+                    "the notebook starts afresh"]
+    assert not script.set_aside_earlier_protocol(tmp_path / "missing.json", log=said.append)
