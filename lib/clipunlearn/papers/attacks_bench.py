@@ -1,13 +1,13 @@
 """The attack benchmark: every reported run of the benchmark regenerated, attacked, and set beside the retrained model.
 
 The benchmark's records (``results/<profile>/40_benchmark.json``) hold each reported run's selected configuration and
-seed; the run's model is read from the ``harness.ModelArchive`` the reported run kept it in, or, where it was
-not kept, rebuilt: runs are deterministic, so :func:`regenerate_model` rebuilds the unlearned model from them
-(a registered loss through ``harness.run_method``; the three stages and the data-free Lipschitz method through
-their procedures with the mini settings); either way the forget accuracy is checked against the record.
-:func:`run_attack_benchmark` runs ``harness.attacks.run_attacks`` on every such model, on the untouched model (``original``) and on the
-retrained model (``retrain``), per task and seed; :func:`add_retrain_gaps` adds each attack's gap to the retrained
-model of the same task and seed. A method added to the benchmark as a loss flows in without code changes.
+seed; the run's model is read from the ``harness.ModelArchive`` the reported run kept it in, or, where it was not kept,
+rebuilt: runs are deterministic, so :func:`regenerate_model` rebuilds the unlearned model from them (a registered loss
+through ``harness.run_method``; the three stages and the data-free Lipschitz method through their procedures with the
+mini settings); either way the forget accuracy is checked against the record. :func:`run_attack_benchmark` runs
+``harness.attacks.run_attacks`` on every such model, on the untouched model (``original``) and on the retrained model
+(``retrain``), per task and seed; :func:`add_retrain_gaps` adds each attack's gap to the retrained model of the same
+task and seed. A method added to the benchmark as a loss flows in without code changes.
 """
 
 from __future__ import annotations
