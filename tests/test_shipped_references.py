@@ -49,8 +49,13 @@ def test_a_damaged_reference_is_refused_with_the_way_to_restore_it(tmp_path, mon
     with pytest.raises(checkpoints.CheckpointError, match="made from another mini CLIP"):
         checkpoints.load_shipped_reference(key, {**base, "logit_scale": base["logit_scale"] + 1})
     delta = tmp_path / key / "delta.pt"
-    delta.write_bytes(delta.read_bytes()[:-10])
-    with pytest.raises(checkpoints.CheckpointError, match=r"is altered .*git checkout -- .*delete the folder"):
+    blob = delta.read_bytes()
+    delta.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(checkpoints.CheckpointError, match=r"is altered: sha256 .*git checkout -- .*delete the folder"):
+        checkpoints.load_shipped_reference(key, base)
+    delta.write_bytes(blob[:-10])
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"is truncated: sha256 .*git checkout -- .*delete the folder"):
         checkpoints.load_shipped_reference(key, base)
     delta.unlink()
     with pytest.raises(checkpoints.CheckpointError, match="is missing"):

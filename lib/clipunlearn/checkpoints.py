@@ -113,17 +113,22 @@ def verify_shipped(name: str = "mini") -> tuple[Path, dict]:
     """
     weights, _ = shipped_paths(name)
     info = load_shipped_record(name)
-    expected = info.get("sha256")
-    if not weights.is_file():
-        raise CheckpointError(f"the shipped mini CLIP {weights} is missing (expected sha256 {expected}); "
-                              f"{_restore_hint(weights)}")
-    actual = sha256_file(weights)
-    if actual != expected:
-        size = weights.stat().st_size
-        what = "truncated" if info.get("bytes") and size < info["bytes"] else "altered"
-        raise CheckpointError(f"the shipped mini CLIP {weights} is {what}: sha256 {actual} ({size} bytes), expected "
-                              f"{expected} ({info.get('bytes')} bytes); {_restore_hint(weights)}")
+    check_shipped_file(weights, info, what="the shipped mini CLIP", hint=_restore_hint(weights))
     return weights, info
+
+
+def check_shipped_file(path: Path, info: dict, *, what: str, hint: str) -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` (``what``), its state (missing, truncated or altered),
+    the hashes and ``hint`` (how to restore it) unless its sha256 is the record ``info``'s."""
+    expected = info.get("sha256")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is missing (expected sha256 {expected}); {hint}")
+    actual = sha256_file(path)
+    if actual != expected:
+        size = path.stat().st_size
+        state = "truncated" if info.get("bytes") and size < info["bytes"] else "altered"
+        raise CheckpointError(f"{what} {path} is {state}: sha256 {actual} ({size} bytes), expected {expected} "
+                              f"({info.get('bytes')} bytes); {hint}")
 
 
 def write_shipped(state_dict: dict, info: dict, name: str = "mini") -> tuple[Path, dict]:
@@ -200,10 +205,7 @@ def shipped_reference(key: str) -> tuple[Path, dict] | None:
         info = json.loads(record.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"the shipped reference record {record} is corrupted ({err}); {hint}") from err
-    actual = sha256_file(delta) if delta.is_file() else "missing"
-    if actual != info.get("sha256"):
-        raise CheckpointError(f"the shipped reference {delta} is {'missing' if actual == 'missing' else 'altered'}"
-                              f" (sha256 {actual}, expected {info.get('sha256')}); {hint}")
+    check_shipped_file(delta, info, what="the shipped reference", hint=hint)
     return delta, info
 
 

@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .environment import default_progress
-from .harness import (RUN_FACTORIES, RunCall, Selection, Task, build_task, reference_fn, run_ablation,
-                      run_forget_benchmark, run_forget_ratio)
+from .harness import (FACTORY_TASKS, RUN_FACTORIES, RunCall, Selection, Task, build_task, reference_fn,
+                      run_ablation, run_forget_benchmark, run_forget_ratio)
 from .methods import retrain
 from .papers import paper_c
 from .results import make_record
@@ -118,8 +118,6 @@ def run_paper_c_matrix(store, *, world: dict, executor=None, methods: Sequence[s
     return store.records
 
 
-#: The record task of each driver's runs (the benchmark's: the task's own kind).
-FACTORY_TASKS = {"ablation": "ablation", "ratio": "forget-ratio"}
 #: World name -> loader (keyword arguments: the world spec's ``params`` and ``device``).
 WORLD_LOADERS: dict[str, Callable[..., World]] = {"paper_c": paper_c_world}
 _WORLDS: dict[str, World] = {}  # loaded worlds of this process, by spec

@@ -431,12 +431,12 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
         model, preprocess, tokenizer = create_mini_model(name, device=device)
         shipped_ref = None if force or name not in checkpoints.SHIPPED else checkpoints.load_shipped_reference(
             key, lambda: load_checkpoint(checkpoints.verify_shipped(name)[0]))
+        source = "trained"
         if shipped_ref is not None:  # a retrained reference of the benchmark, shipped: the same on every CPU
             state, info = shipped_ref
             model.load_state_dict(state)
-            weights, info = checkpoints.REFERENCES_DIR / key / "delta.pt", {**info, "source": "shipped"}
-            return use_channels_last(model.eval()), preprocess, tokenizer, {**info, "path": str(weights)}
-        if weights.exists() and info_path.exists() and not force:
+            weights, source = checkpoints.REFERENCES_DIR / key / "delta.pt", "shipped"
+        elif weights.exists() and info_path.exists() and not force:
             model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {folder} and the model is "
                                                   "trained again on next use (or pass force=True)"))
             info = json.loads(info_path.read_text())
@@ -445,7 +445,7 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
             info["eval"] = evaluate_mini_clip(model, tokenizer, data_dir=data_dir, device=device)
             save_checkpoint(model.state_dict(), weights)
             write_json_atomic(info_path, info)
-        info = {**info, "source": "trained"}
+        info = {**info, "source": source}
     return use_channels_last(model.eval()), preprocess, tokenizer, {**info, "path": str(weights)}
 
 

@@ -16,8 +16,8 @@ from ..scores import CRITERION, SCORE_RETAINED, selection_score, unlearning_scor
 from .archive import ModelArchive
 from .evaluate import MIA_FIT_IMAGES, calibration_fn, evaluate_coarse, evaluate_model, validate_model
 from .executor import RunCall, SerialExecutor, make_spec
-from .run import (MINI_LR_GRID, RUN_FACTORIES, record_original, run_ablation, run_forget_benchmark, run_forget_ratio,
-                  run_method)
+from .run import (FACTORY_TASKS, MINI_LR_GRID, RUN_FACTORIES, record_original, run_ablation, run_forget_benchmark,
+                  run_forget_ratio, run_method)
 from .reference import Reference, compare_to_reference, reference_fn
 from .retrieval import (RETRIEVAL_KS, RETRIEVAL_TASK, RetrievalPool, RetrievalTask, build_retrieval_pool,
                         build_retrieval_tasks, evaluate_retrieval, retrieval_score, run_retrieval_method,
@@ -29,7 +29,7 @@ from .store import ResultStore
 from .task import (EVAL_SETS, TASK_KINDS, Task, build_task, calibration_split, class_prompts, pick_classes,
                    pick_examples)
 
-__all__ = ["ModelArchive", "RUN_FACTORIES", "RunCall", "SerialExecutor", "make_spec",
+__all__ = ["FACTORY_TASKS", "ModelArchive", "RUN_FACTORIES", "RunCall", "SerialExecutor", "make_spec",
            "CRITERION", "EVALUATIONS", "EVAL_SETS", "GridExtension", "MIA_FIT_IMAGES", "MINI_LR_GRID", "PROTOCOL",
            "QUICK_PROTOCOL", "RETRIEVAL_KS", "RETRIEVAL_TASK", "Reference", "RetrievalPool", "RetrievalTask",
            "SCORE_RETAINED", "build_retrieval_pool", "build_retrieval_tasks", "evaluate_retrieval", "retrieval_score",

@@ -34,6 +34,11 @@ ARCHIVE_FIELDS = ("forget_class", "seed", "variant", "synthetic_prior", "forget_
 CHECKED_METRICS = ("forget_acc", "retain_acc", "sibling_acc", "other_acc")
 
 
+def checked_metrics(record: dict) -> dict:
+    """Return the record's :data:`CHECKED_METRICS` (None where it has none): what a file is saved and found with."""
+    return {k: record["metrics"].get(k) for k in CHECKED_METRICS}
+
+
 def archive_key(record: dict) -> str:
     """Return the file stem of ``record``'s model: ``<method>-<task>-<sha1 of its identity, 16 hex>``."""
     ident = {"method": record["method"], "task": record["task"],
@@ -62,7 +67,7 @@ class ModelArchive:
     def save(self, model, record: dict) -> Path | None:
         """Keep ``model`` (the run of ``record``) and return its file; None for a run without test metrics or
         whose tensors are not the base's (an adapter left unmerged), which is not kept."""
-        metrics = {k: record["metrics"].get(k) for k in CHECKED_METRICS}
+        metrics = checked_metrics(record)
         if metrics["forget_acc"] is None:
             return None
         try:
@@ -85,8 +90,7 @@ class ModelArchive:
             warnings.warn(str(err))
             path.unlink(missing_ok=True)
             return None
-        metrics = {k: record["metrics"].get(k) for k in CHECKED_METRICS}
-        if saved.get("base") != self.fingerprint or saved.get("metrics") != metrics:
+        if saved.get("base") != self.fingerprint or saved.get("metrics") != checked_metrics(record):
             return None
         model = copy.deepcopy(self.base)
         model.load_state_dict(apply_state_delta(self.base_state, saved))

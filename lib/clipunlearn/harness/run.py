@@ -33,6 +33,8 @@ __all__ = ["MINI_LR_GRID", "RUN_FACTORIES", "make_ablation_run", "make_benchmark
 #: The learning-rate grid every loss-based method starts from in the mini profile (half a decade apart; the
 #: protocol extends it at an end, ``select.GridExtension``).
 MINI_LR_GRID = (3.16e-5, 1e-4, 3.16e-4)
+#: The record task of each run factory's runs (:data:`RUN_FACTORIES`; the benchmark's: the task's own kind).
+FACTORY_TASKS = {"ablation": "ablation", "ratio": "forget-ratio"}
 
 
 def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int = 32,
@@ -260,7 +262,7 @@ def make_ablation_run(*, method: str, variant: str, loss_kwargs: dict, model, to
         _, done = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
                              loss_kwargs=loss_kwargs, device=device, precision=precision,
                              config={"variant": variant}, evaluate=not is_search(task, selection), **candidate)
-        done["task"] = "ablation"
+        done["task"] = FACTORY_TASKS["ablation"]
         return None, done
     return run_fn
 
@@ -317,7 +319,7 @@ def make_ratio_run(*, method: str, ratio: float, model, tokenizer, steps: int, b
                                  device=device, precision=precision,
                                  config={"forget_ratio": ratio, "forget_classes": task.target.split(",")},
                                  evaluate=not is_search(task, selection), **candidate)
-        rec["task"] = "forget-ratio"
+        rec["task"] = FACTORY_TASKS["ratio"]
         return model_, rec
     return run_fn
 
