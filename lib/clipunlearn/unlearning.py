@@ -12,118 +12,20 @@ import math
 import re
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection
 
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .clip import RequiresGrad, autocast, copy_frozen, make_adamw, resolve_precision, to_device
+from .embedding_rows import EmbeddingRows, step_tokens
 from .losses import get_loss
 from .metrics import NonFiniteOutputError, round_score
-
-
-# --------------------------------------------------------------------------- #
-# Image-caption batches
-# --------------------------------------------------------------------------- #
-class PairLoader:
-    """Iterable of batch dicts ``{"images", "texts", "labels"}`` over a labelled dataset.
-
-    Each image is paired with a caption of its class (``dataset.classnames``) from
-    one of ``templates``; the order and the template of every sample depend only on
-    ``seed`` and the epoch (each ``iter()`` is the next epoch), so runs repeat
-    exactly. In-memory datasets are sliced with ``get_batch`` (no per-item Python).
-    """
-
-    def __init__(self, dataset, *, tokenizer, templates: Sequence[str], indices=None, batch_size: int = 64,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False, device="cpu"):
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.seed, self.drop_last, self.device = seed, drop_last, device
-        self.indices = (torch.arange(len(dataset)) if indices is None
-                        else torch.as_tensor(indices, dtype=torch.long))
-        if len(self.indices) == 0:
-            raise ValueError("PairLoader got no samples: check the class names / indices of the split")
-        templates = list(templates)
-        texts = [t.format(c) if isinstance(t, str) else t(c) for c in dataset.classnames for t in templates]
-        self.tokens = tokenizer(texts).view(len(dataset.classnames), len(templates), -1)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def batches(self, epoch: int):
-        """Yield the batches of ``epoch`` (deterministic)."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = self.indices[torch.randperm(len(self.indices), generator=g)] if self.shuffle else self.indices
-        template_ids = torch.randint(self.tokens.shape[1], (len(order),), generator=g)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            if hasattr(self.dataset, "get_batch"):
-                images, labels = self.dataset.get_batch(idx)
-            else:
-                items = [self.dataset[int(i)] for i in idx]
-                images, labels = torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
-            texts = self.tokens[labels, template_ids[b * self.batch_size:(b + 1) * self.batch_size]]
-            yield {"images": images.to(self.device), "texts": texts.to(self.device), "labels": labels.to(self.device)}
-
-    def __iter__(self):
-        self.epoch += 1
-        return self.batches(self.epoch - 1)
-
-
-def make_pair_loader(dataset, *, tokenizer, templates, indices=None, batch_size: int = 64, shuffle: bool = True,
-                     seed: int = 0, drop_last: bool = False, device="cpu") -> PairLoader:
-    """Return a ``PairLoader`` over ``dataset`` (or its ``indices``) with class captions from ``templates``."""
-    return PairLoader(dataset, tokenizer=tokenizer, templates=templates, indices=indices, batch_size=batch_size,
-                      shuffle=shuffle, seed=seed, drop_last=drop_last, device=device)
-
-
-class CaptionPairLoader:
-    """Iterable of batch dicts ``{"images", "texts", "labels"}`` over the image-caption pairs of ``images``.
-
-    A pair is an image of a caption dataset (``data.CaptionImages``) with one of its own captions: every
-    caption of every chosen image is one pair. ``labels`` are the image indices, so two captions of one
-    image count as positives in the contrastive losses. Captions are tokenised and images decoded batch by
-    batch; the order depends only on ``seed`` and the epoch (each ``iter()`` is the next epoch).
-    """
-
-    def __init__(self, dataset, *, tokenizer, images, batch_size: int = 16, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, device="cpu"):
-        self.dataset, self.tokenizer, self.batch_size, self.shuffle = dataset, tokenizer, batch_size, shuffle
-        self.seed, self.drop_last, self.device = seed, drop_last, device
-        chosen = torch.isin(dataset.caption_image_ids, torch.as_tensor(images, dtype=torch.long))
-        self.pairs = chosen.nonzero().flatten()  # caption indices
-        if len(self.pairs) == 0:
-            raise ValueError("CaptionPairLoader got no pairs: the chosen images have no caption in this dataset")
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.pairs)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def batches(self, epoch: int):
-        """Yield the batches of ``epoch`` (deterministic)."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = self.pairs[torch.randperm(len(self.pairs), generator=g)] if self.shuffle else self.pairs
-        for b in range(len(self)):
-            captions = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images, labels = self.dataset.get_batch(self.dataset.caption_image_ids[captions])
-            texts = self.tokenizer([self.dataset.captions[i] for i in captions.tolist()])
-            yield {"images": images.to(self.device), "texts": texts.to(self.device), "labels": labels.to(self.device)}
-
-    def __iter__(self):
-        self.epoch += 1
-        return self.batches(self.epoch - 1)
-
-
-def make_caption_pair_loader(dataset, *, tokenizer, images, batch_size: int = 16, shuffle: bool = True,
-                             seed: int = 0, drop_last: bool = False, device="cpu") -> CaptionPairLoader:
-    """Return a :class:`CaptionPairLoader` over the pairs (image, each of its captions) of ``images``."""
-    return CaptionPairLoader(dataset, tokenizer=tokenizer, images=images, batch_size=batch_size, shuffle=shuffle,
-                             seed=seed, drop_last=drop_last, device=device)
+from .pairs import CaptionPairLoader, PairLoader, make_caption_pair_loader, make_pair_loader  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------- #
@@ -386,7 +288,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             eval_every: int | None = None, eval_at_start: bool = False, select_fn: Callable | None = None,
             stop_fn: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 50, device=None,
             precision: str = "fp32", seed: int = 0, progress: bool = True, resume: str = "auto",
-            logit_scale: str = "trainable") -> UnlearnResult:
+            logit_scale: str = "trainable", embedding_rows: bool = True) -> UnlearnResult:
     """Unlearn in place with method ``method``; return an ``UnlearnResult``.
 
     Steps: ``max_steps`` when given (the loaders cycle through as many epochs as
@@ -415,7 +317,8 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     fp16 on older cards, fp32 on a CPU) and the settings and ``result.precision`` hold what ran; the
     default ``"fp32"`` changes nothing. ``logit_scale``: one of
     :data:`LOGIT_SCALE_MODES` (the temperature trained freely, clamped to [0, ln 100] after every step, or
-    frozen).
+    frozen). ``embedding_rows``: without weight decay or checkpoints, AdamW steps only the token-embedding rows
+    the run reads (``embedding_rows.EmbeddingRows``: the dense run's weights, without its dense work).
     """
     loss_fn = get_loss(method)
     check_run_settings(lr=lr, epochs=epochs, max_steps=max_steps)
@@ -445,7 +348,12 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     if logit_scale != "trainable":  # as precision: checkpoints of earlier versions still resume
         settings["logit_scale"] = logit_scale
     checkpoint = _Checkpoint(checkpoint_dir, settings=settings, resume=resume)
-    optimizer = make_adamw([p for _, p in chosen], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    rows = EmbeddingRows.for_run(model, chosen, weight_decay=weight_decay) \
+        if embedding_rows and checkpoint_dir is None else None
+    params = rows.parameters(chosen) if rows else [p for _, p in chosen]
+    optimizer = make_adamw(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if rows:
+        rows.optimizer = optimizer
     scaler = make_grad_scaler(amp_device, precision)
     result = UnlearnResult(precision=precision)
     tracker = _Tracker(model, eval_fn=eval_fn, select_fn=select_fn, result=result)
@@ -453,7 +361,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
 
     start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=method, disable=not progress, leave=False)
-    with RequiresGrad(model, only=[n for n, _ in chosen]), bar:
+    with RequiresGrad(model, only=[n for n, _ in chosen]), rows or nullcontext(), bar:
         if eval_at_start and step == 0 and eval_fn is not None:
             tracker.evaluate(0)
         forget_iter = _cycle(forget_loader, start_step=step) if forget_loader is not None else None
@@ -462,6 +370,8 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             forget_batch = to_device(next(forget_iter), device) if forget_iter else None
             retain_batch = to_device(next(retain_iter), device) if retain_iter else None
             torch.manual_seed(seed * 1_000_003 + step)  # stochastic losses repeat on resume
+            if rows:
+                rows.include(step_tokens(forget_batch, retain_batch, loss_kwargs=loss_kwargs))
             with autocast(amp_device, precision):
                 loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
             loss = loss.float()
@@ -470,6 +380,8 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
                 break
             optimizer.zero_grad(set_to_none=True)
             step_optimizer(loss, optimizer=optimizer, scaler=scaler)
+            if rows:
+                rows.write_back()
             if scale is not None:
                 with torch.no_grad():
                     scale.clamp_(0, LOGIT_SCALE_MAX)
