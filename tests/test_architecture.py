@@ -25,7 +25,7 @@ LAYERS = [
      "clipunlearn.configs", "clipunlearn.comparison"},
     {"clipunlearn.checkpoints", *(m for m in MODULES if m == "clipunlearn.data" or m.startswith("clipunlearn.data."))},
     {"clipunlearn.metrics", "clipunlearn.image_cache", "clipunlearn.losses", "clipunlearn.layers", "clipunlearn.lora",
-     "clipunlearn.souping", "clipunlearn.pairs", "clipunlearn.embedding_rows",
+     "clipunlearn.souping", "clipunlearn.pairs", "clipunlearn.embedding_rows", "clipunlearn.trunk_features",
      "clipunlearn.synthetic"},
     {"clipunlearn.unlearning"},
     {m for m in MODULES if m.startswith("clipunlearn.harness")},

@@ -207,3 +207,34 @@ def test_relative_fisher_ranks_the_tensor_that_serves_the_forget_set():
     rel = layers.relative_fisher_scores(model, batches(forget), batches(retain))
     assert rel["visual.red"] > 1e6 and rel["visual.green"] == 0.0
     assert layers.select_top_k(rel, k_image=1, k_text=0) == ["visual.red"]
+
+
+def test_score_cache_hits_only_the_same_model_batches_noise_and_settings(tiny_clip, tiny_batch):
+    model = tiny_clip.model
+    cache = layers.LayerScoreCache(size=4)
+
+    def noisy_loss(m, batch):  # draws from the global random stream, as paper B's Lipschitz loss does
+        return similarity_loss(m, {**batch, "images": batch["images"] + 0.1 * torch.randn_like(batch["images"])})
+
+    def scored(**kw):
+        torch.manual_seed(kw.pop("seed", 5))
+        out = cache.score(model, [tiny_batch], loss_fn=noisy_loss, settings=kw.pop("settings", ("a",)))
+        return out, torch.rand(3)  # where the random stream was left
+
+    first, after_first = scored()
+    torch.manual_seed(5)
+    fresh = layers.score_layers(model, [tiny_batch], loss_fn=noisy_loss)
+    assert first == fresh and torch.equal(after_first, torch.rand(3))
+    again, after_again = scored()
+    assert cache.hits == 1 and again == first and torch.equal(after_again, after_first)
+    scored(seed=6)  # other noise
+    scored(settings=("b",))
+    with torch.no_grad():
+        model.visual.proj.add_(1e-3) if getattr(model.visual, "proj", None) is not None else \
+            next(model.visual.parameters()).add_(1e-3)
+    changed, _ = scored()  # other weights
+    assert cache.hits == 1 and changed != first
+    model.transformer.resblocks[0].mlp.c_fc.weight.requires_grad_(False)
+    scored()  # another set of tensors requires gradients
+    assert cache.hits == 1 and len(cache.entries) == 4  # the oldest entry was dropped
+    assert "transformer.resblocks.0.mlp.c_fc.weight" not in scored()[0] and cache.hits == 2

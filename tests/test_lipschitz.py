@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from clipunlearn import losses, synthetic
+from clipunlearn import layers, losses, synthetic
 from clipunlearn.methods import lipschitz
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -178,3 +178,28 @@ def test_forgetting_runs_and_updates_only_selected_tensors(clip_pair, selective)
     else:
         assert len(result.epochs[0]["trainable"]) > 5
     assert not model.training
+
+
+def test_a_grid_shares_first_epoch_scores_and_runs_as_without_them(tiny_resnet_clip, monkeypatch):
+    model, tokenizer = tiny_resnet_clip
+    names, syn, loader = make_forget_data(model, tokenizer)
+
+    def run(lr):
+        m = copy.deepcopy(model)
+        result = lipschitz.forget_lipschitz(
+            m, forget_loader=loader, tokenizer=tokenizer, classnames=names, templates=["a photo of a {}."],
+            stop_dataset=syn, k_schedule=[(2, 3)] * 2, sigma_schedule=(0.5, 1.0), n_samples=3, threshold=-1.0,
+            lr=lr, max_epochs=2, progress=False, seed=3)
+        return m.state_dict(), [e["trainable"] for e in result.epochs], [h["stop_acc"] for h in result.history]
+
+    monkeypatch.setattr(lipschitz, "_SCORES", layers.LayerScoreCache())
+    loader.epoch = 0
+    run(1e-2)
+    loader.epoch = 0
+    shared = run(3e-2)  # its first epoch: the same start, batches and noise as the first run's (and a later one
+    assert lipschitz._SCORES.hits >= 1  # after a rejected epoch: the same state again)
+    monkeypatch.setattr(lipschitz, "_SCORES", layers.LayerScoreCache())
+    loader.epoch = 0
+    alone = run(3e-2)
+    assert lipschitz._SCORES.hits == 0
+    assert shared[1:] == alone[1:] and all(torch.equal(shared[0][k], alone[0][k]) for k in alone[0])

@@ -82,6 +82,40 @@ def test_alignment_lowers_the_batchnorm_statistics_gap(tiny_resnet_clip, tiny_to
     assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())  # running statistics untouched
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_alignment_loss_stops_after_the_last_batchnorm_with_the_full_pass_value_and_gradient(tiny_resnet_clip,
+                                                                                             per_sample):
+    model = tiny_resnet_clip.model
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    bns = [m for _, m in three_stage_stages.batchnorm_layers(model)]
+    calls = []
+    handle = model.visual.attnpool.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        loss = three_stage_stages.alignment_loss(model, images, per_sample=per_sample)
+    finally:
+        handle.remove()
+    assert calls == []  # the attention pool after the last BatchNorm never ran
+    (grad,) = torch.autograd.grad(loss, [images])
+    dims = (2, 3) if per_sample else (0, 2, 3)
+    terms = []  # the full pass, each BatchNorm's term made in its hook as the loss makes it
+
+    def hook(bn, inputs):
+        x = inputs[0]
+        gap = (x.mean(dims) - bn.running_mean).abs() + \
+            ((x.var(dims, unbiased=False) + bn.eps).sqrt() - (bn.running_var + bn.eps).sqrt()).abs()
+        terms.append(gap.sum(-1).mean() if per_sample else gap.sum())
+
+    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    try:
+        model.encode_image(images)
+    finally:
+        for h in handles:
+            h.remove()
+    full = torch.stack(terms).sum()
+    assert len(terms) == len(bns) and torch.equal(loss.detach(), full.detach())
+    assert torch.equal(grad, torch.autograd.grad(full, [images])[0])
+
+
 def test_alignment_needs_batchnorm(tiny_clip, tiny_tokenizer):
     images = pair_batches(tiny_tokenizer, label=1, n=4)[0]["images"]
     assert three_stage.batchnorm_layers(tiny_clip.model) == []

@@ -19,6 +19,7 @@ the text encoder is ``transformer.*``, ``token_embedding``, ``positional_embeddi
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from typing import Callable, Iterable, Sequence
@@ -27,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoints import fingerprint_state
 from .clip import ENCODERS, TEXT_PREFIXES, encoder_of, is_resnet, to_device
 
 __all__ = [
-    "ENCODERS", "TEXT_PREFIXES", "encoder_of", "split_by_encoder", "score_layers", "scores_from_grads",
+    "ENCODERS", "LayerScoreCache", "TEXT_PREFIXES", "drop_excluded", "encoder_of", "split_by_encoder", "score_layers",
+    "scores_from_grads",
     "select_top_k", "mask_gradients", "paper_b_frozen", "fisher_scores", "relative_fisher_scores",
     "similarity_score", "layer_of", "group_by_layer", "per_sample_fisher",
 ]
@@ -102,9 +105,49 @@ def score_layers(model, batches, *, loss_fn: Callable, device="cpu", progress: b
     return {n: float((s / count).abs().mean()) for n, s in sums.items()}
 
 
+class LayerScoreCache:
+    """:func:`score_layers` remembered by everything that determines it: the model's weights and buffers, which
+    tensors require gradients, the batches' contents, the random state on entry (the loss's noise) and the loss's
+    ``settings``. A hit returns the same scores and leaves the random state where scoring would have left it, so a
+    run cannot tell (paper B's grid: every learning rate's first epoch scores the same starting model on the same
+    batches with the same noise). Keeps the ``size`` newest entries."""
+
+    def __init__(self, size: int = 8):
+        self.size, self.entries, self.hits = size, {}, 0
+
+    def score(self, model, batches, *, loss_fn: Callable, settings: tuple, device="cpu") -> dict[str, float]:
+        """Return :func:`score_layers` of ``model`` on ``batches`` (iterated once, as it would be)."""
+        batches = list(batches)
+        cuda = torch.device(device).type == "cuda"
+        digest = hashlib.sha256(repr((settings, str(device), [n for n, _ in _named_trainable(model)])).encode())
+        for t in [torch.get_rng_state(), *([torch.cuda.get_rng_state(device)] if cuda else []),
+                  *(v for b in batches for v in (b.values() if isinstance(b, dict) else b))]:
+            digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                          if torch.is_tensor(t) else repr(t).encode())
+        key = (fingerprint_state(model.state_dict()), digest.hexdigest())
+        if key in self.entries:
+            self.hits += 1
+            scores, cpu_rng, cuda_rng = self.entries[key]
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, device)
+            return dict(scores)
+        scores = score_layers(model, batches, loss_fn=loss_fn, device=device)
+        self.entries[key] = (dict(scores), torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+        return scores
+
+
 def scores_from_grads(model) -> dict[str, float]:
     """Return ``{param_name: mean |p.grad|}`` for every parameter that holds a gradient (the original code's score)."""
     return {n: float(p.grad.abs().mean()) for n, p in model.named_parameters() if p.grad is not None}
+
+
+def drop_excluded(names: Iterable[str], exclude: Sequence[str]) -> list[str]:
+    """Return ``names`` without those an ``exclude`` regular expression finds (``re.search``), in order."""
+    patterns = [re.compile(p) for p in exclude]
+    return [n for n in names if not any(p.search(n) for p in patterns)]
 
 
 def select_top_k(scores: dict[str, float], *, k_image: int, k_text: int, exclude: Sequence[str] = ()) -> list[str]:
@@ -116,9 +159,7 @@ def select_top_k(scores: dict[str, float], *, k_image: int, k_text: int, exclude
     """
     if k_image < 0 or k_text < 0:
         raise ValueError(f"k_image and k_text must be >= 0, got {k_image}, {k_text}")
-    patterns = [re.compile(p) for p in exclude]
-    keep = [n for n in scores if not any(p.search(n) for p in patterns)]
-    groups = split_by_encoder(keep)
+    groups = split_by_encoder(drop_excluded(scores, exclude))
     chosen = []
     for enc, k in (("image", k_image), ("text", k_text)):
         ranked = sorted(groups[enc], key=lambda n: -scores[n])  # stable: ties keep order

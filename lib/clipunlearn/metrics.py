@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from .clip import PRECISIONS, autocast, encoder_of  # noqa: F401 (PRECISIONS, autocast re-exported)
+from .trunk_features import TrunkFeatures
 
 #: Decimals every selection score is rounded to before comparing candidates (learning rates, steps,
 #: souping alphas): differences below 1e-4 are float noise of one CPU's summation order (a tie of
@@ -31,6 +32,8 @@ from .clip import PRECISIONS, autocast, encoder_of  # noqa: F401 (PRECISIONS, au
 #: to the first candidate in the grid's order (grids list the gentlest value first: the smaller
 #: learning rate), then to the earlier step.
 SCORE_DECIMALS = 4
+#: The trunk features every evaluation shares (:func:`encode_images`).
+TRUNKS = TrunkFeatures()
 
 
 def round_score(value: float) -> float:
@@ -66,14 +69,18 @@ def encode_images(model, dataset, *, indices=None, batch_size: int = 512, device
 
     Batches are copied to ``device`` with ``non_blocking`` (asynchronous from pinned memory) and cast to float32;
     features are gathered on the device and copied back once. Runs under a caller's :func:`autocast` (features come
-    back float32).
+    back float32). A ResNet tower's trunk output is kept across calls while its trunk is unchanged
+    (:data:`TRUNKS`, ``trunk_features.TrunkFeatures``: the same features bit for bit).
     """
     feats, labels = [], []
-    for images, y in iterate_batches(dataset, indices=indices, batch_size=batch_size):
+    idx = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    for start, (images, y) in zip(range(0, len(idx), batch_size),
+                                  iterate_batches(dataset, indices=idx, batch_size=batch_size)):
         images = images.to(device, non_blocking=True)
         if images.dtype != torch.float32:
             images = images.float()
-        feats.append(model.encode_image(images, normalize=normalize).float())
+        feats.append(TRUNKS.encode_image(model, images, dataset=dataset, indices=idx[start:start + batch_size],
+                                         normalize=normalize).float())
         labels.append(y)
     dim = getattr(getattr(model, "visual", None), "output_dim", 0)
     if not feats:

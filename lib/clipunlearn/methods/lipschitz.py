@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import harness, layers, metrics, models, synthetic_prior
-from ..clip import PRECISIONS, is_resnet, release_memory, resolve_precision
+from ..clip import PRECISIONS, RequiresGrad, is_resnet, release_memory, resolve_precision
 from ..configs import load_paper_config, mini_settings
 from ..losses import LOSSES
 from ..registry import register_procedure
@@ -68,6 +68,7 @@ __all__ = ["paper_sigma_schedule", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_
 
 #: The backbone whose k schedule (``paper_b.json``: ``forgetting.k_start`` / ``k_offsets``) each tower follows.
 _K_BACKBONE = {"resnet": "RN50", "vit": "ViT-B-16"}
+_SCORES = layers.LayerScoreCache()  # a grid's runs share their first epoch's layer scores (the same start)
 
 #: The project's form of the procedure (the mini profile; see the module docstring).
 PROJECT_OPTIONS = dict(optimizer="adamw", rescore="epoch", baseline="measured", loss_scale="mean",
@@ -241,7 +242,9 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
             loss_fn = _lipschitz_fn(n_samples, sigma, **loss_options)
             trainable = None
             if selective and rescore == "epoch":
-                scores = layers.score_layers(model, forget_loader, loss_fn=loss_fn, device=device)
+                with RequiresGrad(model, only=layers.drop_excluded(candidates, exclude)):  # no gradient for
+                    scores = _SCORES.score(model, forget_loader, loss_fn=loss_fn, device=device,  # tensors never
+                                           settings=(n_samples, sigma, sorted(loss_options.items())))  # chosen
                 trainable = layers.select_top_k(scores, k_image=k_image, k_text=k_text, exclude=exclude)
             elif not selective:  # every tensor of both encoders (BatchNorm stays frozen)
                 trainable = list(candidates)

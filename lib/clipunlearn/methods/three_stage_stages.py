@@ -218,7 +218,7 @@ def alignment_loss(model, images: torch.Tensor, *, per_sample: bool = False) -> 
     if not bns:
         raise ValueError("the image tower has no BatchNorm layers (a ViT?): alignment needs running statistics; "
                          "run three_stage_unlearn with align=False or on a ResNet tower")
-    terms = []
+    terms, seen = [], set()
 
     dims = (2, 3) if per_sample else (0, 2, 3)
 
@@ -228,14 +228,23 @@ def alignment_loss(model, images: torch.Tensor, *, per_sample: bool = False) -> 
         sigma = (x.var(dim=dims, unbiased=False) + module.eps).sqrt()
         gap = (mu - module.running_mean).abs() + (sigma - (module.running_var + module.eps).sqrt()).abs()
         terms.append(gap.sum(-1).mean() if per_sample else gap.sum())
+        seen.add(id(module))
+        if len(seen) == len(bns):  # the rest of the tower (the attention pool) adds nothing to the loss
+            raise _AllStatisticsRead
 
     handles = [m.register_forward_pre_hook(hook) for _, m in bns]
     try:
         model.encode_image(images)
+    except _AllStatisticsRead:
+        pass
     finally:
         for h in handles:
             h.remove()
     return torch.stack(terms).sum()
+
+
+class _AllStatisticsRead(Exception):
+    """Raised by :func:`alignment_loss`'s last BatchNorm hook to skip the rest of the forward pass."""
 
 def align_images(model, images: torch.Tensor, *, eps: float = 8 / 255, steps: int = 10, lr: float = 2 / 255,
                  per_sample: bool = False, tol: float = 0.0, patience: int = 3,
