@@ -86,6 +86,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            note="the validation numbers the selection reads (evaluate_model's metrics are in metrics.py)"),
     Target("scores", [FORMULAS, "test_experiment.py"]),
     Target("unlearning", [FORMULAS, "test_unlearning.py"]),
+    Target("embedding_rows", ["test_embedding_rows.py"],
+           note="the loop's token-embedding rows: a changed line must change a run against the dense one"),
+    Target("trunk_features", ["test_trunk_features.py"],
+           note="kept trunk features: a changed line must change a feature or a hit that should miss"),
 ]}
 
 
