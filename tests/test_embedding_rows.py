@@ -75,11 +75,25 @@ def test_growing_after_the_step_used_the_rows_is_refused():
     emb = nn.Embedding(20, 3)
     rows = EmbeddingRows(emb, capacity=2)
     with rows:
+        assert not emb.weight.requires_grad  # nothing reading the table inside makes a dense gradient
         emb(torch.tensor([1, 2])).sum()
-        with pytest.raises(RuntimeError, match="include"):
+        with pytest.raises(RuntimeError, match=r"read 1 token ids beyond the 2 embedding rows .* include\(\) a "
+                                               r"step's token ids before its first forward pass"):
             emb(torch.tensor([3]))
         rows.write_back()  # a new step: the rows may grow again
         assert torch.equal(emb(torch.tensor([3, 4, 5])), emb.weight[[3, 4, 5]])
+    assert emb.weight.requires_grad
+
+
+def test_rows_grow_before_the_first_step_and_double():
+    emb = nn.Embedding(30, 2)
+    rows = EmbeddingRows(emb, capacity=1)
+    with rows:
+        rows.optimizer = torch.optim.AdamW([rows.rows], lr=0.1, weight_decay=0.0)  # no moments yet
+        rows.include([torch.tensor([4, 5, 6])])  # more than the capacity, before any forward pass or step
+        assert len(rows.rows) == 3 and rows.ids.tolist() == [4, 5, 6]
+        rows.include([torch.tensor([7])])  # one more: the rows double instead of growing by one
+        assert len(rows.rows) == 6 and torch.equal(rows.rows[:4], emb.weight[[4, 5, 6, 7]])
 
 
 def test_only_a_dense_equivalent_run_trains_rows(tiny_clip):

@@ -101,3 +101,65 @@ def test_encode_images_batches_share_the_trunk_cache(tiny_resnet_clip, monkeypat
     assert torch.equal(first, again) and torch.equal(labels, data.targets[idx])
     assert torch.equal(first, torch.cat([direct(model, data, idx[s:s + 4]) for s in range(0, len(idx), 4)]))
     assert (metrics.TRUNKS.hits, metrics.TRUNKS.misses) == (4, 4)
+
+
+def test_the_byte_bound_counts_every_kept_batch_once(tiny_resnet_clip):
+    model, data = tiny_resnet_clip.model, Images()
+    idx = [torch.tensor([i, i + 1]) for i in (0, 2, 4)]
+    probe = TrunkFeatures()
+    probe.encode_image(model, data.images[idx[0]], dataset=data, indices=idx[0])
+    size = probe.entries[0]["bytes"]  # one batch of two images
+    assert size == 2 * model.visual.layer4[-1].conv3.out_channels * 4  # [2, C, 1, 1] float32
+    cache = TrunkFeatures(max_bytes=2 * size)  # room for exactly two batches
+    for i in idx:
+        cache.encode_image(model, data.images[i], dataset=data, indices=i)
+    assert cache.entries[0]["bytes"] == 2 * size and len(cache.entries[0]["features"]) == 2
+    for i in idx:
+        assert torch.equal(cache.encode_image(model, data.images[i], dataset=data, indices=i), direct(model, data, i))
+    assert cache.hits == 2  # the first two were kept, the third was not
+    roomy = TrunkFeatures()
+    for i in idx:
+        roomy.encode_image(model, data.images[i], dataset=data, indices=i)
+    entry, key = roomy.entries[0], next(iter(roomy.entries[0]["features"]))
+    roomy._keep(entry, key, data, entry["features"][key][1])  # the same batch kept again replaces itself
+    assert entry["bytes"] == 3 * size and len(entry["features"]) == 3
+
+
+def test_the_oldest_trunk_state_is_dropped_and_two_datasets_are_both_kept(tiny_resnet_clip):
+    model, data, other = tiny_resnet_clip.model, Images(), Images(seed=1)
+    cache = TrunkFeatures(states=2)
+    idx = torch.arange(4)
+    models_ = []
+    for k in range(3):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            m.visual.conv1.weight.add_(k)
+        models_.append(m)
+        cache.encode_image(m, data.images[idx], dataset=data, indices=idx)
+    cache.encode_image(models_[2], other.images[idx], dataset=other, indices=idx)
+    hits = cache.hits
+    cache.encode_image(models_[2], data.images[idx], dataset=data, indices=idx)
+    cache.encode_image(models_[2], other.images[idx], dataset=other, indices=idx)
+    cache.encode_image(models_[1], data.images[idx], dataset=data, indices=idx)
+    assert cache.hits == hits + 3  # the newest two states kept, both datasets of one state
+    cache.encode_image(models_[0], data.images[idx], dataset=data, indices=idx)
+    assert cache.hits == hits + 3  # the oldest was dropped
+
+
+def test_autocast_and_other_towers_are_encoded_as_encode_image_does(tiny_resnet_clip, tiny_clip):
+    model, data, cache = tiny_resnet_clip.model, Images(), TrunkFeatures()
+    idx = torch.arange(6)
+    cache.encode_image(model, data.images[idx], dataset=data, indices=idx)  # float32 trunk features kept
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = cache.encode_image(model, data.images[idx], dataset=data, indices=idx)
+        expected = direct(model, data, idx)
+    assert inside.dtype == expected.dtype and torch.equal(inside, expected) and cache.hits == 0
+    with torch.autocast("cpu", dtype=torch.float16):  # autocast in another precision: its own trunk features
+        other = cache.encode_image(model, data.images[idx], dataset=data, indices=idx)
+        expected = direct(model, data, idx)
+    assert other.dtype == expected.dtype and torch.equal(other, expected) and cache.hits == 0
+    vit = tiny_clip.model
+    for normalize in (True, False):
+        assert torch.equal(cache.encode_image(vit, data.images[idx], dataset=data, indices=idx, normalize=normalize),
+                           direct(vit, data, idx, normalize=normalize))
+    assert not cache.applies(object())  # no image tower at all

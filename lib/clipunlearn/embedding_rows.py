@@ -85,7 +85,7 @@ class EmbeddingRows:
     def include(self, tokens: Iterable[torch.Tensor]) -> None:
         """Give a slot to every token id of ``tokens`` (integer tensors) that has none, its row copied from the
         table; between steps a full :attr:`rows` doubles first, during one a RuntimeError says why it cannot."""
-        new = [t.reshape(-1) for t in tokens if t is not None and t.numel()]
+        new = [t.reshape(-1) for t in tokens]
         if not new:
             return
         ids = torch.cat(new).to(self.slots.device)
@@ -110,7 +110,7 @@ class EmbeddingRows:
         self.rows.data = torch.cat([self.rows.data, self.rows.data.new_zeros(extra, self.rows.shape[1])])
         state = self.optimizer.state.get(self.rows, {}) if self.optimizer is not None else {}
         for key, value in state.items():  # Adam's moments: zero, as a row's that never had a gradient
-            if torch.is_tensor(value) and value.shape[:1] == (size - extra,) and value.dim() == 2:
+            if torch.is_tensor(value) and value.shape == (size - extra, self.rows.shape[1]):
                 state[key] = torch.cat([value, value.new_zeros(extra, value.shape[1])])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -123,5 +123,5 @@ class EmbeddingRows:
     def write_back(self) -> None:
         """Copy the trained rows into the table (after every optimiser step); a new step may grow the rows again."""
         if len(self.ids):
-            self.table.index_copy_(0, self.ids, self.rows[:len(self.ids)].to(self.table.dtype))
+            self.table.index_copy_(0, self.ids, self.rows[:len(self.ids)])
         self.in_step = False
