@@ -68,7 +68,7 @@ __all__ = ["paper_sigma_schedule", "PROJECT_OPTIONS", "AUTHORS_OPTIONS", "paper_
 
 #: The backbone whose k schedule (``paper_b.json``: ``forgetting.k_start`` / ``k_offsets``) each tower follows.
 _K_BACKBONE = {"resnet": "RN50", "vit": "ViT-B-16"}
-_SCORES = layers.LayerScoreCache()  # a grid's runs share their first epoch's layer scores (the same start)
+_SCORES = layers.LayerScoreCache()  # a grid's first epochs (later ones: hashing costs more than rare hits save)
 
 #: The project's form of the procedure (the mini profile; see the module docstring).
 PROJECT_OPTIONS = dict(optimizer="adamw", rescore="epoch", baseline="measured", loss_scale="mean",
@@ -242,9 +242,11 @@ def forget_lipschitz(model, *, forget_loader, tokenizer, classnames: Sequence[st
             loss_fn = _lipschitz_fn(n_samples, sigma, **loss_options)
             trainable = None
             if selective and rescore == "epoch":
-                with RequiresGrad(model, only=layers.drop_excluded(candidates, exclude)):  # no gradient for
-                    scores = _SCORES.score(model, forget_loader, loss_fn=loss_fn, device=device,  # tensors never
-                                           settings=(n_samples, sigma, sorted(loss_options.items())))  # chosen
+                with RequiresGrad(model, only=layers.drop_excluded(candidates, exclude)):  # none for tensors never
+                    scores = _SCORES.score(model, forget_loader, loss_fn=loss_fn, device=device,  # chosen; the
+                                           settings=(n_samples, sigma, sorted(loss_options.items()))) \
+                        if epoch == 0 else layers.score_layers(model, forget_loader, loss_fn=loss_fn, device=device)
+                # first epoch's scores are shared across a grid's runs (same start, batches and noise)
                 trainable = layers.select_top_k(scores, k_image=k_image, k_text=k_text, exclude=exclude)
             elif not selective:  # every tensor of both encoders (BatchNorm stays frozen)
                 trainable = list(candidates)
