@@ -30,7 +30,7 @@ Options:
   --quick            smoke-test mode: -p QUICK True (results go to
                      results/quick-<profile>/, not committed)
   --cluster WHERE    run each notebook's matrix of runs on Ray (pip extra
-                     [cluster]; notebook 10 today): auto (Ray on this machine:
+                     [cluster]; notebooks 10 and 45): auto (Ray on this machine:
                      a GPU a run in the paper profile, a CPU a run in mini) or
                      ray://HOST:PORT (a cluster started with ray start); records
                      are those of the serial run, finished runs are kept on

@@ -266,8 +266,11 @@ def test_the_statements_see_a_method_that_forgets_in_its_features_too():
     holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}
     assert all(holds.values()) and set(holds) == {"0", "1", "2", "3", "4", "5", "6", "7"}
     steady = records[6]
-    records[6] = rec("ft", 0.0, 0.91, 0.05, 0.0)  # FT's sneaker comes back after benign steps: not steady
-    assert not {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}["4"]
+    for back in (0.2, 0.25):  # FT's sneaker comes back as much as GradDiff's (0.2), or more: the order is gone
+        records[6] = rec("ft", 0.0, 0.91, back, 0.0)
+        assert not {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}["4"]
+    records[6] = rec("ft", 0.0, 0.91, 0.19, 0.0)  # below both ascent methods: no absolute bound on the others
+    assert {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}["4"]
     records[6] = steady
     records[2] = rec("ga", 0.0, 0.85, 0.26, 0.0)  # a probe gap of 0.06: the features forgot as well
     holds = {f.key: f.holds for f in findings.check_attacks(attacks_bench.add_retrain_gaps(records))}

@@ -153,7 +153,8 @@ def test_defaults_are_the_documented_settings_in_config_and_in_the_stage_calls(t
                                  criterion="per_sample", device="cpu", progress=False)]
     assert fakes.remind == [dict(original=ANY, retain_loader=retain, layers=layers_, lr=3e-3, steps=30, kd_weight=1.0,
                                  kd_temperature=1.0, ema_decay=0.9, use_lora=True, rank=4, lora_alpha=None,
-                                 align_fn=ANY, distill_loader=None, device="cpu", progress=False)]
+                                 align_fn=ANY, distill_loader=None, teacher_cache=None, device="cpu",
+                                 progress=False)]
     assert [kw for _, _, kw in fakes.align] == [dict(eps=8 / 255, steps=3, lr=2 / 255, per_sample=True, tol=0.0,
                                                      patience=3, device="cpu")] * 2
     assert [{k: v for k, v in kw.items() if not k.endswith("_state")} for kw in fakes.restore] == [
@@ -189,7 +190,8 @@ def test_every_setting_is_passed_on_to_the_stages(tiny_resnet_clip, monkeypatch)
     assert remind["original"] is original and callable(remind["align_fn"])
     assert remind == dict(original=original, retain_loader=retain, layers=layers_, lr=0.04, steps=6, kd_weight=0.7,
                           kd_temperature=2.0, ema_decay=0.5, use_lora=False, rank=3, lora_alpha=6.0,
-                          align_fn=remind["align_fn"], distill_loader=retain[:1], device="cpu", progress=True)
+                          align_fn=remind["align_fn"], distill_loader=retain[:1], teacher_cache=None, device="cpu",
+                          progress=True)
     assert [m is original for m, _, _ in fakes.align] == [True, True]  # aligned on the original model
     assert [torch.equal(images, b["images"]) for (_, images, _), b in zip(fakes.align, retain)] == [True, True]
     assert [kw for _, _, kw in fakes.align] == [dict(eps=0.03, steps=4, lr=0.01, per_sample=False, tol=0.2,
@@ -240,6 +242,7 @@ def test_reminding_starts_from_seed_plus_one_whether_or_not_forgetting_was_cache
     three_stage.three_stage_unlearn(copy.deepcopy(model), remind_lr=0.01, **kwargs)
     result = three_stage.three_stage_unlearn(copy.deepcopy(model), remind_lr=0.02, **kwargs)
     assert result.reused == ["fisher", "forget", "align"] and len(fakes.forget) == 1 and len(fakes.remind) == 2
+    assert all(r["teacher_cache"] is cache for r in fakes.remind)  # the distillation targets share the run's cache
     torch.manual_seed(5)
     expected = torch.rand(3)
     assert [torch.equal(d, expected) for d in fakes.draws] == [True, True]

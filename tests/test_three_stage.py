@@ -334,7 +334,7 @@ def test_three_stage_cache_gives_the_same_model(tiny_resnet_clip):
     fresh, rec = experiment.run_three_stage(task, **kwargs)
     cache = {}
     first, _ = experiment.run_three_stage(task, cache=cache, **kwargs)
-    assert {key[0] for key in cache} == {"fisher", "forget", "align", "remind"}
+    assert {key[0] for key in cache} == {"fisher", "forget", "align", "remind", "teacher"}
     n = len(cache)
     again, rec_again = experiment.run_three_stage(task, cache=cache, **kwargs)
     assert len(cache) == n and set(rec_again["three_stage"]["reused"]) == {"fisher", "forget", "remind"}

@@ -265,3 +265,40 @@ def test_stage_effects_is_full_minus_variant_largest_first():
     assert list(effects.index) == ["no_soup", "no_align"]
     assert effects["no_soup"] == pytest.approx(0.85 - 0.3) and effects["no_align"] == pytest.approx(0.0)
     assert paper_a.stage_effects(rows, task="ablation-style", metric="no_such_metric").empty  # a profile without it
+
+
+def test_the_teacher_cache_gives_the_same_reminding_and_skips_the_original_on_a_seen_batch(tiny_resnet_clip,
+                                                                                           tiny_tokenizer,
+                                                                                           monkeypatch):
+    base = tiny_resnet_clip.model
+    original = copy_frozen(base)
+    def mixed(seed):  # two batches of two classes each
+        return [{k: torch.cat([a[k], b[k]]) for k in a} for a, b in zip(
+            batches(tiny_tokenizer, n=8, seed=seed, label=0), batches(tiny_tokenizer, n=8, seed=seed + 1, label=1))]
+
+    retain, distill = mixed(0), mixed(2)
+    layers = three_stage.candidate_layers(base)[-3:]
+    kw = dict(original=original, retain_loader=retain, distill_loader=distill, layers=layers, lr=1e-3, steps=3,
+              ema_decay=0.5, use_lora=False)
+    plain, cached, again = (copy_frozen(base) for _ in range(3))
+    three_stage.remind_stage(plain, **kw)
+    cache = {}
+    first = three_stage.remind_stage(cached, teacher_cache=cache, **kw)
+    assert len(cache) == 2 and all(k[0] == "teacher" for k in cache)  # one per distill batch (3 steps cycle 2)
+    took = sum(t for _, t in cache.values())
+    assert 0 < first["teacher_reused_seconds"] < took  # the third step reused the first batch's teacher
+    teacher_calls = []
+    encode = three_stage_stages.encode_pairs
+    monkeypatch.setattr(three_stage_stages, "encode_pairs",
+                        lambda m, b: teacher_calls.append(m is original) or encode(m, b))
+    second = three_stage.remind_stage(again, teacher_cache=cache, **kw)
+    assert second["teacher_reused_seconds"] >= took
+    assert not any(teacher_calls) and len(teacher_calls) == 6  # the student only: retain and distill batch, 3 steps
+    for a, b, c in zip(plain.state_dict().values(), cached.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    other = {**distill[0], "images": distill[0]["images"] + 0.5}  # another batch is another key
+    teacher, saved = three_stage_stages.teacher_logits(original, other, cache=cache)
+    assert len(cache) == 3 and saved == 0.0
+    plain_loss, _ = three_stage_stages.remind_loss(again, original, retain[0], distill_batch=other)
+    given_loss, _ = three_stage_stages.remind_loss(again, original, retain[0], distill_batch=other, teacher=teacher)
+    assert torch.equal(plain_loss, given_loss)

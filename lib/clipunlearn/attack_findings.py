@@ -67,11 +67,12 @@ def attack_statements(attacked: Sequence[dict]) -> list[Finding]:
          forgot and all(probe_gap[(m, task)] > 0.1 for m in forgot), **{m: probe_gap[(m, task)] for m in forgot})
     benign = gap("relearn_retain/100/forget_acc")
     ascent, steady = ("ga", "graddiff", "neggrad_plus"), ("ft", "random_labels", "nullspace")
+    # no bound on the steady methods' gap: one run's 100-step number moves by up to 0.19 with the summation order
+    # (one thread or two), so an absolute bound of a few hundredths claims more than this attack measures
     _add(out, "4", "100 steps of fine-tuning on retain pairs only bring more of the sneaker back (mean gap to retrain) "
-         "in GA and in GradDiff than in FT, random labels and the nullspace projection, which get at most 0.02 back; "
-         "the retrained model stays at 0",
+         "in GA and in GradDiff than in FT, random labels and the nullspace projection; the retrained model stays "
+         "at 0",
          min(benign.get((m, task), 0.0) for m in ascent[:2]) > max(benign.get((m, task), 1.0) for m in steady)
-         and all(benign.get((m, task), 1.0) <= 0.02 for m in steady)
          and attack_means(attacked, "relearn_retain/100/forget_acc").get(("retrain", task)) == 0.0,
          **{m: benign.get((m, task), float("nan")) for m in (*ascent, *steady, "cliperase")})
     targeted = gap("relearn_forget/n20/30/forget_acc")

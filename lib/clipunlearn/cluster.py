@@ -10,7 +10,9 @@ file the serial run writes. A finished record is never run again (the store's re
 interrupted driver loses only the runs in flight. A run that raises is recorded as failed, with the last line of
 its traceback (``metrics.error``), and the others go on; resuming runs it again.
 
-Worlds: :data:`WORLD_LOADERS` (``"paper_c"``: notebook 10's, from its parameters, :func:`paper_c_world`).
+Worlds: :data:`WORLD_LOADERS` (``"paper_c"``: notebook 10's, from its parameters, :func:`paper_c_world`;
+``"attacks"``: notebook 45's, ``papers.attacks_bench.load_attack_world``, whose runs are its attacks,
+:data:`WORLD_RUNS`).
 Ray is the optional extra ``[cluster]`` (``pip install -e ".[cluster]"``).
 """
 
@@ -31,7 +33,7 @@ from .environment import default_progress
 from .harness import (FACTORY_TASKS, RUN_FACTORIES, RunCall, Selection, Task, build_task, reference_fn,
                       run_ablation, run_forget_benchmark, run_forget_ratio)
 from .methods import retrain
-from .papers import paper_c
+from .papers import attacks_bench, paper_c
 from .results import make_record
 
 try:  # the optional extra [cluster]; everything else works without it
@@ -39,8 +41,9 @@ try:  # the optional extra [cluster]; everything else works without it
 except ImportError:  # pragma: no cover - exercised where ray is absent
     ray = None
 
-__all__ = ["RayExecutor", "WORLD_LOADERS", "World", "check_reachable", "check_world", "execute_run", "load_world",
-           "make_executor", "paper_c_world", "paper_c_world_spec", "run_paper_c_matrix"]
+__all__ = ["RayExecutor", "WORLD_LOADERS", "WORLD_RUNS", "World", "check_reachable", "check_world", "execute_run",
+           "load_world", "make_executor", "make_local_executor", "paper_c_world", "paper_c_world_spec",
+           "run_paper_c_matrix"]
 
 
 @dataclass
@@ -119,7 +122,12 @@ def run_paper_c_matrix(store, *, world: dict, executor=None, methods: Sequence[s
 
 
 #: World name -> loader (keyword arguments: the world spec's ``params`` and ``device``).
-WORLD_LOADERS: dict[str, Callable[..., World]] = {"paper_c": paper_c_world}
+WORLD_LOADERS: dict[str, Callable[..., object]] = {"paper_c": paper_c_world,
+                                                  "attacks": attacks_bench.load_attack_world}
+#: Runs a world runs itself, by the spec's ``factory`` (the others: ``harness.RUN_FACTORIES``): ``fn(world, spec,
+#: device=...) -> record`` and the task of its records.
+WORLD_RUNS: dict[str, tuple[Callable[..., dict], str]] = {
+    attacks_bench.ATTACK_FACTORY: (attacks_bench.run_attack_spec, attacks_bench.ATTACK_TASK)}
 _WORLDS: dict[str, World] = {}  # loaded worlds of this process, by spec
 
 
@@ -141,6 +149,8 @@ def execute_run(spec: dict, *, device="cpu", threads: int | None = None) -> dict
     start = time.perf_counter()
     try:
         world = load_world(spec["world"], device=device)
+        if spec.get("factory") in WORLD_RUNS:
+            return WORLD_RUNS[spec["factory"]][0](world, spec, device=device)
         settings = dict(spec["settings"])
         run_fn = RUN_FACTORIES[spec["factory"]](**settings, model=world.model, tokenizer=world.tokenizer,
                                                 device=device, selection=world.selection)
@@ -160,6 +170,11 @@ def failed_record(spec: dict, error: str, *, seconds: float | None = None) -> di
     """Return the record of a run of ``spec`` that did not finish (``metrics.failed``, ``metrics.error``): saved
     like any record, and run again on resume."""
     settings = spec.get("settings", {})
+    if spec.get("factory") in WORLD_RUNS:  # a world's own run: its records name the task kind run_task
+        return make_record(method=settings.get("method", "unknown"), task=WORLD_RUNS[spec["factory"]][1],
+                           config={"run_task": spec.get("kind"), "forget_class": spec.get("target"),
+                                   "seed": spec.get("seed")},
+                           metrics={"failed": True, "error": error, "seconds": seconds})
     extra = {k: settings[s] for k, s in (("variant", "variant"), ("forget_ratio", "ratio")) if s in settings}
     return make_record(method=settings.get("method", "unknown"),
                        task=FACTORY_TASKS.get(spec.get("factory"), spec.get("kind")),
@@ -320,3 +335,22 @@ def make_executor(cluster: str = "", *, profile: str = "mini", num_cpus: int | N
     return RayExecutor("local" if cluster == "auto" else cluster, num_cpus=num_cpus,
                        gpus_per_run=1 / runs_per_gpu if gpu else 0, device="cuda" if gpu else "cpu", log=log,
                        progress=default_progress())
+
+
+def make_local_executor(workers: int = 0, *, cluster: str = "", log=print):
+    """Return the executor of a matrix of one-thread runs (notebook 45's attacks): ``cluster`` when given (see
+    :func:`make_executor`), else a local Ray instance of ``workers`` CPUs (0: as many as this process has torch
+    threads, ``CLIPUNLEARN_THREADS`` under ``./run_all.sh``), or None (here, one after the other) for one worker
+    or where Ray is not installed (said once)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a whole number >= 0 (0: one per torch thread), got {workers!r}")
+    if cluster:
+        return make_executor(cluster, log=log)
+    workers = workers or torch.get_num_threads()
+    if workers < 2:
+        return None
+    if ray is None:
+        print(f"Ray is not installed, so the runs go one after the other here instead of {workers} at once "
+              "(same records; pip install -e \".[cluster]\" for the faster way)")
+        return None
+    return RayExecutor("local", num_cpus=workers, log=log, progress=default_progress())

@@ -9,6 +9,7 @@ GPU profile ends up on the CPU, e.g. a CUDA build of torch newer than the driver
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -82,6 +83,20 @@ def _parent_command() -> str:
         return Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch intra-op threads (None: as they are), then restore the count."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1 or None, got {threads!r}")
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def default_progress() -> bool:

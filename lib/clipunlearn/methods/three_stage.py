@@ -282,8 +282,11 @@ def three_stage_unlearn(model, settings: ThreeStageSettings | dict | None = None
             report_ = remind_stage(model, original=original, retain_loader=retain_loader, layers=result.layers,
                                    lr=s.remind_lr, steps=s.remind_steps, kd_weight=kd, kd_temperature=s.kd_temperature,
                                    ema_decay=s.ema_decay, use_lora=s.use_lora, rank=s.rank, lora_alpha=s.lora_alpha,
-                                   align_fn=align_fn, distill_loader=distill_loader, device=device,
-                                   progress=progress)
+                                   align_fn=align_fn, distill_loader=distill_loader, teacher_cache=cache,
+                                   device=device, progress=progress)
+            saved = report_.pop("teacher_reused_seconds", 0.0)
+            if saved:  # the distillation targets the cache held (counted like a cached stage)
+                seconds["reused"] = seconds.get("reused", 0.0) + saved
         else:
             report_ = {"skipped": "remind_steps=0"}
         if align_logs:

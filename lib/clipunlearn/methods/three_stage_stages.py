@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from functools import partial
 from typing import Callable, Sequence
 
@@ -303,15 +304,33 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, *, tem
     return t * t * F.kl_div((logits / t).log_softmax(1), (teacher_logits / t).log_softmax(1), log_target=True,
                             reduction="batchmean")
 
+def teacher_logits(original, batch: dict, *, cache: dict | None = None) -> tuple[torch.Tensor, float]:
+    """Return ``(logit_scale * cos)`` of ``original``'s in-batch image-to-text similarities on ``batch`` (the
+    distillation target of :func:`remind_loss`) and the seconds ``cache`` saved: a dict of runs that share
+    ``original`` (``three_stage_unlearn``'s ``cache``; the runs of a grid remind on the same batches) keeps it by
+    the batch's content, computed once (the same numbers)."""
+    key = ("teacher", content_key(batch["images"], batch["texts"])) if cache is not None else None
+    if key is not None and key in cache:
+        return cache[key]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        img_o, txt_o = encode_pairs(original, batch)
+        teacher = original.logit_scale.exp() * img_o @ txt_o.T
+    if key is not None:
+        cache[key] = (teacher, time.perf_counter() - t0)
+    return teacher, 0.0
+
+
 def remind_loss(model, original, batch: dict, *, kd_weight: float = 1.0, kd_temperature: float = 1.0,
-                distill_batch: dict | None = None) -> tuple[torch.Tensor, dict]:
+                distill_batch: dict | None = None, teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Return the reminding loss on a retain batch and its parts: contrastive ``+ kd_weight *`` distillation.
 
     Contrastive: ``losses.contrastive_loss`` with label-aware positives. Distillation
     (project's choice of target): the original model's in-batch image-to-text
     distribution, ``softmax(logit_scale * cos)`` over the batch's captions, taught to
     the model with :func:`distillation_loss` at ``kd_temperature``, on ``distill_batch`` when given (a
-    style subgroup: the other classes' photos), else on ``batch``.
+    style subgroup: the other classes' photos), else on ``batch``; ``teacher``: its logits there, when known
+    (:func:`teacher_logits`).
     """
     img, txt = encode_pairs(model, batch)
     contrastive = contrastive_loss(img, txt, model.logit_scale.exp(), positives=pair_positives(batch["labels"]))
@@ -321,9 +340,8 @@ def remind_loss(model, original, batch: dict, *, kd_weight: float = 1.0, kd_temp
         batch = distill_batch
         img, txt = encode_pairs(model, batch)
     logits = model.logit_scale.exp() * img @ txt.T
-    with torch.no_grad():
-        img_o, txt_o = encode_pairs(original, batch)
-        teacher = original.logit_scale.exp() * img_o @ txt_o.T
+    if teacher is None:
+        teacher, _ = teacher_logits(original, batch)
     kd = distillation_loss(logits, teacher, temperature=kd_temperature)
     return contrastive + kd_weight * kd, {"contrastive": float(contrastive.detach()), "kd": float(kd.detach())}
 
@@ -331,7 +349,7 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
                  kd_weight: float = 1.0, kd_temperature: float = 1.0, ema_decay: float = 0.9, use_lora: bool = True,
                  rank: int = 4, lora_alpha: float | None = None, weight_decay: float = 0.0,
                  align_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, distill_loader=None,
-                 device="cpu", progress: bool = False) -> dict:
+                 teacher_cache: dict | None = None, device="cpu", progress: bool = False) -> dict:
     """Fine-tune ``layers`` on retain pairs with :func:`remind_loss`; leave the model at the EMA weights.
 
     Its own loop, not ``unlearning.unlearn``: a weight average after every step replaces the weights at the end,
@@ -339,14 +357,14 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
 
     ``align_fn(images) -> images`` (e.g. :func:`align_images` on the original model)
     transforms each retain batch first. ``distill_loader``: batches the distillation term is computed on
-    instead of the retain batch (:func:`remind_loss`). Trains the same kind of parameters as the
-    forgetting stage (fresh LoRA adapters, merged at the end, or full weights). The
+    instead of the retain batch (:func:`remind_loss`; ``teacher_cache``: see :func:`teacher_logits`). Trains the
+    same kind of parameters as the forgetting stage (fresh LoRA adapters, merged at the end, or full weights). The
     EMA (project's choice: of the *effective* weights of ``layers``, i.e. ``W + BA``
     under LoRA, ``ema <- decay * ema + (1 - decay) * W`` after every step, started at
     the weights before the stage) replaces the weights at the end; ``ema_decay=0``
     keeps the last weights. ``kd_weight=0`` turns distillation off.
-    Returns ``{"steps", "loss_before", "loss_after", "history"}`` (``loss_*``: the
-    first and last batch's loss).
+    Returns ``{"steps", "loss_before", "loss_after", "history"}`` (``loss_*``: the first and last batch's loss),
+    with a ``teacher_cache`` also ``"teacher_reused_seconds"`` (what its hits saved).
     """
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
@@ -354,7 +372,7 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
     original.eval()
     keys = _layer_tensors(model, layers)
     ema = {k: _read_tensor(model, k).detach().clone() for k in keys}
-    history = []
+    history, reused = [], 0.0
     retain_iter = _cycle(retain_loader)
     distill_iter = _cycle(distill_loader) if distill_loader is not None and kd_weight else None
     bar = tqdm(total=steps, desc="remind", leave=False, disable=not progress)
@@ -367,6 +385,10 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
                 if align_fn is not None:
                     batch = {**batch, "images": align_fn(batch["images"])}
                 extra = {"distill_batch": to_device(next(distill_iter), device)} if distill_iter is not None else {}
+                if kd_weight and teacher_cache is not None:
+                    extra["teacher"], saved = teacher_logits(original, extra.get("distill_batch", batch),
+                                                             cache=teacher_cache)
+                    reused += saved
                 loss, logs = remind_loss(model, original, batch, kd_weight=kd_weight, kd_temperature=kd_temperature,
                                          **extra)
                 optimizer.zero_grad(set_to_none=True)
@@ -385,7 +407,8 @@ def remind_stage(model, *, original, retain_loader, layers: Sequence[str], lr: f
         for k in keys:
             _read_tensor(model, k).copy_(ema[k])
     return {"steps": len(history), "loss_before": history[0]["loss"] if history else math.nan,
-            "loss_after": history[-1]["loss"] if history else math.nan, "history": history}
+            "loss_after": history[-1]["loss"] if history else math.nan, "history": history,
+            **({"teacher_reused_seconds": reused} if teacher_cache is not None else {})}
 
 # --------------------------------------------------------------------------- #
 # Stage 3: restoring by souping

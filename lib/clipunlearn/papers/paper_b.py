@@ -1,7 +1,6 @@
-"""Paper B on the shared harness (notebook 20): the synthetic-sample benchmark and ablations, the
-authors' class names, the evaluation per dataset, and the settings, models and tasks of each profile
-(``paper_b.json`` for the paper profile, ``configs/mini.json`` for mini).
-"""
+"""Paper B on the shared harness (notebook 20): the synthetic-sample benchmark and ablations, the authors' class
+names, the evaluation per dataset, and the settings, models and tasks of each profile (``paper_b.json`` for the
+paper profile, ``configs/mini.json`` for mini)."""
 
 from __future__ import annotations
 
