@@ -35,7 +35,10 @@ Options:
                      ray://HOST:PORT (a cluster started with ray start); records
                      are those of the serial run, finished runs are kept on
                      rerun (-p CLUSTER WHERE to the notebooks that declare it;
-                     README: "Many GPUs")
+                     README: "Many GPUs"). Without it the mini profile
+                     already runs notebooks 10's and 45's runs one torch
+                     thread each, as many at once as it has threads, on a
+                     local Ray instance (the same records as in turn)
   --plan             print what the run would do and stop: paper profile, per
                      notebook the runs, steps and images and the time expected
                      on this machine's device (one step of each kind timed, with
@@ -53,7 +56,8 @@ Options:
 
 Every run uses the same number of CPU threads (OMP_NUM_THREADS and
 MKL_NUM_THREADS; default 2, CLIPUNLEARN_THREADS=N changes it): torch sums in
-an order that depends on it, and the committed results ran with 2.
+an order that depends on it, and the committed results ran with 2 (each run
+of notebooks 10's and 45's matrices with 1, wherever it runs).
 
 Environment: CLIPUNLEARN_NO_VENV=1 uses the current python instead of .venv
 (Colab, conda); see scripts/setup_env.sh.

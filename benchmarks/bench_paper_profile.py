@@ -22,10 +22,18 @@ fp32 rows; "unknown" for cards not in ``PEAKS``). "images/step" counts the image
 trained model takes with gradients (CLIPErase: forget + retain batch; Lipschitz: the
 forget batch, plus 25 perturbed copies of each without gradients).
 
+``--compile MODE`` (``unlearning.COMPILE_MODES``) times the training rows with the step's loss
+compiled as ``unlearning.unlearn(compile=MODE)`` compiles it (the warm-up steps compile; FLOPs are
+counted on the eager step, the same computation). ``--stacked K`` adds rows of ``ft`` and
+``cliperase`` trained K runs at once (``stacked_runs.make_stacked_step``: one vmapped step of K
+copies, each its own AdamW state) beside the same with 1 run; their "img/step" counts the images of
+all K runs (the FLOPs are K times one eager step's). Rows are named ``workload [MODE]`` and ``workload xK``.
+
 Examples::
 
     python benchmarks/bench_paper_profile.py --device cuda --out bench_paper_profile.json
     python benchmarks/bench_paper_profile.py --device cpu --quick    # smoke test, about a minute
+    python benchmarks/bench_paper_profile.py --device cuda --workloads ft,cliperase --compile inductor --stacked 4
 """
 
 from __future__ import annotations
@@ -106,33 +114,66 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def training_step(model, original, loss_fn, optimizer, forget, retain, *, device, precision, kwargs):
-    """Return a closure running one unlearning step (forward + backward + Adam)."""
+def training_step(model, original, loss_fn, optimizer, forget, retain, *, device, precision, kwargs, compile=""):
+    """Return a closure running one unlearning step (forward + backward + Adam), its loss compiled as ``compile``
+    says (``unlearning.compile_loss``)."""
+    from clipunlearn.unlearning import compile_loss
+
+    step_loss = compile_loss(loss_fn, compile)
+
     def step():
         with autocast(device, precision):
-            loss, _ = loss_fn(model, original, forget, retain, **kwargs)
+            loss, _ = step_loss(model, original, forget, retain, kwargs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
 
 
-def run_training(workload, model, original, tokenizer, *, batch, device, precision, args) -> dict:
-    from clipunlearn.losses import LOSSES
-
+def training_batches(workload, tokenizer, *, batch, device, args) -> tuple[dict, dict, dict, int]:
+    """Return the forget and retain batches, the loss settings and the images a step trains on."""
     forget = make_batch(tokenizer, size=batch, image_size=args.image_size, device=device, seed=1)
     retain = make_batch(tokenizer, size=batch, image_size=args.image_size, device=device, seed=2)
     kwargs = {"n_samples": args.n_samples} if workload == "lipschitz" else {}
-    images = {"ft": batch, "cliperase": 2 * batch, "lipschitz": batch}[workload]
+    return forget, retain, kwargs, {"ft": batch, "cliperase": 2 * batch, "lipschitz": batch}[workload]
+
+
+def run_training(workload, model, original, tokenizer, *, batch, device, precision, args, compile="") -> dict:
+    from clipunlearn.losses import LOSSES
+
+    forget, retain, kwargs, images = training_batches(workload, tokenizer, batch=batch, device=device, args=args)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6,
                                  fused=device.type in ("cuda", "cpu"))
-    step = training_step(model, original, LOSSES[workload], optimizer, forget, retain, device=device,
-                         precision=precision, kwargs=kwargs)
-    times = time_calls(step, device=device, warmup=args.warmup, repeats=args.steps)
-    flops = count_flops(step)
+    settings = dict(device=device, precision=precision, kwargs=kwargs)
+    if compile:
+        torch._dynamo.reset()  # a fresh compile per row: no row runs another's graphs or meets the recompile limit
+    step = training_step(model, original, LOSSES[workload], optimizer, forget, retain, compile=compile, **settings)
+    times = time_calls(step, device=device, warmup=max(1, args.warmup) if compile else args.warmup,
+                       repeats=args.steps)
+    flops = count_flops(training_step(model, original, LOSSES[workload], optimizer, forget, retain, **settings))
     del optimizer
     model.zero_grad(set_to_none=True)
     return {"images_per_step": images, "seconds": statistics.median(times), "flops": flops}
+
+
+def run_stacked(workload, model, original, tokenizer, *, batch, runs, device, precision, args) -> dict:
+    """Time one step of ``runs`` copies of ``model`` trained at once (``stacked_runs``); images of all runs."""
+    from clipunlearn.clip import RequiresGrad
+    from clipunlearn.losses import LOSSES
+    from clipunlearn.stacked_runs import make_stacked_step, stack_runs
+
+    forget, retain, kwargs, images = training_batches(workload, tokenizer, batch=batch, device=device, args=args)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)  # the FLOPs only
+    flops = runs * count_flops(training_step(model, original, LOSSES[workload], optimizer, forget, retain,
+                                             device=device, precision=precision, kwargs=kwargs))
+    del optimizer
+    model.zero_grad(set_to_none=True)
+    stacked = stack_runs(model, [1e-6] * runs)
+    step = make_stacked_step(model, stacked, method=workload, original=original, loss_kwargs=kwargs,
+                             precision=precision)
+    with RequiresGrad(model, only=()):  # the stacked weights get the gradients
+        times = time_calls(lambda: step(forget, retain), device=device, warmup=args.warmup, repeats=args.steps)
+    return {"images_per_step": runs * images, "seconds": statistics.median(times), "flops": flops}
 
 
 @contextlib.contextmanager
@@ -192,8 +233,9 @@ def run_eval(model, *, batch, device, precision, args) -> dict:
     return {"images_per_step": batch, "seconds": statistics.median(times), "flops": count_flops(step)}
 
 
-def run_row(workload, model, original, tokenizer, *, batch, device, precision, args) -> dict:
-    """Time one (workload, batch, precision) on ``model``; errors (e.g. out of memory) are recorded."""
+def run_row(workload, model, original, tokenizer, *, batch, device, precision, args, compile="", runs=0) -> dict:
+    """Time one (workload, batch, precision) on ``model``, its loss compiled as ``compile`` says or ``runs`` runs at
+    once (0: one ordinary run); errors (e.g. out of memory) are recorded."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -202,9 +244,12 @@ def run_row(workload, model, original, tokenizer, *, batch, device, precision, a
             out = run_synthetic(model, batch=batch, device=device, precision=precision, args=args)
         elif workload == "eval":
             out = run_eval(model, batch=batch, device=device, precision=precision, args=args)
+        elif runs:
+            out = run_stacked(workload, model, original, tokenizer, batch=batch, runs=runs, device=device,
+                              precision=precision, args=args)
         else:
             out = run_training(workload, model, original, tokenizer, batch=batch, device=device,
-                               precision=precision, args=args)
+                               precision=precision, args=args, compile=compile)
     except torch.cuda.OutOfMemoryError as err:
         model.zero_grad(set_to_none=True)
         return {"error": f"out of memory: {str(err).splitlines()[0]}"}
@@ -220,6 +265,13 @@ def run_row(workload, model, original, tokenizer, *, batch, device, precision, a
     return out
 
 
+def row_name(row: dict) -> str:
+    """The workload of a row as the table names it: ``ft``, ``ft [inductor]`` (compiled), ``ft x4`` (4 runs at once)."""
+    if row.get("runs"):
+        return f"{row['workload']} x{row['runs']}"
+    return f"{row['workload']} [{row['compile']}]" if row.get("compile") else row["workload"]
+
+
 def format_table(rows: list[dict]) -> str:
     """Return the rows as an aligned text table."""
     head = ("model", "precision", "workload", "batch", "img/step", "ms/step", "img/s", "peak GiB", "TFLOP/step",
@@ -227,9 +279,9 @@ def format_table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append((r["model"], r["precision"], r["workload"], str(r["batch"]), "error", *["-"] * 6))
+            lines.append((r["model"], r["precision"], row_name(r), str(r["batch"]), "error", *["-"] * 6))
             continue
-        lines.append((r["model"], r["precision"], r["workload"], str(r["batch"]), str(r["images_per_step"]),
+        lines.append((r["model"], r["precision"], row_name(r), str(r["batch"]), str(r["images_per_step"]),
                       f"{r['ms_per_step']:.1f}", f"{r['images_per_s']:.1f}",
                       "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f}",
                       f"{r['flops'] / 1e12:.3f}", f"{r['tflops']:.1f}",
@@ -237,7 +289,7 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in lines)
-    errors = [f"{r['model']} {r['precision']} {r['workload']} {r['batch']}: {r['error']}" for r in rows if "error" in r]
+    errors = [f"{r['model']} {r['precision']} {row_name(r)} {r['batch']}: {r['error']}" for r in rows if "error" in r]
     return text + "".join(f"\nerror: {e}" for e in errors)
 
 
@@ -255,12 +307,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: batch {QUICK_BATCH}, 1 warm-up and 1 timed step, 2 noise samples")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", default="", help="compile the training rows' loss: inductor, cudagraphs (CUDA) "
+                        "or aot_eager (unlearning.COMPILE_MODES; empty: eager)")
+    parser.add_argument("--stacked", type=int, default=0, help="also time ft and cliperase with K runs at once, "
+                        "beside 1 run (0: not)")
     parser.add_argument("--out", default="", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     import open_clip
 
     from clipunlearn.models import copy_frozen
+    from clipunlearn.unlearning import check_compile
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -275,6 +332,13 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown workload / precision {unknown}; workloads: {', '.join(WORKLOADS)}; "
                      "precisions: fp32, bf16")
+    try:
+        check_compile(args.compile, device)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.stacked < 0:
+        parser.error(f"--stacked must be a number of runs >= 0, got {args.stacked}")
+    stacked = sorted({1, args.stacked}) if args.stacked else []
     torch.set_float32_matmul_precision("high")  # TF32 matrix products in fp32
     torch.backends.cudnn.allow_tf32 = True  # and TF32 convolutions
     torch.backends.cudnn.benchmark = True
@@ -283,7 +347,8 @@ def main(argv=None) -> int:
     peak_text = "unknown" if peak is None else f"bf16 {peak['bf16']:.0f} / TF32 {peak['tf32']:.0f} TFLOP/s"
     print(f"device: {name}; torch {torch.__version__}; open_clip {open_clip.__version__}; dense peak {peak_text}; "
           f"{args.warmup} warm-up + {args.steps} timed steps; image {args.image_size} px; "
-          f"Lipschitz n_samples {args.n_samples}", flush=True)
+          f"Lipschitz n_samples {args.n_samples}; compile {args.compile or 'no'}; stacked runs "
+          f"{','.join(map(str, stacked)) or 'no'}", flush=True)
 
     rows = []
     for arch in args.models.split(","):
@@ -293,15 +358,19 @@ def main(argv=None) -> int:
         tokenizer = open_clip.get_tokenizer(arch)
         for precision in precisions:
             for workload in workloads:
+                training = workload in ("ft", "cliperase", "lipschitz")
+                variants = [{"compile": args.compile} if training and args.compile else {}]
+                variants += [{"runs": k} for k in stacked if workload in ("ft", "cliperase")]
                 for batch in ((QUICK_BATCH,) if args.quick else BATCHES[workload]):
-                    start = time.perf_counter()
-                    row = {"model": arch, "precision": precision, "workload": workload, "batch": batch,
-                           **run_row(workload, model, original, tokenizer, batch=batch, device=device,
-                                     precision=precision, args=args)}
-                    rows.append(row)
-                    status = row.get("error") or f"{row['images_per_s']:.1f} img/s"
-                    print(f"  {arch} {precision} {workload} batch {batch}: {status} "
-                          f"({time.perf_counter() - start:.1f} s)", flush=True)
+                    for variant in variants:
+                        start = time.perf_counter()
+                        row = {"model": arch, "precision": precision, "workload": workload, "batch": batch,
+                               **variant, **run_row(workload, model, original, tokenizer, batch=batch,
+                                                    device=device, precision=precision, args=args, **variant)}
+                        rows.append(row)
+                        status = row.get("error") or f"{row['images_per_s']:.1f} img/s"
+                        print(f"  {arch} {precision} {row_name(row)} batch {batch}: {status} "
+                              f"({time.perf_counter() - start:.1f} s)", flush=True)
         del model, original
         if device.type == "cuda":
             torch.cuda.empty_cache()

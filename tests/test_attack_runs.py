@@ -23,7 +23,8 @@ def fields(tokenizer) -> dict:
 def world(task, tiny_tokenizer, tiny_clip, monkeypatch):  # noqa: F811
     """A GA run of the tiny world, its reference, and the attack world a worker would load (patched in)."""
     base = tiny_clip.model
-    _, rec = harness.run_method("ga", task, model=base, tokenizer=tiny_tokenizer, lr=1e-3, steps=4, batch_size=8)
+    with torch_threads(1):  # the record keeps its threads (config.threads): a rebuild repeats them
+        _, rec = harness.run_method("ga", task, model=base, tokenizer=tiny_tokenizer, lr=1e-3, steps=4, batch_size=8)
     ref = harness.Reference(model=base, record={"metrics": {"forget_acc": 0.0}})
     built = attacks_bench.AttackWorld(base, tiny_tokenizer, [rec], {task.kind: {task.target: [task]}},
                                       {task.kind: {task.target: ref}}, None, None, [0])
@@ -143,11 +144,20 @@ def test_a_run_not_kept_is_rebuilt_with_the_threads_of_its_record_and_attacked_w
     monkeypatch.setattr(attacks_bench, "regenerate_model", spy_rebuild)
     monkeypatch.setattr(attacks_bench, "run_attacks", lambda *a, **k: seen.setdefault("attack",
                                                                                       torch.get_num_threads()) and {})
-    with torch_threads(1):
+    assert world.records[0]["config"]["threads"] == 1
+    with torch_threads(2):
         rec = attacks_bench.attack_run("ga", task, records=world.records, model=world.model,
                                        tokenizer=world.tokenizer, reference=world.references[task.kind][task.target],
                                        settings=fields(world.tokenizer), rebuild_threads=2)
-    assert seen == {"rebuild": 2, "attack": 1} and rec["metrics"]["regenerated_matches"]
+    assert seen == {"rebuild": 1, "attack": 1} and rec["metrics"]["regenerated_matches"]  # the record's threads
+    unsaid = {**world.records[0], "config": {k: v for k, v in world.records[0]["config"].items() if k != "threads"}}
+    seen.clear()
+    with torch_threads(1):  # a record of an earlier release says nothing: the driver's threads
+        attacks_bench.attack_run("ga", task, records=[unsaid], model=world.model, tokenizer=world.tokenizer,
+                                 reference=world.references[task.kind][task.target], settings=fields(world.tokenizer),
+                                 rebuild_threads=2)
+    assert seen == {"rebuild": 2, "attack": 1}
+    assert attacks_bench.recorded_threads(None, 3) == 3 and attacks_bench.recorded_threads({"config": {}}, None) is None
     spec = attacks_bench.attack_spec(WORLD, "ga", task, settings={}, attacks=["probe_features"], rebuild_threads=2)
     assert spec["settings"]["rebuild_threads"] == 2
 
@@ -163,10 +173,10 @@ def test_the_driver_rebuilds_what_the_archive_lacks_once_and_the_worker_reads_it
     with torch_threads(2):
         out = attacks_bench.run_attack_benchmark(world.records, world.tasks[task.kind], executor=InProcess(),
                                                  world=WORLD, store=harness.ResultStore(tmp_path / "a.json"), **kw)
-    assert threads == [2] and world.archive.path_for(world.records[0]).is_file()
+    assert threads == [1] and world.archive.path_for(world.records[0]).is_file()  # with the record's threads
     assert out[2]["config"]["model_source"] == "rebuilt" and out[2]["metrics"]["regenerated_matches"]
     with torch_threads(2):  # kept: read from the archive, not rebuilt again
         again = attacks_bench.run_attack_benchmark(world.records, world.tasks[task.kind], executor=InProcess(),
                                                    world=WORLD, store=harness.ResultStore(tmp_path / "b.json"), **kw)
-    assert threads == [2] and again[2]["config"]["model_source"] == "archive"
+    assert threads == [1] and again[2]["config"]["model_source"] == "archive"
     assert untimed(again)[2]["metrics"] == untimed(out)[2]["metrics"]

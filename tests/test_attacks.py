@@ -199,6 +199,12 @@ def test_the_method_list_comes_from_the_records_and_keeps_the_procedures_that_ca
         "ga", "lipschitz_real", "three_stage"]
     assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=True) == ["ga"]
     assert attacks_bench.attack_methods(bench, tasks=["forget-class"], regenerable=False) == ["lipschitz_real"]
+    mixed = [make_record(method=m, task="forget-class", config={"forget_class": "x", "seed": 0,
+                                                                   **({"synthetic_prior": "bn"} if b else {})},
+                         metrics={}) for m, b in [("brand_new", 0), ("three_stage", 0), ("lipschitz_synthetic", 1),
+                                                  ("cliperase", 0), ("lipschitz_synthetic", 0), ("ga", 0), ("ft", 0)]]
+    assert attacks_bench.attack_methods(mixed, tasks=["forget-class"]) == [  # the registry's order, not the saved one
+        "ft", "ga", "cliperase", "lipschitz_synthetic", "lipschitz_synthetic_bn", "three_stage", "brand_new"]
 
 
 def test_a_synthetic_prior_is_a_method_of_its_own_and_nullspace_is_rebuilt_from_its_alpha(task, tiny_tokenizer,

@@ -262,3 +262,68 @@ def test_a_search_searched_again_reruns_the_seeds_whose_value_it_no_longer_chose
     run_selected("x", tasks, run_fn=run_fn, grid=grid, store=ResultStore(path, resume=True),
                  selection=Selection(extend=None))
     assert ran == []  # a finished search and its seeds at its choice: nothing runs again
+
+
+class SpecRecorder(SerialExecutor):
+    """A concurrent executor in this process that keeps each call's spec and runs it as a worker would."""
+
+    concurrent = True
+
+    def __init__(self):
+        self.specs = []
+
+    def run(self, calls, *, run_fn=None, finish_fn=None, ordered=True):
+        for i, call in enumerate(calls):
+            self.specs.append(call.spec)
+            yield i, None, cluster.execute_run(call.spec)
+
+
+def test_a_worker_measures_against_the_retrained_model_only_the_runs_its_driver_does(monkeypatch):
+    """The ablation's reported runs keep no model and their driver has no finish_fn: a worker must not measure
+    them against the retrained model (it did, on None, and every full-mode ablation run failed on Ray)."""
+    measured = []
+
+    def fake_reference_fn(references, **kw):
+        return lambda model, record, task: measured.append((record["method"], model is not None))
+    monkeypatch.setattr(cluster, "reference_fn", fake_reference_fn)
+    ablation = {"world": WORLD, "factory": "ablation", "settings": {
+        "method": "cliperase", "variant": "FM", "loss_kwargs": {"lambda1": 0.0, "lambda2": 3.0, "lambda3": 0.0},
+        "steps": 2, "batch_size": 8}}
+    benchmark = {"world": WORLD, "factory": "benchmark", "settings": {"method": "ga", "steps": 2, "batch_size": 8}}
+    for remote, finish_fn, want in ((ablation, None, []), (benchmark, lambda *a: None, [("ga", True)])):
+        measured.clear()
+        recorder = SpecRecorder()
+        run_fn = RUN_FACTORIES[remote["factory"]](**remote["settings"], model=None, tokenizer=None)
+        records = run_selected(remote["settings"]["method"], cluster.load_world(WORLD).tasks["sneaker"][:2],
+                               run_fn=run_fn, grid={"lr": [1e-4]}, selection=Selection(extend=None),
+                               executor=recorder, remote=remote, finish_fn=finish_fn)
+        reported = [s for s in recorder.specs if s["reported"]]
+        assert [s["finish"] for s in reported] == [finish_fn is not None]
+        assert measured == want
+        assert not any(r["metrics"].get("failed") for r in records)
+
+
+def test_notebook_10s_matrix_goes_to_ray_in_the_mini_profile_and_stays_here_in_the_paper_one(monkeypatch):
+    made = []
+    monkeypatch.setattr(cluster, "make_local_executor", lambda workers, **kw: made.append(("local", workers)) or "L")
+    monkeypatch.setattr(cluster, "make_executor", lambda where, **kw: made.append((where, kw["profile"])) or "R")
+    assert cluster.make_matrix_executor("", profile="mini") == "L"  # one worker per torch thread
+    assert cluster.make_matrix_executor("", profile="mini", runs_at_once=3) == "L"
+    assert cluster.make_matrix_executor("", profile="mini", quick=True) == "L"  # CI's smoke run: here, in turn
+    assert cluster.make_matrix_executor("auto", profile="mini", runs_at_once=3) == "R"  # CLUSTER decides
+    assert cluster.make_matrix_executor("", profile="paper") == "R"  # make_executor(""): None, here on the GPU
+    assert made == [("local", 0), ("local", 3), ("local", 1), ("auto", "mini"), ("", "paper")]
+    assert cluster.MINI_RUN_THREADS == 1
+
+
+def test_a_workers_world_keeps_its_reported_runs_in_the_archive_as_the_notebook_does(monkeypatch):
+    """Notebook 45 attacks notebook 10's runs from the archive: a worker's runs must be kept there too."""
+    seen = {}
+    real = cluster.load_world(WORLD)  # loaded once for the module: its model, data and tasks stand in
+    monkeypatch.setattr(cluster.paper_c, "load_paper_c_tasks", lambda settings, **kw: real)
+    monkeypatch.setattr(cluster.retrain, "load_references", lambda tasks, **kw: seen.update(kw) or {"sneaker": None})
+    world = cluster.paper_c_world(profile="mini", quick=False, seeds="0")
+    assert world.references == {"sneaker": None}
+    assert isinstance(seen["archive"], cluster.ModelArchive) and seen["archive"].base is real.model
+    seen.clear()
+    assert cluster.paper_c_world(profile="mini", quick=True, seeds="0").references is None and not seen

@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .environment import default_progress
-from .harness import (FACTORY_TASKS, RUN_FACTORIES, RunCall, Selection, Task, build_task, reference_fn,
-                      run_ablation, run_forget_benchmark, run_forget_ratio)
+from .harness import (FACTORY_TASKS, RUN_FACTORIES, ModelArchive, RunCall, Selection, Task, build_task,
+                      reference_fn, run_ablation, run_forget_benchmark, run_forget_ratio)
 from .methods import retrain
 from .papers import attacks_bench, paper_c
 from .results import make_record
@@ -41,9 +41,14 @@ try:  # the optional extra [cluster]; everything else works without it
 except ImportError:  # pragma: no cover - exercised where ray is absent
     ray = None
 
-__all__ = ["RayExecutor", "WORLD_LOADERS", "WORLD_RUNS", "World", "check_reachable", "check_world", "execute_run",
-           "load_world", "make_executor", "make_local_executor", "paper_c_world", "paper_c_world_spec",
-           "run_paper_c_matrix"]
+__all__ = ["MINI_RUN_THREADS", "RayExecutor", "WORLD_LOADERS", "WORLD_RUNS", "World", "check_reachable",
+           "check_world", "execute_run", "load_world", "make_executor", "make_local_executor", "make_matrix_executor",
+           "paper_c_world", "paper_c_world_spec", "run_paper_c_matrix"]
+
+#: Torch threads of every run of a mini matrix (notebook 10's benchmark, ablation and forget-ratio sweep), wherever
+#: it runs: on a worker of one CPU, or here one after the other. One thread sums in another order than two, so the
+#: records depend on it, and then not on the cores or on how many runs go at once.
+MINI_RUN_THREADS = 1
 
 
 @dataclass
@@ -84,8 +89,8 @@ def paper_c_world(*, profile: str = "mini", quick: bool = False, seeds: str = "0
     settings = paper_c.paper_c_settings(profile, quick=quick, seeds=seeds, **params)
     world = paper_c.load_paper_c_tasks(settings, device=device, data_dir=data_dir or None, workers=workers)
     references = retrain.load_references(world.tasks, tokenizer=world.tokenizer, selection=settings["selection"],
-                                         device=device) \
-        if profile == "mini" and retrain_references and not quick else None
+                                         device=device, archive=ModelArchive(world.model)) \
+        if profile == "mini" and retrain_references and not quick else None  # as the notebook: runs kept for 45
     return World(world.model, world.tokenizer, world.tasks, world.train, world.test, world.templates, world.n_seen,
                  settings, references, world.steps)
 
@@ -156,7 +161,8 @@ def execute_run(spec: dict, *, device="cpu", threads: int | None = None) -> dict
                                                 device=device, selection=world.selection)
         task = world.find_task(spec["kind"], spec["target"], spec["seed"])
         model, record = run_fn(task, **spec["candidate"])
-        finish = reference_fn(world.references, tokenizer=world.tokenizer, device=device) if spec["reported"] \
+        # as the driver does: only a run whose driver measures it against the retrained model (the benchmark's)
+        finish = reference_fn(world.references, tokenizer=world.tokenizer, device=device) if spec.get("finish") \
             else None
         if finish is not None:
             finish(model, record, task)
@@ -354,3 +360,16 @@ def make_local_executor(workers: int = 0, *, cluster: str = "", log=print):
               "(same records; pip install -e \".[cluster]\" for the faster way)")
         return None
     return RayExecutor("local", num_cpus=workers, log=log, progress=default_progress())
+
+
+def make_matrix_executor(cluster: str = "", *, profile: str = "mini", runs_at_once: int = 0, quick: bool = False,
+                         runs_per_gpu: int = 1, log=print):
+    """Return the executor of a notebook's run matrix (notebook 10's ``CLUSTER``, ``RUNS_AT_ONCE``): ``cluster``
+    when given (:func:`make_executor`); else in the paper profile None (here, one after the other, on its GPU);
+    in the mini profile :func:`make_local_executor` of ``runs_at_once`` workers (0: one per torch thread; quick
+    mode: 1, here), whose runs take :data:`MINI_RUN_THREADS` threads each. Where it returns None in the mini
+    profile, the caller runs the matrix with :data:`MINI_RUN_THREADS` threads too (the same records), but in
+    quick mode (a smoke run whose records nothing compares)."""
+    if cluster or profile != "mini":
+        return make_executor(cluster, profile=profile, runs_per_gpu=runs_per_gpu, log=log)
+    return make_local_executor(runs_at_once or (1 if quick else 0), log=log)

@@ -33,12 +33,16 @@ from .pairs import CaptionPairLoader, PairLoader, make_caption_pair_loader, make
 # --------------------------------------------------------------------------- #
 RESUME_MODES = ("auto", "restart")
 #: Settings a checkpoint may leave out (written only when not the default): compared with these values.
-SETTING_DEFAULTS = {"precision": "fp32", "logit_scale": "trainable"}
+SETTING_DEFAULTS = {"precision": "fp32", "logit_scale": "trainable", "compile": ""}
 #: What happens to CLIP's learned temperature (``logit_scale``) during unlearning: ``trainable`` (updated like any
 #: weight, unbounded), ``clamped`` (updated, then clamped to [0, ln 100] after every step as open_clip's training
 #: does) or ``frozen`` (not trained).
 LOGIT_SCALE_MODES = ("trainable", "clamped", "frozen")
 LOGIT_SCALE_MAX = math.log(100)
+#: How ``unlearn`` may compile a step's loss computation (``torch.compile``): ``""`` eager (the default), ``inductor``
+#: (generated kernels), ``cudagraphs`` (inductor replaying CUDA graphs, ``mode="reduce-overhead"``: CUDA only) or
+#: ``aot_eager`` (traced forward and backward run by eager kernels, no code generation: a check on any machine).
+COMPILE_MODES = ("", "inductor", "cudagraphs", "aot_eager")
 
 
 @dataclass
@@ -154,6 +158,36 @@ def step_optimizer(loss: torch.Tensor, *, optimizer, scaler: torch.amp.GradScale
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+
+
+def check_compile(mode: str, device) -> None:
+    """Raise a ValueError naming :data:`COMPILE_MODES` for an unknown ``mode``, or for ``cudagraphs`` off CUDA."""
+    valid = ", ".join(repr(m) for m in COMPILE_MODES)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; valid: {valid}")
+    if mode == "cudagraphs" and torch.device(device).type != "cuda":
+        raise ValueError(f"compile='cudagraphs' needs a CUDA device, not {torch.device(device).type}; use 'inductor' "
+                         f"there (valid: {valid})")
+
+
+def compile_loss(loss_fn: Callable, mode: str = "") -> Callable:
+    """Return ``step_loss(model, original, forget_batch, retain_batch, loss_kwargs) -> (loss, logs)``, one step's
+    loss computation, compiled as ``mode`` (:data:`COMPILE_MODES`) says: ``""`` as it is, else ``torch.compile``
+    (``cudagraphs``: a new CUDA-graph step begins at every call). Compiled lazily, at the first call; dynamo keeps
+    the graphs of one process's calls by code, up to ``torch._dynamo.config.recompile_limit`` (8) kinds of call
+    (losses, architectures, precisions), beyond which it runs the step eagerly and warns."""
+    def step_loss(model, original, forget_batch, retain_batch, loss_kwargs):
+        return loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
+    if mode == "":
+        return step_loss
+    if mode == "cudagraphs":
+        graphed = torch.compile(step_loss, mode="reduce-overhead")
+
+        def graphed_step(*args):
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are no longer read
+            return graphed(*args)
+        return graphed_step
+    return torch.compile(step_loss, backend=mode)  # dynamo's "inductor" and "aot_eager" backends
 
 
 def _cpu_state(model) -> dict:
@@ -288,7 +322,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             eval_every: int | None = None, eval_at_start: bool = False, select_fn: Callable | None = None,
             stop_fn: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 50, device=None,
             precision: str = "fp32", seed: int = 0, progress: bool = True, resume: str = "auto",
-            logit_scale: str = "trainable", embedding_rows: bool = True) -> UnlearnResult:
+            logit_scale: str = "trainable", embedding_rows: bool = True, compile: str = "") -> UnlearnResult:
     """Unlearn in place with method ``method``; return an ``UnlearnResult``.
 
     Steps: ``max_steps`` when given (the loaders cycle through as many epochs as
@@ -319,6 +353,11 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     :data:`LOGIT_SCALE_MODES` (the temperature trained freely, clamped to [0, ln 100] after every step, or
     frozen). ``embedding_rows``: without weight decay or checkpoints, AdamW steps only the token-embedding rows
     the run reads (``embedding_rows.EmbeddingRows``: the dense run's weights, without its dense work).
+    ``compile``: one of :data:`COMPILE_MODES`, the loss computation of a step (forward, and its backward through
+    AOT autograd) compiled once per call (:func:`compile_loss`) and kept in the settings; ``"cudagraphs"`` needs a
+    CUDA device. What dynamo cannot trace runs eagerly between the compiled graphs: a loss's logs (``.item()``),
+    the label-aware targets' boolean masks and the embedding rows' bookkeeping (``aot_eager`` gives the eager run's
+    weights bit for bit, rows on or off); a later call on a copy of the model reuses the compiled graphs.
     """
     loss_fn = get_loss(method)
     check_run_settings(lr=lr, epochs=epochs, max_steps=max_steps)
@@ -327,6 +366,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
     amp_device = torch.device(device if device is not None else next(model.parameters()).device)
     precision = resolve_precision(precision, amp_device)  # once; an unknown precision fails here, before any work
     autocast(amp_device, precision)  # and a device that cannot autocast in it
+    check_compile(compile, amp_device)
     loss_kwargs = dict(loss_kwargs or {})
     driver = forget_loader if forget_loader is not None else retain_loader
     if driver is None:
@@ -347,6 +387,8 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
         settings["precision"] = precision
     if logit_scale != "trainable":  # as precision: checkpoints of earlier versions still resume
         settings["logit_scale"] = logit_scale
+    if compile:  # as precision
+        settings["compile"] = compile
     checkpoint = _Checkpoint(checkpoint_dir, settings=settings, resume=resume)
     rows = EmbeddingRows.for_run(model, chosen, weight_decay=weight_decay) \
         if embedding_rows and checkpoint_dir is None else None
@@ -356,6 +398,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
         rows.optimizer = optimizer
     scaler = make_grad_scaler(amp_device, precision)
     result = UnlearnResult(precision=precision)
+    step_loss = compile_loss(loss_fn, compile)
     tracker = _Tracker(model, eval_fn=eval_fn, select_fn=select_fn, result=result)
     step, finished = checkpoint.restore(model=model, optimizer=optimizer, scaler=scaler, tracker=tracker)
 
@@ -373,7 +416,7 @@ def unlearn(model, *, method: str, forget_loader=None, retain_loader=None, origi
             if rows:
                 rows.include(step_tokens(forget_batch, retain_batch, loss_kwargs=loss_kwargs))
             with autocast(amp_device, precision):
-                loss, logs = loss_fn(model, original, forget_batch, retain_batch, **loss_kwargs)
+                loss, logs = step_loss(model, original, forget_batch, retain_batch, loss_kwargs)
             loss = loss.float()
             if not torch.isfinite(loss):
                 _fail(model, tracker, result, f"non-finite loss at step {step}", method=method)

@@ -36,6 +36,6 @@ __all__ = ["FACTORY_TASKS", "ModelArchive", "RUN_FACTORIES", "RunCall", "SerialE
            "run_retrieval_method", "summarise_retrieval", "SELECTION_SEED", "TASK_KINDS", "ResultStore",
            "Selection", "Task", "build_task", "calibration_fn", "calibration_split", "class_prompts",
            "compare_to_reference", "evaluate_coarse", "evaluate_model", "find_selection_task", "is_search",
-           "pick_classes", "pick_examples", "protocol_for", "record_original", "reference_fn", "reported_tasks", "run_ablation",
-           "run_forget_benchmark", "run_forget_ratio", "run_grid", "run_method", "run_selected", "selection_score",
-           "summarise_run", "unlearning_score", "validate_model"]
+           "pick_classes", "pick_examples", "protocol_for", "record_original", "reference_fn", "reported_tasks",
+           "run_ablation", "run_forget_benchmark", "run_forget_ratio", "run_grid", "run_method", "run_selected",
+           "selection_score", "summarise_run", "unlearning_score", "validate_model"]

@@ -33,14 +33,16 @@ class RunCall:
     spec: dict | None = field(default=None, compare=False)
 
 
-def make_spec(remote: dict | None, task: Task, candidate: dict, *, reported: bool) -> dict | None:
+def make_spec(remote: dict | None, task: Task, candidate: dict, *, reported: bool,
+              finish: bool = False) -> dict | None:
     """Return the JSON spec of one run: ``remote`` (the world and the driver's settings, see
-    ``clipunlearn.cluster``) with the task's kind, target and seed, the candidate and whether it is reported;
+    ``clipunlearn.cluster``) with the task's kind, target and seed, the candidate, whether it is reported and
+    whether the worker measures it against the retrained model (``finish``: the driver has a ``finish_fn``);
     None without ``remote``."""
     if remote is None:
         return None
     return {**remote, "kind": task.kind, "target": task.target, "seed": task.seed, "candidate": dict(candidate),
-            "reported": bool(reported)}
+            "reported": bool(reported), "finish": bool(finish)}
 
 
 def map_selections(executor, jobs: Sequence, fn: Callable) -> list:

@@ -13,6 +13,7 @@ import math
 import time
 from typing import Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from .. import metrics
@@ -20,7 +21,7 @@ from ..clip import autocast, copy_frozen, release_memory, resolve_precision
 from ..registry import get_method
 from ..results import make_record
 from ..scores import selection_score, unlearning_score
-from ..unlearning import check_run_settings, make_pair_loader, unlearn
+from ..unlearning import check_compile, check_run_settings, make_pair_loader, unlearn
 from .evaluate import evaluate_model, validate_model
 from .reference import Reference, compare_to_reference, reference_fn
 from .executor import map_selections
@@ -40,7 +41,7 @@ FACTORY_TASKS = {"ablation": "ablation", "ratio": "forget-ratio"}
 def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: int, batch_size: int = 32,
                eval_every: int | None = None, loss_kwargs: dict | None = None, trainable=None,
                device="cpu", precision: str = "fp32", progress: bool = False, evaluate: bool = True,
-               config: dict | None = None, logit_scale: str = "clamped"):
+               config: dict | None = None, logit_scale: str = "clamped", compile: str = ""):
     """Unlearn a fresh copy of ``model`` on ``task`` with registered loss ``method``; return ``(model, record)``.
 
     The copy is trained for ``steps`` steps of ``batch_size`` forget and retain pairs
@@ -55,9 +56,13 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
     ``precision="bf16"``: the loss under bf16 autocast (a GPU's speed-up; ``unlearning.unlearn``), kept
     in the config; ``logit_scale`` (``unlearning.LOGIT_SCALE_MODES``): the temperature clamped at
     open_clip's 100 (the default, as open_clip trains), frozen or trained freely, kept in the config.
+    ``compile`` (``unlearning.COMPILE_MODES``): the step's loss compiled (``unlearning.unlearn``), kept in the config
+    when not ``""``. The config also keeps the torch threads the run had (``threads``): its sums' order, which a
+    rebuild of the run must repeat (notebook 45).
     """
     check_run_settings(lr=lr, steps=steps, batch_size=batch_size, eval_every=eval_every)
     precision = resolve_precision(precision, device)  # "auto": what this device runs well, recorded as such
+    check_compile(compile, device)
     release_memory()
     kwargs = dict(loss_kwargs or {})
     if get_method(method).needs_class_texts:  # the forget term classifies over every class prompt
@@ -86,7 +91,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
                       loss_kwargs=kwargs, trainable=trainable,
                       eval_fn=validate,
                       eval_every=eval_every, select_fn=selection_score, device=device, precision=precision,
-                      seed=task.seed, progress=progress, logit_scale=logit_scale)
+                      seed=task.seed, progress=progress, logit_scale=logit_scale, compile=compile)
     del original
     evals = run.evals
     best = next((e for e in evals if e["step"] == run.best_step), evals[-1] if evals else {})
@@ -102,6 +107,7 @@ def run_method(method: str, task: Task, *, model, tokenizer, lr: float, steps: i
         task, method=method,
         config={"lr": lr, "steps": steps, "batch_size": batch_size, "eval_every": eval_every, **hparams,
                 **({"precision": precision} if precision != "fp32" else {}), "logit_scale": logit_scale,
+                **({"compile": compile} if compile else {}), "threads": torch.get_num_threads(),
                 **(config or {})},
         test_metrics=test, cost=cost, val=val,
         history=[{"step": e["step"], **{k: e[k] for k in ("val_forget_acc", "val_retain_acc", "score") if k in e}}
@@ -165,7 +171,7 @@ def record_original(tasks: dict[str, Sequence[Task]], *, model, tokenizer, store
 
 def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]], *, model, tokenizer,
                          grid: dict[str, Sequence], steps: int, batch_size: int = 32, eval_every: int | None = None,
-                         store=None, device="cpu", precision: str = "fp32", progress: bool = True,
+                         store=None, device="cpu", precision: str = "fp32", compile: str = "", progress: bool = True,
                          selection: Selection | None = None,
                          references: dict[str, Reference] | None = None, executor=None,
                          world: dict | None = None) -> list[dict]:
@@ -175,7 +181,8 @@ def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]
     retrained model of ``references``), then each method through :func:`run_selected` with the protocol
     ``selection`` (``select.PROTOCOL``: the grid on the selection seed, extended at its ends; None: on the
     first seed, reported too); every reported run gets its distance to the retrained model. Returns every
-    record; with ``store`` they are saved as they come and finished runs are skipped on resume. ``executor`` /
+    record; with ``store`` they are saved as they come and finished runs are skipped on resume. ``precision`` /
+    ``compile``: how each run computes its loss (:func:`run_method`). ``executor`` /
     ``world`` (the JSON description a worker loads the model, data and references from: ``clipunlearn.cluster``):
     where the runs execute (:func:`run_selected`); the records are the same.
     """
@@ -186,7 +193,8 @@ def run_forget_benchmark(methods: Sequence[str], tasks: dict[str, Sequence[Task]
 
     def select(job):
         method, target = job
-        settings = dict(method=method, steps=steps, batch_size=batch_size, eval_every=eval_every, precision=precision)
+        settings = dict(method=method, steps=steps, batch_size=batch_size, eval_every=eval_every, precision=precision,
+                        compile=compile)
         run_fn = make_benchmark_run(**settings, model=model, tokenizer=tokenizer, device=device, selection=selection)
         return run_selected(method, tasks[target], run_fn=run_fn, grid=grid, store=store, selection=selection,
                             finish_fn=finish, executor=executor, remote=_remote(world, "benchmark", settings))
@@ -201,19 +209,20 @@ def _remote(world: dict | None, factory: str, settings: dict) -> dict | None:
 
 
 def make_benchmark_run(*, method: str, model, tokenizer, steps: int, batch_size: int = 32,
-                       eval_every: int | None = None, device="cpu", precision: str = "fp32",
+                       eval_every: int | None = None, device="cpu", precision: str = "fp32", compile: str = "",
                        selection: Selection | None = None):
     """Return ``run_fn(task, **candidate)`` of :func:`run_forget_benchmark`: ``method`` through :func:`run_method`
     (the selection seed's runs are not tested)."""
     def run_fn(task, **candidate):
         return run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                          eval_every=eval_every, device=device, precision=precision,
+                          eval_every=eval_every, device=device, precision=precision, compile=compile,
                           evaluate=not is_search(task, selection), **candidate)
     return run_fn
 
 
 def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict], model, tokenizer, steps: int,
-                 batch_size: int = 32, store, device="cpu", precision: str = "fp32", full_variant: str = "full",
+                 batch_size: int = 32, store, device="cpu", precision: str = "fp32", compile: str = "",
+                 full_variant: str = "full",
                  none_variant: str = "none", grid: dict[str, Sequence] | None = None,
                  selection: Selection | None = None, executor=None, world: dict | None = None) -> list[dict]:
     """Rerun ``method`` on ``tasks`` (one target, every seed) with each variant's loss kwargs; return the records.
@@ -241,7 +250,7 @@ def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict
     def select(item):
         variant, kwargs = item
         settings = dict(method=method, variant=variant, loss_kwargs=dict(kwargs), steps=steps, batch_size=batch_size,
-                        precision=precision)
+                        precision=precision, compile=compile)
         run_fn = make_ablation_run(**settings, model=model, tokenizer=tokenizer, device=device, selection=selection)
         return [r for r in run_selected(method, tasks if grid else reported, run_fn=run_fn,
                                         grid=grid or {"lr": [main["config"]["selected"]["lr"]]}, store=store,
@@ -255,12 +264,13 @@ def run_ablation(method: str, tasks: Sequence[Task], *, variants: dict[str, dict
 
 
 def make_ablation_run(*, method: str, variant: str, loss_kwargs: dict, model, tokenizer, steps: int,
-                      batch_size: int = 32, device="cpu", precision: str = "fp32", selection: Selection | None = None):
+                      batch_size: int = 32, device="cpu", precision: str = "fp32", compile: str = "",
+                      selection: Selection | None = None):
     """Return ``run_fn(task, **candidate)`` of one :func:`run_ablation` variant (records of task ``ablation``, no
     model kept)."""
     def run_fn(task, **candidate):
         _, done = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                             loss_kwargs=loss_kwargs, device=device, precision=precision,
+                             loss_kwargs=loss_kwargs, device=device, precision=precision, compile=compile,
                              config={"variant": variant}, evaluate=not is_search(task, selection), **candidate)
         done["task"] = FACTORY_TASKS["ablation"]
         return None, done
@@ -269,7 +279,7 @@ def make_ablation_run(*, method: str, variant: str, loss_kwargs: dict, model, to
 
 def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], train, test, model, tokenizer, templates,
                      seeds: Sequence[int], steps: int, grid: dict[str, Sequence], batch_size: int = 32,
-                     n_seen: int | None = None, store, device="cpu", precision: str = "fp32",
+                     n_seen: int | None = None, store, device="cpu", precision: str = "fp32", compile: str = "",
                      task_kwargs: dict | None = None, selection: Selection | None = None,
                      steps_per_class: bool = True, progress: bool = False, executor=None,
                      world: dict | None = None) -> list[dict]:
@@ -297,7 +307,7 @@ def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], train, 
                             seed=s, templates=templates, n_seen=n_seen, **(task_kwargs or {})) for s in seeds]
 
         settings = dict(method=method, ratio=ratio, steps=steps * k if steps_per_class else steps,
-                        batch_size=batch_size, precision=precision)
+                        batch_size=batch_size, precision=precision, compile=compile)
         run_fn = make_ratio_run(**settings, model=model, tokenizer=tokenizer, device=device, selection=selection)
         found = [r for r in run_selected(method, tasks, run_fn=run_fn, grid=grid, store=store, selection=selection,
                                          record_task="forget-ratio", match={"forget_ratio": ratio},
@@ -311,12 +321,12 @@ def run_forget_ratio(methods: Sequence[str], *, ratios: Sequence[float], train, 
 
 
 def make_ratio_run(*, method: str, ratio: float, model, tokenizer, steps: int, batch_size: int = 32, device="cpu",
-                   precision: str = "fp32", selection: Selection | None = None):
+                   precision: str = "fp32", compile: str = "", selection: Selection | None = None):
     """Return ``run_fn(task, **candidate)`` of one :func:`run_forget_ratio` ratio: ``steps`` steps in all (records of
     task ``forget-ratio``)."""
     def run_fn(task, **candidate):
         model_, rec = run_method(method, task, model=model, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
-                                 device=device, precision=precision,
+                                 device=device, precision=precision, compile=compile,
                                  config={"forget_ratio": ratio, "forget_classes": task.target.split(",")},
                                  evaluate=not is_search(task, selection), **candidate)
         rec["task"] = FACTORY_TASKS["ratio"]

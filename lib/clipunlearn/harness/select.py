@@ -328,7 +328,8 @@ def run_selected(method: str, tasks: Sequence[Task], *, run_fn: Callable[..., tu
             rec["config"].get(k) != v for k, v in chosen.items()))  # a search run again chose another value
         found[task.seed] = None if stale else rec
     todo = [task for task in reported if found[task.seed] is None]
-    calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True)) for task in todo]
+    calls = [RunCall(task, chosen, True, make_spec(remote, task, chosen, reported=True,
+                                                   finish=finish_fn is not None)) for task in todo]
     # here one after the other; a concurrent executor runs them at once: each record is saved as it finishes
     for i, _, rec in (executor or SerialExecutor()).run(calls, run_fn=run_fn, finish_fn=finish_fn, ordered=False):
         found[todo[i].seed] = finish(rec)

@@ -29,13 +29,13 @@ from ..methods.lipschitz import generate_task_synthetic, run_lipschitz
 from ..methods.nullspace import run_nullspace
 from ..methods.three_stage import run_three_stage
 from ..paths import get_results_path
-from ..registry import LOSSES, REFERENCES  # the two models every method is compared with
+from ..registry import LOSSES, METHODS, REFERENCES  # REFERENCES: the two models every method is compared with
 from ..report import label_variants
 from ..results import load_records, make_record
 from .benchmark_tasks import BENCHMARK_TASKS, build_benchmark_tasks
 
 __all__ = ["ATTACK_TASK", "ATTACK_THREADS", "AttackWorld", "REFERENCES", "add_retrain_gaps", "attack_methods",
-           "attack_run", "attack_spec", "attack_targets", "attack_world_spec", "load_attack_world",
+           "attack_run", "attack_spec", "attack_targets", "attack_world_spec", "load_attack_world", "recorded_threads",
            "regenerate_model", "run_attack_benchmark", "run_attack_spec", "unseen_forget_pool"]
 
 #: The record task of every attack record (``config.run_task`` holds the benchmark task).
@@ -148,12 +148,24 @@ REGENERATORS = {"three_stage": _regenerate_three_stage, "lipschitz_synthetic": _
 
 
 def attack_methods(records: Sequence[dict], *, tasks: Sequence[str], regenerable: bool | None = None) -> list[str]:
-    """Return the methods with a reported run (``config.seed`` set) on any of ``tasks``, in the records' order;
-    ``regenerable``: only those :func:`regenerate_model` can rebuild (True) or only the others (False)."""
+    """Return the methods with a reported run (``config.seed`` set) on any of ``tasks``, in the registry's order (a
+    variant's label, ``<method>_<value>``, after its method; methods the registry lacks last, in the records'
+    order), whatever order the records were saved in (runs on Ray are saved as they finish); ``regenerable``: only
+    those :func:`regenerate_model` can rebuild (True) or only the others (False)."""
     records = label_variants(records)
     found = dict.fromkeys(r["method"] for r in records if r["task"] in tasks and r["method"] not in REFERENCES
                           and r["config"].get("seed") is not None)
-    return [m for m in found if regenerable is None or (m in LOSSES or m in REGENERATORS) == regenerable]
+    return [m for m in sorted(found, key=_registry_rank)
+            if regenerable is None or (m in LOSSES or m in REGENERATORS) == regenerable]
+
+
+def _registry_rank(method: str) -> tuple[int, int]:
+    """Sort key of ``method`` in the registry's order: its own place, or its method's for a variant's label."""
+    order = list(METHODS)
+    if method in order:
+        return order.index(method), 0
+    bases = [m for m in order if method.startswith(f"{m}_")]
+    return (order.index(max(bases, key=len)), 1) if bases else (len(order), 0)
 
 
 def regenerate_model(record: dict, task: Task, *, model, tokenizer, device="cpu"):
@@ -194,16 +206,16 @@ def attack_run(method: str, task: Task, *, records: Sequence[dict], model, token
     """Return the attack record of ``method`` (``original``, ``retrain`` or a reported run of the benchmark
     ``records``) on ``task``, attacked with :data:`ATTACK_THREADS` torch threads whatever runs it (here or on a
     worker), so that the record does not depend on the machine's cores or on how many runs go at once. A run not
-    in the archive is rebuilt, and every run's forget accuracy checked against its record, with ``rebuild_threads``
-    (None: as they are), the threads its record was made with; ``rebuilt``: the archive's copy was rebuilt by the
-    driver (:func:`run_attack_benchmark`).
+    in the archive is rebuilt, and every run's forget accuracy checked against its record, with the threads its
+    record was made with (:func:`recorded_threads`: its ``config.threads``, else ``rebuild_threads``, None: as
+    they are); ``rebuilt``: the archive's copy was rebuilt by the driver (:func:`run_attack_benchmark`).
     ``reference``: the retrained model of ``task``'s target; ``archive``: see :func:`run_attack_benchmark`."""
     start = time.perf_counter()
     source, raw = _find_raw(records, method, task.kind, task.target, task.seed)
     if method in REFERENCES:
         attacked, check = model if method == "original" else reference.model, {}
     else:
-        with torch_threads(rebuild_threads):  # rebuilt and checked as its record was made
+        with torch_threads(recorded_threads(source, rebuild_threads)):  # rebuilt and checked as its record was made
             attacked = archive.load(raw) if archive is not None else None
             model_source = "rebuilt" if attacked is None or rebuilt else "archive"
             if attacked is None:
@@ -295,10 +307,17 @@ def run_attack_benchmark(records: Sequence[dict], tasks: dict[str, Sequence[Task
     return gapped
 
 
+def recorded_threads(record: dict | None, default: int | None) -> int | None:
+    """Return the torch threads ``record``'s run was made with (``config.threads``, kept since runs record it), else
+    ``default``: a rebuild repeats the run's sums in their order only with its threads."""
+    return ((record or {}).get("config") or {}).get("threads", default)
+
+
 def _rebuild_missing(jobs, records, *, model, tokenizer, archive, progress: bool, device) -> set[tuple]:
-    """Rebuild here, with this process's threads (those the records were made with), every run of ``jobs`` the
-    ``archive`` lacks, and keep it there for the workers to read (one worker of one CPU would rebuild it slower,
-    with more threads than its CPU); return the ``(method, kind, seed)`` of each run kept."""
+    """Rebuild here, with the threads each record was made with (:func:`recorded_threads`; this process's where the
+    record does not say), every run of ``jobs`` the ``archive`` lacks, and keep it there for the workers to read
+    (one worker of one CPU would rebuild it slower, with more threads than its CPU); return the ``(method, kind,
+    seed)`` of each run kept."""
     kept = set()
     if archive is None:
         return kept
@@ -309,7 +328,8 @@ def _rebuild_missing(jobs, records, *, model, tokenizer, archive, progress: bool
         if raw is not None and not archive.path_for(raw).is_file():
             missing.append((method, task, source, raw))
     for method, task, source, raw in tqdm(missing, desc="rebuilding", disable=not progress):
-        rebuilt = regenerate_model(source, task, model=model, tokenizer=tokenizer, device=device)
+        with torch_threads(recorded_threads(source, None)):
+            rebuilt = regenerate_model(source, task, model=model, tokenizer=tokenizer, device=device)
         if archive.save(rebuilt, raw) is not None:
             kept.add((method, task.kind, task.seed))
     return kept

@@ -271,7 +271,7 @@ def retrieval_table(records: list[dict]) -> pd.DataFrame:
 
 
 def run_paper_protocol(world: PaperCWorld, settings: dict, *, store, device="cpu", precision: str = "fp32",
-                       progress: bool = False) -> list[dict]:
+                       compile: str = "", progress: bool = False) -> list[dict]:
     """Run paper C's own protocol as its own row (``settings["paper_protocol"]``; None: nothing) and return its
     records: method ``cliperase_paper`` (the standard CLIP loss as the retention module) at the paper's one
     learning rate, no grid and no selection seed (the reported seeds only), validated once per epoch
@@ -284,7 +284,7 @@ def run_paper_protocol(world: PaperCWorld, settings: dict, *, store, device="cpu
     return harness.run_forget_benchmark([protocol["method"]], tasks, model=world.model, tokenizer=world.tokenizer,
                                         grid=protocol["grid"], steps=world.steps, batch_size=settings["batch_size"],
                                         eval_every=world.epoch_steps, store=store, device=device,
-                                        precision=precision, progress=progress, selection=None)
+                                        precision=precision, compile=compile, progress=progress, selection=None)
 
 
 #: The columns of :func:`beside_paper`: Df / Dr on the test images, on the training pairs, and the paper's.
