@@ -115,7 +115,7 @@ def test_the_executor_is_ray_only_for_several_workers(monkeypatch, capsys):
     with pytest.raises(ValueError, match=r"workers must be a whole number >= 0 .* got -1"):
         cluster.make_local_executor(-1)
     with pytest.raises(ValueError, match=r"unknown CLUSTER 'nowhere'; valid: empty"):
-        cluster.make_local_executor(2, cluster="nowhere")
+        cluster.make_matrix_executor("nowhere", runs_at_once=2)
     monkeypatch.setattr(cluster, "ray", None)
     assert cluster.make_local_executor(2) is None
     assert "Ray is not installed, so the runs go one after the other here instead of 2 at once" in \

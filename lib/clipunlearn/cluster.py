@@ -343,15 +343,12 @@ def make_executor(cluster: str = "", *, profile: str = "mini", num_cpus: int | N
                        progress=default_progress())
 
 
-def make_local_executor(workers: int = 0, *, cluster: str = "", log=print):
-    """Return the executor of a matrix of one-thread runs (notebook 45's attacks): ``cluster`` when given (see
-    :func:`make_executor`), else a local Ray instance of ``workers`` CPUs (0: as many as this process has torch
-    threads, ``CLIPUNLEARN_THREADS`` under ``./run_all.sh``), or None (here, one after the other) for one worker
-    or where Ray is not installed (said once)."""
+def make_local_executor(workers: int = 0, *, log=print):
+    """Return the executor of a matrix of one-thread runs on this machine: a local Ray instance of ``workers`` CPUs
+    (0: as many as this process has torch threads, ``CLIPUNLEARN_THREADS`` under ``./run_all.sh``), or None (here,
+    one after the other) for one worker or where Ray is not installed (said once)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a whole number >= 0 (0: one per torch thread), got {workers!r}")
-    if cluster:
-        return make_executor(cluster, log=log)
     workers = workers or torch.get_num_threads()
     if workers < 2:
         return None
@@ -364,11 +361,12 @@ def make_local_executor(workers: int = 0, *, cluster: str = "", log=print):
 
 def make_matrix_executor(cluster: str = "", *, profile: str = "mini", runs_at_once: int = 0, quick: bool = False,
                          runs_per_gpu: int = 1, log=print):
-    """Return the executor of a notebook's run matrix (notebook 10's ``CLUSTER``, ``RUNS_AT_ONCE``): ``cluster``
-    when given (:func:`make_executor`); else in the paper profile None (here, one after the other, on its GPU);
-    in the mini profile :func:`make_local_executor` of ``runs_at_once`` workers (0: one per torch thread; quick
-    mode: 1, here), whose runs take :data:`MINI_RUN_THREADS` threads each. Where it returns None in the mini
-    profile, the caller runs the matrix with :data:`MINI_RUN_THREADS` threads too (the same records), but in
+    """Return the executor of a notebook's run matrix (notebook 10's ``CLUSTER`` and ``RUNS_AT_ONCE``, notebook 45's
+    ``CLUSTER`` and ``WORKERS``): ``cluster`` when given (:func:`make_executor`); else in the paper profile None
+    (here, one after the other, on its GPU); in the mini profile :func:`make_local_executor` of ``runs_at_once``
+    workers (0: one per torch thread; quick mode: 1, here), whose runs take one thread each (notebook 10's
+    :data:`MINI_RUN_THREADS`, notebook 45's ``attacks_bench.ATTACK_THREADS``). Where it returns None in the mini
+    profile, notebook 10 runs its matrix with :data:`MINI_RUN_THREADS` threads too (the same records), but in
     quick mode (a smoke run whose records nothing compares)."""
     if cluster or profile != "mini":
         return make_executor(cluster, profile=profile, runs_per_gpu=runs_per_gpu, log=log)
