@@ -13,7 +13,8 @@ Usage: ./run_tests.sh [--unit | --notebooks | --paper-smoke] [PYTEST_ARGS...]
 
 Set up the environment (scripts/setup_env.sh), then
   1. nbstripout --verify --keep-id notebooks/*.ipynb  (no outputs in sources)
-  2. pytest tests                            (unit tests)
+  2. pytest tests -n WORKERS --dist loadfile  (unit tests; WORKERS: one per core
+     (nproc) or \$CLIPUNLEARN_TEST_WORKERS; 1: in turn, without pytest-xdist)
   3. nbval: each notebooks/NN_*.ipynb with -p PROFILE mini -p QUICK True
      injected by papermill --prepare-only into $NB_PREPARED/, then
      pytest --nbval-lax $NB_PREPARED   (cells must run without error)
@@ -69,8 +70,17 @@ if ((do_nb)); then
 fi
 
 if ((do_unit)); then
-    echo "=== unit tests: pytest tests ==="
-    set +e; "$PYTHON" -m pytest tests "${pytest_args[@]}"; rcs+=($?); set -e
+    # one pytest-xdist worker per core (each takes one torch thread: tests/conftest.py); --dist loadfile keeps a
+    # file's tests, their order and its module fixtures (the Ray tests' serial matrix) on one worker
+    workers="${CLIPUNLEARN_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+    [[ "$workers" =~ ^[0-9]+$ && "$workers" -ge 1 ]] \
+        || { echo "run_tests: CLIPUNLEARN_TEST_WORKERS must be a whole number >= 1 (1: in turn); got '$workers'" >&2; exit 2; }
+    xdist=()
+    if ((workers > 1)) && "$PYTHON" -c "import xdist" 2>/dev/null; then
+        xdist=(-n "$workers" --dist loadfile)
+    fi
+    echo "=== unit tests: pytest tests ${xdist[*]} ==="
+    set +e; "$PYTHON" -m pytest tests "${xdist[@]}" "${pytest_args[@]}"; rcs+=($?); set -e
 fi
 
 if ((do_nb)); then

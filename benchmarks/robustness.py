@@ -28,6 +28,7 @@ that hold on all models.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -117,6 +118,29 @@ def run_notebooks(seed: int | None, *, only: list[str], src_dir: Path, threads: 
     return status
 
 
+def collect_model_info(seeds, *, evaluate_only: bool, out: Path) -> dict:
+    """Return ``{model name: its training seed, sha256, training seconds and zero-shot accuracies}`` of the shipped
+    model and of the retrained ones of ``seeds``. With ``evaluate_only`` a retrained model is taken as ``out``
+    records it (the one the records of ``results/mini-seed<N>/`` were made with): training one here would make
+    another model (CPUs of other kinds train other weights); without a record it must be cached here."""
+    from clipunlearn import checkpoints, models
+
+    recorded = json.loads(out.read_text()).get("model_info", {}) if evaluate_only and out.exists() else {}
+    model_info = {}
+    for name, seed in [("shipped", None), *((f"seed{s}", s) for s in seeds)]:
+        if seed is not None and evaluate_only:
+            if name in recorded:
+                model_info[name] = recorded[name]
+                continue
+            if not models.mini_clip_cached("mini", seed=seed):
+                raise SystemExit(f"{name}: no mini model of training seed {seed} here and none recorded in {out}; "
+                                 f"run without --evaluate-only (trains it and reruns its notebooks)")
+        _, _, _, info = models.get_mini_clip("mini", seed=seed, progress=False)
+        model_info[name] = {"train_seed": info["config"]["seed"], "sha256": checkpoints.sha256_file(info["path"]),
+                            "train_seconds": round(info["train_seconds"], 1), "zero_shot": info["eval"]}
+    return model_info
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2", help="training seeds of the retrained models (default 1,2)")
@@ -138,14 +162,10 @@ def main(argv=None) -> int:
             runs["shipped"] = run_notebooks(None, only=args.only, src_dir=src_dir)
         for seed in seeds:
             runs[f"seed{seed}"] = run_notebooks(seed, only=args.only, src_dir=src_dir, threads=args.threads)
-    from clipunlearn import checkpoints, models, robustness
+    from clipunlearn import robustness
 
     os.environ.pop("CLIPUNLEARN_MINI_SEED", None)
-    model_info = {}
-    for name, seed in [("shipped", None), *((f"seed{s}", s) for s in seeds)]:
-        _, _, _, info = models.get_mini_clip("mini", seed=seed, progress=False)
-        model_info[name] = {"train_seed": info["config"]["seed"], "sha256": checkpoints.sha256_file(info["path"]),
-                            "train_seconds": round(info["train_seconds"], 1), "zero_shot": info["eval"]}
+    model_info = collect_model_info(seeds, evaluate_only=args.evaluate_only, out=Path(args.out))
     table = robustness.evaluate_models({"shipped": REPO / "results" / "mini",
                                         **{f"seed{s}": REPO / "results" / f"mini-seed{s}" for s in seeds}},
                                        runs=runs or None, model_info=model_info)

@@ -9,6 +9,7 @@ tests may modify their weights freely.
 from __future__ import annotations
 
 import gc
+import os
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,13 @@ EMBED_DIM = 32
 TEXT_CFG = dict(context_length=CONTEXT_LENGTH, vocab_size=49408, width=32, heads=2, layers=2)
 VIT_CFG = dict(image_size=IMAGE_SIZE, patch_size=8, width=32, head_width=16, layers=2)
 RESNET_CFG = dict(image_size=IMAGE_SIZE, layers=(1, 1, 1, 1), width=8, head_width=64)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``./run_tests.sh`` runs the unit tests on 2 workers) each worker takes one torch thread,
+    so that two workers share the cores instead of each asking for all of them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_collection_finish(session):

@@ -1,6 +1,7 @@
 """Metrics: zero-shot accuracy, retrieval, membership inference, time and memory."""
 
 import math
+import mmap
 
 import pytest
 import torch
@@ -124,14 +125,23 @@ def test_auc_and_membership_inference():
 MIB_200 = 200 * 2**20 // 4  # float32 elements in 200 MiB
 
 
+def resident_block(mib: int = 200) -> mmap.mmap:
+    """``mib`` MiB of new resident memory: an anonymous mapping with every page written. Unlike a tensor, it cannot
+    come from memory the process's allocator already holds (a pytest-xdist worker that ran other files first may
+    hold hundreds of MiB, and then a 200 MiB tensor adds nothing to the resident memory)."""
+    block = mmap.mmap(-1, mib * 2**20)
+    for offset in range(0, mib * 2**20, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
 def test_measure_run_reports_the_rise_of_memory_in_the_block():
     with metrics.measure_run() as stats:
-        block = torch.ones(MIB_200)
-        block += 1
+        block = resident_block()
     assert stats["seconds"] > 0 and stats["peak_mem_mb"] >= 150
-    del block
+    block.close()
     with metrics.measure_run() as transient:  # freed inside the block: the peak still counts
-        torch.ones(MIB_200).add_(1)
+        resident_block().close()
     assert transient["peak_mem_mb"] >= 150
     # an earlier big allocation, freed, does not count against a block that allocates nothing
     earlier = torch.ones(MIB_200)
@@ -176,10 +186,9 @@ def test_retrieval_recall_against_distinct_captions():
 def test_measure_run_without_the_kernel_peak_counter_samples(monkeypatch):
     monkeypatch.setattr(metrics, "_reset_peak_rss", lambda: False)  # e.g. no /proc/self/clear_refs
     with metrics.measure_run(interval=0.005) as stats:
-        block = torch.ones(MIB_200)
-        block += 1
+        block = resident_block()
     assert stats["peak_mem_mb"] >= 150
-    del block
+    block.close()
     with metrics.measure_run() as idle:
         pass
     assert 0 <= idle["peak_mem_mb"] < 20

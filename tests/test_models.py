@@ -238,3 +238,14 @@ def test_release_memory_freezes_once_and_still_collects_new_cycles():
     clip.release_memory()
     assert alive() is None
     assert gc.get_freeze_count() == frozen  # frozen on the first call only
+
+
+def test_mini_clip_cached_says_whether_get_mini_clip_would_load_or_train(tmp_path):
+    folder = tmp_path / "models" / models._mini_key("mini", {**models.MINI_TRAINING, "seed": 5})
+    assert not models.mini_clip_cached("mini", seed=5, cache_dir=tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"weights")
+    assert not models.mini_clip_cached("mini", seed=5, cache_dir=tmp_path)  # no training record: trained again
+    (folder / "info.json").write_text("{}")
+    assert models.mini_clip_cached("mini", seed=5, cache_dir=tmp_path)
+    assert not models.mini_clip_cached("mini", seed=6, cache_dir=tmp_path)

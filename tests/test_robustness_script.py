@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
+import pytest
+
+from clipunlearn import models
 from clipunlearn.results import load_records, make_record, save_records
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
@@ -37,3 +41,27 @@ def test_only_a_file_with_runs_of_the_earlier_protocol_is_set_aside(tmp_path):
     assert said == ["earlier.json: written under the earlier selection protocol; kept as earlier.json.pre-protocol, "
                     "the notebook starts afresh"]
     assert not script.set_aside_earlier_protocol(tmp_path / "missing.json", log=said.append)
+
+
+def test_evaluate_only_takes_each_retrained_model_as_recorded_and_trains_none(tmp_path, monkeypatch):
+    script, asked = load_script(), []
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"shipped")
+
+    def get_mini_clip(name, *, seed=None, progress=True):
+        asked.append(seed)
+        return None, None, None, {"config": {"seed": 0 if seed is None else seed}, "path": str(weights),
+                                  "train_seconds": 1.0, "eval": {"acc": 0.9}}
+    monkeypatch.setattr(models, "get_mini_clip", get_mini_clip)
+    monkeypatch.setattr(models, "mini_clip_cached", lambda name, *, seed: seed == 2)
+    out = tmp_path / "robustness.json"
+    recorded = {"train_seed": 1, "sha256": "the records' model", "train_seconds": 241.3, "zero_shot": {"acc": 0.885}}
+    out.write_text(json.dumps({"model_info": {"seed1": recorded}}))
+    info = script.collect_model_info([1, 2], evaluate_only=True, out=out)
+    assert info["seed1"] == recorded and asked == [None, 2]  # seed 1 as recorded, seed 2 from the cache
+    assert info["shipped"]["train_seed"] == 0 and info["seed2"]["train_seed"] == 2
+    with pytest.raises(SystemExit, match="seed3: no mini model of training seed 3 here and none recorded"):
+        script.collect_model_info([3], evaluate_only=True, out=out)
+    asked.clear()
+    script.collect_model_info([1], evaluate_only=False, out=out)  # a full run trains (or loads) its own models
+    assert asked == [None, 1]

@@ -11,8 +11,9 @@ interrupted driver loses only the runs in flight. A run that raises is recorded 
 its traceback (``metrics.error``), and the others go on; resuming runs it again.
 
 Worlds: :data:`WORLD_LOADERS` (``"paper_c"``: notebook 10's, from its parameters, :func:`paper_c_world`;
-``"attacks"``: notebook 45's, ``papers.attacks_bench.load_attack_world``, whose runs are its attacks,
-:data:`WORLD_RUNS`).
+``"paper_a"``: notebook 30's, ``papers.paper_a_matrix.load_paper_a_world``, whose runs are whole targets,
+``harness.jobs``; ``"attacks"``: notebook 45's, ``papers.attacks_bench.load_attack_world``, whose runs are its
+attacks; the last two in :data:`WORLD_RUNS`).
 Ray is the optional extra ``[cluster]`` (``pip install -e ".[cluster]"``).
 """
 
@@ -33,7 +34,8 @@ from .environment import default_progress
 from .harness import (FACTORY_TASKS, RUN_FACTORIES, ModelArchive, RunCall, Selection, Task, build_task,
                       reference_fn, run_ablation, run_forget_benchmark, run_forget_ratio)
 from .methods import retrain
-from .papers import attacks_bench, paper_c
+from .harness.jobs import JOB_TASK
+from .papers import attacks_bench, paper_a_matrix, paper_c
 from .results import make_record
 
 try:  # the optional extra [cluster]; everything else works without it
@@ -128,11 +130,13 @@ def run_paper_c_matrix(store, *, world: dict, executor=None, methods: Sequence[s
 
 #: World name -> loader (keyword arguments: the world spec's ``params`` and ``device``).
 WORLD_LOADERS: dict[str, Callable[..., object]] = {"paper_c": paper_c_world,
+                                                  "paper_a": paper_a_matrix.load_paper_a_world,
                                                   "attacks": attacks_bench.load_attack_world}
 #: Runs a world runs itself, by the spec's ``factory`` (the others: ``harness.RUN_FACTORIES``): ``fn(world, spec,
 #: device=...) -> record`` and the task of its records.
 WORLD_RUNS: dict[str, tuple[Callable[..., dict], str]] = {
-    attacks_bench.ATTACK_FACTORY: (attacks_bench.run_attack_spec, attacks_bench.ATTACK_TASK)}
+    attacks_bench.ATTACK_FACTORY: (attacks_bench.run_attack_spec, attacks_bench.ATTACK_TASK),
+    paper_a_matrix.PAPER_A_FACTORY: (paper_a_matrix.run_target_spec, JOB_TASK)}
 _WORLDS: dict[str, World] = {}  # loaded worlds of this process, by spec
 
 
@@ -217,6 +221,8 @@ def check_reachable(address: str, *, timeout: float = 5.0) -> None:
 def _describe(spec: dict | None) -> str:
     if not spec:
         return "run"
+    if spec.get("seed") is None:  # a whole target's job (harness.jobs)
+        return f"{spec['factory']} {spec['target']}"
     cand = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in spec["candidate"].items())
     part = "".join(f" {k} {spec['settings'][k]}" for k in ("variant", "ratio") if k in spec["settings"])
     return f"{spec['factory']} {spec['settings'].get('method')}{part} {spec['target']} seed {spec['seed']} ({cand})"
@@ -361,13 +367,14 @@ def make_local_executor(workers: int = 0, *, log=print):
 
 def make_matrix_executor(cluster: str = "", *, profile: str = "mini", runs_at_once: int = 0, quick: bool = False,
                          runs_per_gpu: int = 1, log=print):
-    """Return the executor of a notebook's run matrix (notebook 10's ``CLUSTER`` and ``RUNS_AT_ONCE``, notebook 45's
-    ``CLUSTER`` and ``WORKERS``): ``cluster`` when given (:func:`make_executor`); else in the paper profile None
-    (here, one after the other, on its GPU); in the mini profile :func:`make_local_executor` of ``runs_at_once``
-    workers (0: one per torch thread; quick mode: 1, here), whose runs take one thread each (notebook 10's
-    :data:`MINI_RUN_THREADS`, notebook 45's ``attacks_bench.ATTACK_THREADS``). Where it returns None in the mini
-    profile, notebook 10 runs its matrix with :data:`MINI_RUN_THREADS` threads too (the same records), but in
-    quick mode (a smoke run whose records nothing compares)."""
+    """Return the executor of a notebook's run matrix (notebooks 10's and 30's ``CLUSTER`` and ``RUNS_AT_ONCE``,
+    notebook 45's ``CLUSTER`` and ``WORKERS``): ``cluster`` when given (:func:`make_executor`); else in the paper
+    profile None (here, one after the other, on its GPU); in the mini profile :func:`make_local_executor` of
+    ``runs_at_once`` workers (0: one per torch thread; quick mode: 1, here), whose runs take one thread each
+    (notebooks 10's and 30's :data:`MINI_RUN_THREADS`, notebook 45's ``attacks_bench.ATTACK_THREADS``; notebook
+    30's runs are whole targets, ``harness.jobs``). Where it returns None in the mini profile, notebooks 10 and 30
+    run with :data:`MINI_RUN_THREADS` threads too (the same records), but in quick mode (a smoke run whose records
+    nothing compares)."""
     if cluster or profile != "mini":
         return make_executor(cluster, profile=profile, runs_per_gpu=runs_per_gpu, log=log)
     return make_local_executor(runs_at_once or (1 if quick else 0), log=log)

@@ -397,6 +397,13 @@ def style_view(dataset: "data.StyledImages") -> "data.StyledImages":
     return dataset.with_targets(dataset.styles, dataset.stylenames)
 
 
+def mini_clip_cached(name: str = "mini", *, seed: int, cache_dir=None) -> bool:
+    """Whether the mini model of training seed ``seed`` (the recipe ``MINI_TRAINING``) is trained and cached here,
+    so that :func:`get_mini_clip` loads it instead of training it."""
+    folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, {**MINI_TRAINING, "seed": seed})
+    return (folder / "model.pt").exists() and (folder / "info.json").exists()
+
+
 def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int | None = None, force: bool = False,
                   progress: bool = True, data_dir=None, **training):
     """Return a mini model ``(model, preprocess, tokenizer, info)``: the shipped one, or one trained here.
