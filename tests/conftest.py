@@ -34,8 +34,8 @@ RESNET_CFG = dict(image_size=IMAGE_SIZE, layers=(1, 1, 1, 1), width=8, head_widt
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``./run_tests.sh`` runs the unit tests on 2 workers) each worker takes one torch thread,
-    so that two workers share the cores instead of each asking for all of them."""
+    """Under pytest-xdist (``./run_tests.sh`` runs the unit tests on one worker per core) each worker takes one torch
+    thread, so that the workers share the cores instead of each asking for all of them."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
 

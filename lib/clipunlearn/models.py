@@ -397,11 +397,17 @@ def style_view(dataset: "data.StyledImages") -> "data.StyledImages":
     return dataset.with_targets(dataset.styles, dataset.stylenames)
 
 
+def _mini_cache_files(name: str, settings: dict, cache_dir=None) -> tuple[Path, Path]:
+    """Return ``(weights, training record)``: where :func:`get_mini_clip` keeps the mini model trained with
+    ``settings``."""
+    folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, settings)
+    return folder / "model.pt", folder / "info.json"
+
+
 def mini_clip_cached(name: str = "mini", *, seed: int, cache_dir=None) -> bool:
     """Whether the mini model of training seed ``seed`` (the recipe ``MINI_TRAINING``) is trained and cached here,
     so that :func:`get_mini_clip` loads it instead of training it."""
-    folder = Path(cache_dir or get_cache_dir()) / "models" / _mini_key(name, {**MINI_TRAINING, "seed": seed})
-    return (folder / "model.pt").exists() and (folder / "info.json").exists()
+    return all(p.exists() for p in _mini_cache_files(name, {**MINI_TRAINING, "seed": seed}, cache_dir))
 
 
 def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int | None = None, force: bool = False,
@@ -433,8 +439,7 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
     else:
         settings = {**MINI_TRAINING, **training, **({} if seed is None else {"seed": seed})}
         key = _mini_key(name, settings)
-        folder = Path(cache_dir or get_cache_dir()) / "models" / key
-        weights, info_path = folder / "model.pt", folder / "info.json"
+        weights, info_path = _mini_cache_files(name, settings, cache_dir)
         model, preprocess, tokenizer = create_mini_model(name, device=device)
         shipped_ref = None if force or name not in checkpoints.SHIPPED else checkpoints.load_shipped_reference(
             key, lambda: load_checkpoint(checkpoints.verify_shipped(name)[0]))
@@ -444,8 +449,8 @@ def get_mini_clip(name: str = "mini", *, device="cpu", cache_dir=None, seed: int
             model.load_state_dict(state)
             weights, source = checkpoints.REFERENCES_DIR / key / "delta.pt", "shipped"
         elif weights.exists() and info_path.exists() and not force:
-            model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {folder} and the model is "
-                                                  "trained again on next use (or pass force=True)"))
+            model.load_state_dict(load_checkpoint(weights, restore=f"delete the folder {weights.parent} and the model "
+                                                  "is trained again on next use (or pass force=True)"))
             info = json.loads(info_path.read_text())
         else:
             model, info = train_mini_clip(name, device=device, progress=progress, data_dir=data_dir, **settings)

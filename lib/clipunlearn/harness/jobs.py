@@ -101,7 +101,7 @@ def run_target_jobs(store: ResultStore, tasks: dict[str, Sequence[Task]], *, fac
         for i, _, record in executor.run(calls, ordered=False):
             results[i] = record
     failed = []
-    for i, (target, spec) in enumerate(zip(tasks, specs)):
+    for i, target in enumerate(tasks):
         record = results[i]
         if record["metrics"].get("failed"):
             failed.append(f"{target}: {record['metrics'].get('error')}")
